@@ -1,0 +1,106 @@
+"""Programmatic API: solve problems without writing a config.
+
+>>> from ilo_pl.api import solve
+>>> result = solve(generator, operator, y, stages)          # doctest: +SKIP
+>>> result.images  # [B, C, H, W] in [-1, 1]                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ilo_pl.callbacks.writer import ResultCollector
+from ilo_pl.data import _RepeatSampler, _identity
+from ilo_pl.losses.base import LossTerm
+from ilo_pl.modules.generators.base import SplitGenerator
+from ilo_pl.modules.ilo import ILOModule
+from ilo_pl.operators.base import Operator, as_operator
+from ilo_pl.problem import ProblemBatch, ProblemResult
+from ilo_pl.stages import Stage
+
+
+def default_trainer_kwargs() -> Dict[str, Any]:
+    """Trainer settings ILO needs (one epoch, no checkpoints, no sanity steps, no DDP sampler)."""
+    return dict(
+        max_epochs=1,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's advice that does not apply to ILO (workers, log interval)."""
+    for pattern in (".*does not have many workers.*", ".*log_every_n_steps.*", ".*LeafSpec.*", ".*treespec.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def solve(
+    generator: SplitGenerator,
+    operator: Operator,
+    observation: Tensor,
+    stages: Sequence[Stage],
+    losses: Optional[Dict[str, LossTerm]] = None,
+    loss_weights: Optional[Dict[str, float]] = None,
+    target: Optional[Tensor] = None,
+    seeds: Optional[Sequence[int]] = None,
+    ids: Optional[Sequence[str]] = None,
+    trainer_kwargs: Optional[Dict[str, Any]] = None,
+    callbacks: Optional[List[pl.Callback]] = None,
+    **module_kwargs: Any,
+) -> ProblemResult:
+    """Solve one batch of problems ``y = A(x)`` with ILO and return the result.
+
+    Args:
+        generator: a :class:`SplitGenerator`.
+        operator: a batched operator (or any callable, wrapped as one).
+        observation: ``y`` ``[B, ...]``.
+        stages: the stage schedule.
+        losses: named loss terms (default MSE).
+        loss_weights: weights per loss name (default ``{"mse": 1}``).
+        target: ground truth ``[B, C, H, W]`` if known (for metrics).
+        seeds: one seed per problem (default ``0..B-1``).
+        ids: names of the problems.
+        trainer_kwargs: overrides of :func:`default_trainer_kwargs`.
+        callbacks: extra callbacks.
+        **module_kwargs: further :class:`ILOModule` arguments (``sna``, ``sphere``, ...).
+    """
+    quiet_lightning()
+    operator = as_operator(operator)
+    b = observation.shape[0]
+    with torch.no_grad():
+        probe = generator.render(generator.init_variables(1), 0)
+    operator.check_observation(observation, probe.expand(b, *probe.shape[1:]).to(observation.device))
+    batch = ProblemBatch(
+        ids=list(ids) if ids is not None else [f"problem_{i}" for i in range(b)],
+        observation=observation,
+        operator=operator,
+        seeds=list(seeds) if seeds is not None else list(range(b)),
+        target=target,
+        indices=list(range(b)),
+    )
+    module = ILOModule(generator, list(stages), losses=losses, loss_weights=loss_weights, **module_kwargs)
+    collector = ResultCollector()
+    kw = default_trainer_kwargs()
+    kw.update(trainer_kwargs or {})
+    kw["callbacks"] = [collector] + list(callbacks or [])
+    trainer = pl.Trainer(**kw)
+    loader = DataLoader(
+        [batch], sampler=_RepeatSampler(1, module.steps_per_problem * kw.get("accumulate_grad_batches", 1)),
+        batch_size=None, collate_fn=_identity,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    if not collector.results:
+        raise RuntimeError("the solve ended before its last step (was max_steps or max_time set?)")
+    return collector.results[-1]

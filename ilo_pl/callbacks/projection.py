@@ -1,0 +1,99 @@
+"""Projection callbacks: keep variables inside their constraint sets after every real step.
+
+Both callbacks attach a ``torch.optim`` *step post-hook* to the trainer's
+optimizers, so a projection runs exactly once per real optimizer step: not on
+gradient-accumulation micro-batches (no step happens) and not when a
+mixed-precision ``GradScaler`` skips a step with inf/NaN gradients (it does
+not call ``optimizer.step``). Whenever the optimizer object changes (a stage
+transition rebuilds it), the hook is registered on the new one before the next
+batch.
+
+Protocol (what a LightningModule offers to use them; reusable by any
+latent-optimisation project):
+
+* ``l1_constraints() -> Iterable[(param, anchor, radius)]``: ``param`` and
+  ``anchor`` are ``[B, ...]`` tensors, ``radius`` a float or ``[B]`` tensor;
+  after each step ``||param[b] - anchor[b]||_1 <= radius[b]``.
+* ``sphere_constraints() -> Iterable[(param, dims)]``: after each step the norm
+  of ``param`` over ``dims`` is ``sqrt(numel over dims)``.
+
+Spheres are projected before l1 balls when both are present (register
+:class:`SphereProjection` first), so the l1 constraint always holds exactly.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Dict
+
+import pytorch_lightning as pl
+import torch
+
+from ilo_pl.projections import project_l1_ball_, project_sphere_
+
+
+class _StepHookCallback(pl.Callback):
+    """Registers :meth:`project` as a step post-hook on every optimizer the trainer holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handles: Dict[int, Any] = {}
+        self._module_ref: Callable[[], Any] = lambda: None
+        #: Number of projections performed (one per real optimizer step).
+        self.calls = 0
+
+    def _attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._module_ref = weakref.ref(pl_module)
+        live = {id(o) for o in trainer.optimizers}
+        for key in [k for k in self._handles if k not in live]:
+            self._handles.pop(key).remove()
+        for opt in trainer.optimizers:
+            if id(opt) not in self._handles:
+                self._handles[id(opt)] = opt.register_step_post_hook(self._hook)
+
+    def _hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        module = self._module_ref()
+        if module is not None:
+            self.calls += 1
+            self.project(module)
+
+    def project(self, pl_module: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._attach(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+        # Cheap identity check; re-registers only after an optimizer rebuild.
+        if len(self._handles) != len(trainer.optimizers) or any(
+            id(o) not in self._handles for o in trainer.optimizers
+        ):
+            self._attach(trainer, pl_module)
+
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        for h in self._handles.values():
+            h.remove()
+        self._handles.clear()
+
+
+class L1BallProjection(_StepHookCallback):
+    """Project each sample's deviation from its anchor onto its l1 ball after every real step.
+
+    The projection is the exact Euclidean one (see :func:`ilo_pl.projections.project_l1_ball`).
+    The module provides ``l1_constraints()`` (see the module docstring).
+    """
+
+    def project(self, pl_module: Any) -> None:
+        for param, anchor, radius in pl_module.l1_constraints():
+            project_l1_ball_(param.data, anchor, radius)
+
+
+class SphereProjection(_StepHookCallback):
+    """Rescale sphere-constrained variables (latents, noise maps) after every real step.
+
+    The module provides ``sphere_constraints()`` (see the module docstring).
+    """
+
+    def project(self, pl_module: Any) -> None:
+        for param, dims in pl_module.sphere_constraints():
+            project_sphere_(param.data, dims)

@@ -1,0 +1,370 @@
+"""Problem sources and the ``InverseProblemDataModule``.
+
+A *source* lists problems and loads each one's ground truth (if any); the
+data module turns them into :class:`~ilo_pl.problem.ProblemBatch` es with a
+seeded operator per problem and yields each batch once per optimizer step
+(ILO runs a whole stage schedule on one batch before moving on).
+
+Seeds: problem ``i`` of a run with seed ``s`` uses ``problem_seed(s, i)`` for
+its operator, its observation noise and its initial variables, so results do
+not depend on batch size, batch-mates, sharding or resumption.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import warnings
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ilo_pl.io import IMAGE_SUFFIXES, load_image
+from ilo_pl.operators.base import Operator, OperatorSpec
+from ilo_pl.problem import ProblemBatch
+
+log = logging.getLogger(__name__)
+
+#: Face crops ``(left, top, right, bottom)`` in the 64x64 DCGAN's framing.
+SAMPLE_FACES = {
+    "astronaut": ("skimage", (165, 52, 280, 167)),
+    "grace_hopper": ("matplotlib", (163, 120, 368, 325)),
+}
+
+
+def problem_seed(seed: int, index: int) -> int:
+    """The seed of problem ``index`` in a run seeded with ``seed``."""
+    return (int(seed) * 1_000_003 + int(index)) % (2**62)
+
+
+class ProblemSource(abc.ABC):
+    """An indexed collection of problems (ground-truth images, or none)."""
+
+    def bind(self, generator: torch.nn.Module) -> None:
+        """Give the source the generator (for sources that draw from it)."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of problems."""
+
+    @abc.abstractmethod
+    def name(self, index: int) -> str:
+        """A file-name-safe id for problem ``index``."""
+
+    @abc.abstractmethod
+    def load(self, index: int, image_shape: Tuple[int, int, int], seed: int) -> Tensor:
+        """The ground-truth image ``[C, H, W]`` in ``[-1, 1]`` of problem ``index``."""
+
+
+class ImageFolder(ProblemSource):
+    """Every image file directly in a folder (sorted by name).
+
+    Files that cannot be read as images are skipped with a warning naming
+    them; grayscale, RGBA and 16-bit images are converted to RGB.
+
+    Args:
+        path: the folder.
+        resize: policy for images whose size differs from the generator's:
+            ``"center_crop"`` (default), ``"resize"`` or ``"error"``.
+
+    Raises:
+        FileNotFoundError: if the folder does not exist.
+        ValueError: if it holds no readable image.
+    """
+
+    def __init__(self, path: Union[str, Path], resize: str = "center_crop") -> None:
+        self.path = Path(path)
+        self.resize = resize
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"image folder {self.path} does not exist")
+        from PIL import Image
+
+        files = sorted(p for p in self.path.iterdir() if p.is_file() and not p.name.startswith("."))
+        self.files: List[Path] = []
+        for p in files:
+            try:
+                with Image.open(p) as im:
+                    im.verify()
+                self.files.append(p)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped alike
+                warnings.warn(f"skipping {p}: not a readable image ({type(exc).__name__})", stacklevel=2)
+        if not self.files:
+            raise ValueError(
+                f"no readable image in {self.path} (looked for {', '.join(IMAGE_SUFFIXES)}); "
+                "point `data` at a folder of images"
+            )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def name(self, index: int) -> str:
+        return self.files[index].stem
+
+    def load(self, index: int, image_shape: Tuple[int, int, int], seed: int) -> Tensor:
+        return load_image(self.files[index], size=image_shape[1:], policy=self.resize)
+
+
+class SampleFaces(ProblemSource):
+    """Two public-domain portrait photos shipped with scikit-image and matplotlib.
+
+    The face of ``astronaut`` (scikit-image) and of ``grace_hopper``
+    (matplotlib), cropped to the DCGAN's face framing: the offline demo data.
+    """
+
+    def __init__(self, names: Sequence[str] = tuple(SAMPLE_FACES)) -> None:
+        unknown = [n for n in names if n not in SAMPLE_FACES]
+        if unknown:
+            raise ValueError(f"unknown sample faces {unknown}; choose from {sorted(SAMPLE_FACES)}")
+        self.names = list(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def name(self, index: int) -> str:
+        return self.names[index]
+
+    def load(self, index: int, image_shape: Tuple[int, int, int], seed: int) -> Tensor:
+        import numpy as np
+        from PIL import Image
+
+        origin, box = SAMPLE_FACES[self.names[index]]
+        if origin == "skimage":
+            import skimage.data
+
+            arr = skimage.data.astronaut()
+        else:
+            import matplotlib.cbook
+
+            with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+                arr = np.asarray(Image.open(f).convert("RGB"))
+        im = Image.fromarray(arr).crop(box).resize(image_shape[1:][::-1], Image.LANCZOS)
+        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1) * 2 - 1
+
+
+class GeneratorSamples(ProblemSource):
+    """Ground truth drawn from the generator itself (for tests and theory checks).
+
+    * in range: ``x = G(z*)``;
+    * out of range: ``x = G2(G1(z*) + delta)`` at ``split``, with ``delta``
+      sparse: ``sparsity`` of the state's entries non-zero, each
+      ``magnitude`` times the state's standard deviation, random sign.
+
+    Args:
+        num: number of problems.
+        split: where the deviation is added (0 = in range).
+        sparsity: fraction of non-zero entries of ``delta``.
+        magnitude: size of each non-zero entry, in units of the state's std.
+    """
+
+    def __init__(self, num: int = 4, split: int = 0, sparsity: float = 0.01, magnitude: float = 5.0) -> None:
+        if num < 1:
+            raise ValueError("GeneratorSamples needs num >= 1")
+        self.num, self.split, self.sparsity, self.magnitude = int(num), int(split), float(sparsity), float(magnitude)
+        self.generator = None
+
+    def bind(self, generator: torch.nn.Module) -> None:
+        generator.check_split(self.split)
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.num
+
+    def name(self, index: int) -> str:
+        kind = "inrange" if self.split == 0 else f"outrange{self.split}"
+        return f"g{index:04d}_{kind}"
+
+    @torch.no_grad()
+    def load(self, index: int, image_shape: Tuple[int, int, int], seed: int) -> Tensor:
+        if self.generator is None:
+            raise RuntimeError("GeneratorSamples is not bound to a generator (call bind)")
+        g = torch.Generator().manual_seed(seed + 101)  # not the solver's init seed
+        return draw_from_generator(self.generator, g, self.split, self.sparsity, self.magnitude)[0].cpu()
+
+
+@torch.no_grad()
+def draw_from_generator(
+    generator, g: torch.Generator, split: int = 0, sparsity: float = 0.01, magnitude: float = 5.0
+) -> Tensor:
+    """``G(z*)`` (split 0) or ``G2(G1(z*) + delta)`` with a sparse ``delta`` at ``split``; ``[1, C, H, W]``."""
+    z = generator.init_variables(1, g)
+    if split == 0:
+        return generator.render(z, 0)
+    state = generator.advance(z, 0, split)
+    groups = generator.groups(split)
+    for name, value in state.items():
+        if groups[name] != "state" or name == "skip":
+            continue
+        flat = value.flatten()
+        k = max(1, int(round(sparsity * flat.numel())))
+        idx = torch.randperm(flat.numel(), generator=g)[:k]
+        signs = torch.randint(0, 2, (k,), generator=g).float() * 2 - 1
+        delta = torch.zeros_like(flat)
+        delta[idx] = (signs * magnitude * float(flat.std())).to(delta)
+        state[name] = (flat + delta).view_as(value)
+    return generator.render(state, split)
+
+
+class _RepeatSampler(Sampler):
+    """Yields batch index ``j`` ``repeats`` times in a row, for each batch."""
+
+    def __init__(self, num_batches: int, repeats: int) -> None:
+        self.num_batches, self.repeats = num_batches, repeats
+
+    def __iter__(self) -> Iterator[int]:
+        for j in range(self.num_batches):
+            for _ in range(self.repeats):
+                yield j
+
+    def __len__(self) -> int:
+        return self.num_batches * self.repeats
+
+
+class _BatchDataset(Dataset):
+    """Item ``j`` is problem batch ``j``; the last one is cached (it comes once per step)."""
+
+    def __init__(self, dm: "InverseProblemDataModule", batches: List[List[int]]) -> None:
+        self.dm, self.batches = dm, batches
+        self._cache: Optional[Tuple[int, ProblemBatch]] = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, j: int) -> ProblemBatch:
+        if self._cache is None or self._cache[0] != j:
+            self._cache = (j, self.dm.make_batch(self.batches[j]))
+        return self._cache[1]
+
+
+def _identity(x):  # noqa: ANN001, ANN202 - a picklable collate_fn
+    return x
+
+
+class InverseProblemDataModule(pl.LightningDataModule):
+    """Feeds (observation, operator, ground truth, id) problem batches to :class:`~ilo_pl.modules.ILOModule`.
+
+    Args:
+        operator: how to build each problem's operator (an
+            :class:`~ilo_pl.operators.base.OperatorSpec`, e.g. ``BoxMask``).
+        data: a folder of images, ``"samples"`` (the built-in sample faces),
+            or a :class:`ProblemSource`.
+        batch_size: problems solved together (each as if alone).
+        seed: the run's seed (see :func:`problem_seed`).
+        resize: policy for image files of another size (see :func:`ilo_pl.io.load_image`).
+        limit: solve only the first ``limit`` problems.
+    """
+
+    def __init__(
+        self,
+        operator: OperatorSpec,
+        data: Union[str, ProblemSource] = "samples",
+        batch_size: int = 1,
+        seed: int = 0,
+        resize: str = "center_crop",
+        limit: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if not isinstance(operator, OperatorSpec):
+            raise TypeError(
+                f"operator must be an OperatorSpec (e.g. ilo_pl.operators.BoxMask); got {type(operator).__name__}"
+            )
+        self.operator_spec = operator
+        self.data = data
+        self.batch_size = batch_size
+        self.seed = seed
+        self.resize = resize
+        self.limit = limit
+        self.source: Optional[ProblemSource] = None
+        self.image_shape: Optional[Tuple[int, int, int]] = None
+        #: Problem indices to leave out (finished in an earlier, resumed run).
+        self.skip: set = set()
+        self._shared_op: Optional[Operator] = None
+
+    # -- set-up ---------------------------------------------------------------
+    def make_source(self) -> ProblemSource:
+        """The problem source named by ``data``."""
+        if isinstance(self.data, ProblemSource):
+            return self.data
+        if self.data == "samples":
+            return SampleFaces()
+        return ImageFolder(self.data, resize=self.resize)
+
+    def setup(self, stage: str = "fit") -> None:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not hasattr(module, "generator"):
+            raise RuntimeError("InverseProblemDataModule must be used with an ILOModule in a Trainer")
+        self.bind(module.generator)
+
+    def bind(self, generator) -> None:  # noqa: ANN001
+        """Attach the generator: fixes the image shape and binds generator-drawn sources."""
+        self.image_shape = tuple(generator.image_shape)
+        self.source = self.make_source()
+        self.source.bind(generator)
+
+    def problem_indices(self, rank: int = 0, world_size: int = 1) -> List[int]:
+        """This rank's share of the problems (round-robin), without skipped ones."""
+        n = len(self.source)
+        if self.limit is not None:
+            n = min(n, int(self.limit))
+        return [i for i in range(n) if i % world_size == rank and i not in self.skip]
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        indices = self.problem_indices(trainer.global_rank, trainer.world_size)
+        batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        repeats = trainer.lightning_module.steps_per_problem * trainer.accumulate_grad_batches
+        return DataLoader(
+            _BatchDataset(self, batches),
+            sampler=_RepeatSampler(len(batches), repeats),
+            batch_size=None,
+            collate_fn=_identity,
+            num_workers=0,
+        )
+
+    # -- problems ---------------------------------------------------------------
+    def make_batch(self, indices: Sequence[int]) -> ProblemBatch:
+        """Load, build operators for, and observe the problems ``indices``."""
+        if self.source is None:
+            raise RuntimeError("call bind(generator) (or setup) before make_batch")
+        shape = self.image_shape
+        spec = self.operator_spec
+        ids, targets, ops, ys, seeds = [], [], [], [], []
+        for i in indices:
+            s = problem_seed(self.seed, i)
+            x = self.source.load(i, shape, s)[None].float()
+            if spec.shared:
+                if self._shared_op is None:
+                    self._shared_op = spec.build(shape, problem_seed(self.seed, -1))
+                op = self._shared_op
+            else:
+                op = build_for(spec, shape, s, self.source.name(i))
+            y = spec.observe(op, x, torch.Generator().manual_seed(s + 1))
+            op.check_observation(y, x)
+            ids.append(self.source.name(i))
+            targets.append(x)
+            ops.append(op)
+            ys.append(y)
+            seeds.append(s)
+        operator = ops[0] if spec.shared else Operator.stack(ops)
+        return ProblemBatch(
+            ids=ids,
+            observation=torch.cat(ys, 0),
+            operator=operator,
+            seeds=seeds,
+            target=torch.cat(targets, 0),
+            indices=list(indices),
+        )
+
+
+def build_for(spec: OperatorSpec, shape: Tuple[int, int, int], seed: int, name: str) -> Operator:
+    """``spec.build`` with the problem's name for specs that take one (per-image mask files)."""
+    import inspect
+
+    if "name" in inspect.signature(spec.build).parameters:
+        return spec.build(shape, seed, name=name)
+    return spec.build(shape, seed)

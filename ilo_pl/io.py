@@ -1,0 +1,165 @@
+"""Image files in and out, and run folders that never overwrite earlier results.
+
+Images inside ilo-pl are float tensors in ``[-1, 1]``; on disk they are 8-bit
+RGB PNGs mapped linearly ``[-1, 1] -> [0, 255]`` (never min-max normalised,
+so saved pixels mean the same thing in every file).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+PathLike = Union[str, Path]
+
+
+def load_image(path: PathLike, size: Union[Tuple[int, int], None] = None, policy: str = "center_crop") -> Tensor:
+    """Read an image file as a ``[3, H, W]`` float tensor in ``[-1, 1]``.
+
+    Grayscale is replicated to RGB, alpha is composited on black, and 16-bit
+    images are scaled by their own bit depth.
+
+    Args:
+        path: the image file.
+        size: ``(H, W)`` to bring the image to, or ``None`` to keep it.
+        policy: how a differently sized image is brought to ``size``:
+            ``"center_crop"`` (crop the largest centred region of the target's
+            aspect ratio, then resize with Lanczos), ``"resize"`` (resize,
+            ignoring the aspect ratio), or ``"error"``.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file is not a readable image, or its size does not
+            match under ``policy="error"``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = _to_rgb_array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"{path} is not a readable image file ({exc})") from exc
+    if size is not None and arr.shape[:2] != tuple(size):
+        arr = _fit(arr, tuple(size), policy, path)
+    return torch.from_numpy(arr).permute(2, 0, 1).float() * 2 - 1
+
+
+def _to_rgb_array(im) -> np.ndarray:  # noqa: ANN001 - PIL image
+    """An ``[H, W, 3]`` float32 array in ``[0, 1]`` from any PIL mode."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if a.max() > 255 or im.mode.startswith("I;16") else 255.0
+        a = np.clip(a / peak, 0, 1)
+        return np.repeat(a[..., None], 3, axis=2).astype(np.float32)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        return (rgba[..., :3] * rgba[..., 3:4]).astype(np.float32)
+    if im.mode == "F":
+        a = np.clip(np.asarray(im, dtype=np.float32), 0, 1)
+        return np.repeat(a[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _fit(arr: np.ndarray, size: Tuple[int, int], policy: str, path: Path) -> np.ndarray:
+    from PIL import Image
+
+    h, w = arr.shape[:2]
+    th, tw = size
+    if policy == "error":
+        raise ValueError(
+            f"{path} is {h}x{w} but the generator makes {th}x{tw} images; resize it, or use "
+            "the resize policy 'center_crop' or 'resize'"
+        )
+    if policy == "center_crop":
+        scale = min(h / th, w / tw)
+        ch, cw = int(round(th * scale)), int(round(tw * scale))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        arr = arr[top : top + ch, left : left + cw]
+    elif policy != "resize":
+        raise ValueError(f"unknown resize policy {policy!r}; use 'center_crop', 'resize' or 'error'")
+    im = Image.fromarray((arr * 255).round().astype(np.uint8))
+    im = im.resize((tw, th), Image.LANCZOS)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """``[3, H, W]`` in ``[-1, 1]`` -> ``[H, W, 3]`` uint8, linearly (values outside are clipped)."""
+    if image.dim() != 3:
+        raise ValueError(f"expected one image [C, H, W]; got shape {tuple(image.shape)}")
+    x = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = x.permute(1, 2, 0).numpy()
+    return x if x.shape[2] == 3 else np.repeat(x[..., :1], 3, axis=2)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    A reader (or a resumed run) sees either no file or the complete file,
+    never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_image(image: Tensor, path: PathLike) -> None:
+    """Save ``[3, H, W]`` in ``[-1, 1]`` as an 8-bit PNG, atomically."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def new_run_dir(root: PathLike, prefix: str = "run") -> Path:
+    """Create and return ``root/<prefix>_NNN`` with the next free number.
+
+    Creation is atomic (``mkdir`` without ``exist_ok``), so two runs started
+    at once never share a folder and no earlier run is overwritten.
+
+    Raises:
+        PermissionError: naming the folder, if ``root`` cannot be written.
+    """
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"cannot create the output folder {root}: {exc}; choose another --output_dir") from exc
+    if not os.access(root, os.W_OK):
+        raise PermissionError(f"the output folder {root} is not writable; choose another output folder")
+    n = 0
+    existing = [p.name for p in root.glob(f"{prefix}_*")]
+    nums = [int(x.rsplit("_", 1)[1]) for x in existing if x.rsplit("_", 1)[1].isdigit()]
+    n = max(nums) + 1 if nums else 0
+    while True:
+        cand = root / f"{prefix}_{n:03d}"
+        try:
+            cand.mkdir()
+            return cand
+        except FileExistsError:
+            n += 1

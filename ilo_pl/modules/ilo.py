@@ -1,0 +1,382 @@
+"""``ILOModule``: Intermediate Layer Optimization as a LightningModule.
+
+One module solves a stream of problem batches. For each batch it runs the
+stage schedule: stage 0 optimises the input variables (CSGM); each later
+stage maps the best solution so far to a deeper split with ``G1``, makes that
+state the new variable, and optimises it inside l1 balls around its starting
+point. Lightning drives the loop: the data module yields each problem batch
+once per optimizer step, :class:`~ilo_pl.callbacks.StageTransition` begins the
+stages, and the projection callbacks keep variables feasible after every real
+step.
+
+The module implements the callbacks' protocols: ``stage_due``/``begin_stage``/
+``project_to_range`` (stages), ``l1_constraints`` and ``sphere_constraints``
+(projections).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from ilo_pl.callbacks.projection import L1BallProjection, SphereProjection
+from ilo_pl.callbacks.stage import StageTransition
+from ilo_pl.losses.base import LossContext, LossTerm, MSELoss
+from ilo_pl.modules.generators.base import SplitGenerator, State
+from ilo_pl.problem import ProblemBatch, ProblemResult, Solution
+from ilo_pl.stages import INF, Stage, check_stages, ramp_lr, stage_losses
+
+
+class ILOModule(pl.LightningModule):
+    """Solve inverse problems with a pre-trained generator by ILO.
+
+    Args:
+        generator: a frozen :class:`~ilo_pl.modules.generators.base.SplitGenerator`.
+        stages: the stage schedule (stage 0 at split 0 is CSGM; a single stage
+            is plain CSGM).
+        losses: named loss terms; default ``{"mse": MSELoss()}``.
+        loss_weights: weight per loss name, used by stages without their own
+            ``loss_weights``; default ``{"mse": 1.0}``.
+        sna: Stochastic Noise Addition: fresh measurement noise (the
+            operator's own noise model) on the generated image's measurement at
+            every step.
+        sphere: keep the generator's sphere variables (``sphere_variables``)
+            on their sphere after every step (PULSE-style).
+        rampup: fraction of each stage with a linear learning-rate ramp-up.
+        rampdown: fraction of each stage with a cosine ramp-down.
+        project_to_range: before each deeper stage, pull the solution back into
+            the range of the earlier layers (Algorithm 1, line 5).
+        range_steps: Adam steps of that projection.
+        range_lr: its learning rate.
+        log_every: log losses every this many steps (logging is not free).
+    """
+
+    def __init__(
+        self,
+        generator: SplitGenerator,
+        stages: List[Stage],
+        losses: Optional[Dict[str, LossTerm]] = None,
+        loss_weights: Optional[Dict[str, float]] = None,
+        sna: bool = False,
+        sphere: bool = False,
+        rampup: float = 0.05,
+        rampdown: float = 0.25,
+        project_to_range: bool = False,
+        range_steps: int = 100,
+        range_lr: float = 0.05,
+        log_every: int = 10,
+    ) -> None:
+        super().__init__()
+        if not isinstance(generator, SplitGenerator):
+            raise TypeError(
+                f"generator must be a SplitGenerator (see ilo_pl.modules.generators); "
+                f"got {type(generator).__name__}"
+            )
+        stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages]
+        check_stages(stages, generator.num_splits)
+        self.generator = generator.freeze()
+        self.stages = stages
+        self.losses = nn.ModuleDict(losses if losses is not None else {"mse": MSELoss()})
+        self.loss_weights = dict(loss_weights if loss_weights is not None else {"mse": 1.0})
+        for i, st in enumerate(stages):
+            unknown = set(stage_losses(st, self.loss_weights)) - set(self.losses)
+            if unknown:
+                raise ValueError(
+                    f"stage {i} weighs loss terms {sorted(unknown)} that are not in `losses` "
+                    f"({sorted(self.losses)}); add them to `losses` or remove the weights"
+                )
+        self.sna = sna
+        self.sphere = sphere
+        self.rampup, self.rampdown = rampup, rampdown
+        self.project_to_range_enabled = project_to_range
+        self.range_steps, self.range_lr = range_steps, range_lr
+        self.log_every = max(1, int(log_every))
+
+        self.variables = nn.ParameterDict()
+        self._fixed: Dict[str, Tensor] = {}
+        self._anchors: Dict[str, Tensor] = {}
+        self._l1: List[Tuple[nn.Parameter, Tensor, float]] = []
+        self._spheres: List[Tuple[nn.Parameter, Tuple[int, ...]]] = []
+        self._key: Optional[tuple] = None
+        self._stage = -1
+        self._stage_step = 0
+        self._problem_step = 0
+        self._batch_cache: Optional[Tuple[int, ProblemBatch]] = None
+        self.last_result: Optional[ProblemResult] = None
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def steps_per_problem(self) -> int:
+        """Optimizer steps spent on one problem batch (all stages)."""
+        return sum(s.steps for s in self.stages)
+
+    @property
+    def stage_index(self) -> int:
+        """Index of the current stage (-1 before the first problem)."""
+        return self._stage
+
+    @property
+    def split(self) -> int:
+        """The current split point."""
+        return self.stages[max(self._stage, 0)].split
+
+    def _accumulate(self) -> int:
+        try:
+            return int(self.trainer.accumulate_grad_batches)
+        except RuntimeError:  # not attached to a trainer
+            return 1
+
+    # ------------------------------------------------------- StageTransition protocol
+    def stage_due(self, batch: ProblemBatch) -> Optional[int]:
+        """Which stage must begin before ``batch`` (``None``: the current one goes on)."""
+        if batch.key != self._key:
+            return 0
+        if (
+            self._stage + 1 < len(self.stages)
+            and self._stage_step >= self.stages[self._stage].steps * self._accumulate()
+        ):
+            return self._stage + 1
+        return None
+
+    def begin_stage(self, batch: ProblemBatch, index: int) -> None:
+        """Install the variables of stage ``index`` for ``batch``.
+
+        Stage 0 draws the initial variables from each problem's seed. Later
+        stages start from the previous stage's best iterate, mapped with
+        ``G1`` to the new split; free entries become parameters with their
+        starting value as the l1 anchor.
+        """
+        stage = self.stages[index]
+        if index == 0:
+            state = self._initial_state(batch)
+            self._key = batch.key
+            self._problem_step = 0
+            self._stage_best: List[Dict[str, Any]] = []
+            # (stage, step) of each sample's first non-finite loss; -1 while healthy.
+            self._fail_at = torch.full((len(batch), 2), -1, dtype=torch.long, device=self.device)
+        else:
+            prev = self._stage_best[index - 1]
+            with torch.no_grad():
+                state = self.generator.advance(prev["state"], self.stages[index - 1].split, stage.split)
+        self._install(state, stage)
+        self._stage = index
+        self._stage_step = 0
+        b = len(batch)
+        self._stage_best.append(
+            {
+                "loss": torch.full((b,), INF, device=self.device),
+                "state": {k: v.detach().clone() for k, v in state.items()},
+                "image": None,
+            }
+        )
+
+    def _initial_state(self, batch: ProblemBatch) -> State:
+        # One generator per problem: a problem's start does not depend on its batch-mates.
+        parts = [self.generator.init_variables(1, torch.Generator().manual_seed(int(s))) for s in batch.seeds]
+        return {k: torch.cat([p[k] for p in parts], 0).to(self.device) for k in parts[0]}
+
+    def _install(self, state: State, stage: Stage) -> None:
+        groups = self.generator.groups(stage.split)
+        spheres = self.generator.sphere_variables(stage.split) if self.sphere else {}
+        self.variables = nn.ParameterDict()
+        self._fixed, self._anchors, self._l1, self._spheres = {}, {}, [], []
+        for name, value in state.items():
+            group = groups[name]
+            value = value.detach().to(self.device, torch.float32)
+            if not stage.is_free(name, group):
+                self._fixed[name] = value
+                continue
+            param = nn.Parameter(value.clone())
+            self.variables[name] = param
+            radius = stage.radius_of(name, group)
+            if math.isfinite(radius):
+                self._anchors[name] = value.clone()
+                self._l1.append((param, self._anchors[name], radius))
+            if name in spheres:
+                self._spheres.append((param, tuple(spheres[name])))
+        if not self.variables:
+            raise ValueError(
+                f"stage at split {stage.split} frees no variable: its `free` {stage.free} matches "
+                f"none of {sorted(state)} (groups {sorted(set(groups.values()))})"
+            )
+
+    def project_to_range(self, index: int) -> None:
+        """Algorithm 1, line 5: pull the best state of stage ``index - 1`` into the range.
+
+        Optimises the free entries of stage ``index - 2``'s best state so that
+        ``G1`` of them matches the ``"state"`` entries of stage ``index - 1``'s
+        best state, then replaces the latter by that ``G1`` image.
+        """
+        if index < 2:
+            return
+        src, dst = self.stages[index - 2], self.stages[index - 1]
+        if src.split == dst.split:
+            return
+        base = self._stage_best[index - 2]["state"]
+        target = self._stage_best[index - 1]["state"]
+        groups_dst = self.generator.groups(dst.split)
+        groups_src = self.generator.groups(src.split)
+        with torch.enable_grad():
+            free = {k: v.clone().requires_grad_(True) for k, v in base.items() if src.is_free(k, groups_src[k])}
+            if not free:
+                return
+            opt = torch.optim.Adam(list(free.values()), lr=self.range_lr)
+            for _ in range(self.range_steps):
+                opt.zero_grad(set_to_none=True)
+                out = self.generator.advance({**base, **free}, src.split, dst.split)
+                loss = sum(
+                    (out[k] - target[k]).pow(2).flatten(1).mean(1).sum()
+                    for k in out
+                    if groups_dst[k] == "state"
+                )
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            out = self.generator.advance({**base, **{k: v.detach() for k, v in free.items()}}, src.split, dst.split)
+        self._stage_best[index - 1]["state"] = {k: v.detach() for k, v in out.items()}
+
+    # ------------------------------------------------------------ projections
+    def l1_constraints(self) -> Iterable[Tuple[nn.Parameter, Tensor, float]]:
+        """``(parameter, anchor, radius)`` for every l1-constrained variable of the stage."""
+        return self._l1
+
+    def sphere_constraints(self) -> Iterable[Tuple[nn.Parameter, Tuple[int, ...]]]:
+        """``(parameter, dims)`` for every sphere-constrained variable of the stage."""
+        return self._spheres
+
+    def configure_callbacks(self) -> List[pl.Callback]:
+        # The callbacks ILO cannot run without; a trainer's own instances of
+        # these types are replaced by these (Lightning's rule).
+        return [
+            StageTransition(project_to_range=self.project_to_range_enabled),
+            SphereProjection(),
+            L1BallProjection(),
+        ]
+
+    # -------------------------------------------------------------- optimisation
+    def current_state(self) -> Dict[str, Tensor]:
+        """The full state at the current split: variables and fixed entries."""
+        return {**self._fixed, **dict(self.variables.items())}
+
+    def configure_optimizers(self) -> Dict[str, Any]:
+        params = list(self.variables.values())
+        if not params:
+            # Before the first batch there are no variables yet; the first
+            # stage transition rebuilds the optimizer over the real ones.
+            params = [nn.Parameter(torch.zeros(1, device=self.device))]
+        stage = self.stages[max(self._stage, 0)]
+        opt = torch.optim.Adam(params, lr=stage.lr)
+        opt._ilo_owner = id(self)  # checked by StageTransition (see its protocol)
+        steps = stage.steps
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: ramp_lr(min(1.0, (i + 0.5) / steps), self.rampup, self.rampdown)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # The same problem batch comes once per step: move it once, not every step.
+        if isinstance(batch, ProblemBatch):
+            if self._batch_cache is not None and self._batch_cache[0] is batch:
+                return self._batch_cache[1]
+            moved = batch.to(device)
+            self._batch_cache = (batch, moved)
+            return moved
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def training_step(self, batch: ProblemBatch, batch_idx: int) -> Tensor:
+        if self._stage < 0 or batch.key != self._key:
+            raise RuntimeError(
+                "ILOModule got a batch before its stage was set up: the StageTransition callback "
+                "is missing (it is added by configure_callbacks; do not remove it)"
+            )
+        stage = self.stages[self._stage]
+        state = self.current_state()
+        groups = self.generator.groups(stage.split)
+        image = self.generator.render(state, stage.split)
+        op, y = batch.operator, batch.observation
+        measured = op(image) if self.sna else op.A(image)
+        err = op.measurement_error(measured, y)
+        ctx = LossContext(image=image, measured=measured, observation=y, operator=op,
+                          state=state, groups=groups, split=stage.split, measurement_error=err)
+        per_sample = image.new_zeros(len(batch), dtype=torch.float32)
+        logs = {}
+        for name, weight in stage_losses(stage, self.loss_weights).items():
+            if weight == 0:
+                continue
+            term = self.losses[name](ctx).float()
+            per_sample = per_sample + weight * term
+            logs[name] = term
+        self._track(batch, image, err, per_sample, state)
+        finite = torch.isfinite(per_sample)
+        # Sum over samples (never average): a sample's step is the same in any batch.
+        loss = torch.where(finite, per_sample, torch.zeros_like(per_sample)).sum()
+        self._stage_step += 1
+        self._problem_step += 1
+        if self._problem_step % self.log_every == 0:
+            self.log("loss", loss.detach() / len(batch), prog_bar=True, on_step=True, batch_size=len(batch))
+            self.log("stage", float(self._stage), prog_bar=True, on_step=True, batch_size=len(batch))
+            for name, term in logs.items():
+                self.log(f"loss/{name}/stage{self._stage}", term.detach().mean(), on_step=True, batch_size=len(batch))
+        if self._problem_step == self.steps_per_problem * self._accumulate():
+            self.last_result = self._finish(batch)
+        return loss
+
+    @torch.no_grad()
+    def _track(self, batch: ProblemBatch, image: Tensor, err: Tensor, per_sample: Tensor, state: Dict[str, Tensor]) -> None:
+        """Keep each sample's best iterate of the stage by measurement error."""
+        if self.sna:  # rank iterates by the noiseless measurement, not by the noise drawn
+            err = batch.operator.measurement_error(batch.operator.A(image), batch.observation)
+        err = err.detach().float()
+        best = self._stage_best[-1]
+        finite = torch.isfinite(err) & torch.isfinite(per_sample.detach())
+        # Recorded on the device without a host sync; read once at the end.
+        newly_failed = (~finite & (self._fail_at[:, 0] < 0)).view(-1, 1)
+        here = torch.tensor([self._stage, self._stage_step], device=self._fail_at.device)
+        self._fail_at = torch.where(newly_failed, here, self._fail_at)
+        improved = finite & (err < best["loss"])
+        best["loss"] = torch.where(improved, err, best["loss"])
+        for name, value in state.items():
+            mask = improved.view(-1, *([1] * (value.dim() - 1)))
+            best["state"][name] = torch.where(mask, value.detach(), best["state"][name])
+        img = image.detach().float()
+        best["image"] = img if best["image"] is None else torch.where(improved.view(-1, 1, 1, 1), img, best["image"])
+
+    @torch.no_grad()
+    def _finish(self, batch: ProblemBatch) -> ProblemResult:
+        """Pick each sample's best iterate over all stages."""
+        losses = torch.stack([s["loss"] for s in self._stage_best])  # [S, B]
+        which = losses.argmin(0)
+        bsz = len(batch)
+        images, solutions = [], []
+        for b in range(bsz):
+            s = int(which[b])
+            entry = self._stage_best[s]
+            img = entry["image"]
+            if img is None:  # no finite iterate at all: render the stage start
+                img = self.generator.render(entry["state"], self.stages[s].split)
+            images.append(img[b : b + 1])
+            solutions.append(
+                Solution(
+                    split=self.stages[s].split,
+                    stage=s,
+                    state={k: v[b : b + 1].detach().cpu().clone() for k, v in entry["state"].items()},
+                )
+            )
+        fail_at = self._fail_at.tolist()
+        failed = [
+            None if st < 0 else f"non-finite loss (NaN/inf) at stage {st}, step {step}; "
+            "the output is the best finite iterate before it" + ("" if torch.isfinite(losses[:, b]).any() else " (none: no finite iterate)")
+            for b, (st, step) in enumerate(fail_at)
+        ]
+        return ProblemResult(
+            batch=batch,
+            images=torch.cat(images).float().cpu(),
+            measurement_loss=losses.min(0).values.cpu(),
+            solutions=solutions,
+            stage_losses=[s["loss"].cpu() for s in self._stage_best],
+            failed=failed,
+        )
