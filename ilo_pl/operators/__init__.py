@@ -1,17 +1,48 @@
-"""Forward operators (see :mod:`ilo_pl.operators.base` for the contract)."""
+"""Forward operators (see :mod:`ilo_pl.operators.base` for the contract).
+
+Operators (``nn.Module``) and the specs that build them per problem in configs:
+
+==========================  ===========================  =====================
+task                        operator                     spec
+==========================  ===========================  =====================
+inpainting                  :class:`Inpainting`          BoxMask, RandomMask, FileMask
+denoising                   :class:`GaussianNoise`       Denoising
+super-resolution            :class:`BicubicDownsample`   SuperResolution
+compressed sensing          :class:`PartialCirculant`,   CompressedSensing
+                            :class:`GaussianMatrix`
+composition                 :class:`Compose`, Noisy      ComposeSpec
+==========================  ===========================  =====================
+"""
 
 from ilo_pl.operators.base import Identity, LambdaOperator, LinearOperator, Operator, OperatorSpec, as_operator
+from ilo_pl.operators.compose import Compose, ComposeSpec, LinearCompose, Noisy
+from ilo_pl.operators.cs import CompressedSensing, GaussianMatrix, PartialCirculant
 from ilo_pl.operators.inpainting import BoxMask, FileMask, Inpainting, RandomMask
+from ilo_pl.operators.noise import Denoising, GaussianNoise, sigma_to_std
+from ilo_pl.operators.superres import BicubicDownsample, SuperResolution, upsample_bicubic
 
 __all__ = [
+    "BicubicDownsample",
     "BoxMask",
+    "Compose",
+    "ComposeSpec",
+    "CompressedSensing",
+    "Denoising",
     "FileMask",
+    "GaussianMatrix",
+    "GaussianNoise",
     "Identity",
     "Inpainting",
     "LambdaOperator",
+    "LinearCompose",
     "LinearOperator",
+    "Noisy",
     "Operator",
     "OperatorSpec",
+    "PartialCirculant",
     "RandomMask",
+    "SuperResolution",
     "as_operator",
+    "sigma_to_std",
+    "upsample_bicubic",
 ]
