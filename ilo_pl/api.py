@@ -42,7 +42,7 @@ def default_trainer_kwargs() -> Dict[str, Any]:
 
 def quiet_lightning() -> None:
     """Silence Lightning's advice that does not apply to ILO (workers, log interval)."""
-    for pattern in (".*does not have many workers.*", ".*log_every_n_steps.*", ".*LeafSpec.*", ".*treespec.*"):
+    for pattern in (".*does not have many workers.*", ".*module\(s\) in eval mode.*", ".*overridden `transfer_batch_to_device`.*", ".*log_every_n_steps.*", ".*LeafSpec.*", ".*treespec.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 

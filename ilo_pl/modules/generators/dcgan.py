@@ -143,3 +143,8 @@ class DCGANGenerator(SplitGenerator):
     def groups(self, split: int) -> Dict[str, str]:
         self.check_split(split)
         return {"h": "latent" if split == 0 else "state"}
+
+    def sphere_variables(self, split: int) -> Dict[str, tuple]:
+        # z ~ N(0, I) concentrates on the sphere of radius sqrt(nz) (PULSE's constraint).
+        self.check_split(split)
+        return {"h": (1, 2, 3)} if split == 0 else {}

@@ -1,0 +1,231 @@
+"""The ILO engine: split protocol, stages, projections firing, batching, theory checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from ilo_pl.api import default_trainer_kwargs, solve
+from ilo_pl.callbacks import L1BallProjection, StageTransition
+from ilo_pl.data import GeneratorSamples, InverseProblemDataModule, draw_from_generator
+from ilo_pl.metrics import image_metrics
+from ilo_pl.modules import ILOModule
+from ilo_pl.modules.generators import DCGANGenerator
+from ilo_pl.operators import BoxMask, Identity, Inpainting, RandomMask
+from ilo_pl.stages import Stage, ramp_lr
+
+
+@pytest.fixture(scope="module")
+def gen() -> DCGANGenerator:
+    torch.manual_seed(0)
+    return DCGANGenerator()
+
+
+def _stages(steps=(4, 3, 3), radii=(200.0, 100.0)):
+    out = [Stage(split=0, steps=steps[0], lr=0.1, free=["latent"])]
+    for i, (s, r) in enumerate(zip(steps[1:], radii), start=1):
+        out.append(Stage(split=i, steps=s, lr=0.1, free=["state"], radius={"state": r}))
+    return out
+
+
+# -- split protocol -----------------------------------------------------------------
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 4])
+def test_split_identity_batched(gen, k):
+    v = gen.init_variables(3, torch.Generator().manual_seed(1))
+    full = gen(v)
+    state = gen.advance(v, 0, k)
+    assert torch.allclose(gen.render(state, k), full, atol=1e-6, rtol=0)
+    # advancing in two hops is the same as one
+    mid = gen.advance(v, 0, k // 2)
+    assert torch.allclose(gen.render(gen.advance(mid, k // 2, k), k), full, atol=1e-6, rtol=0)
+
+
+def test_split_shapes(gen):
+    v = gen.init_variables(2)
+    shapes = [tuple(gen.advance(v, 0, k)["h"].shape) for k in range(5)]
+    assert shapes == [(2, 100, 1, 1), (2, 512, 4, 4), (2, 256, 8, 8), (2, 128, 16, 16), (2, 64, 32, 32)]
+    assert tuple(gen(v).shape) == (2, 3, 64, 64)
+
+
+def test_generator_frozen_and_eval(gen):
+    assert all(not p.requires_grad for p in gen.parameters())
+    gen.train()  # Lightning calls this; BatchNorm must stay in eval mode
+    assert not any(m.training for m in gen.modules())
+
+
+def test_split_out_of_range_error(gen):
+    with pytest.raises(ValueError, match="valid split points are 0..4"):
+        gen.render(gen.init_variables(1), 5)
+    with pytest.raises(ValueError, match="back to split"):
+        gen.advance(gen.advance(gen.init_variables(1), 0, 2), 2, 1)
+
+
+def test_dcgan_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        DCGANGenerator(weights=tmp_path / "missing.pt")
+    bad = tmp_path / "other.pt"
+    torch.save({"netG_state_dict": {"conv.weight": torch.zeros(3, 3)}}, bad)
+    with pytest.raises(ValueError, match=r"missing keys \['main.0.weight'.*unexpected keys \['conv.weight'\]"):
+        DCGANGenerator(weights=bad)
+    sd = DCGANGenerator(weights="random").state_dict()
+    sd["main.0.weight"] = torch.zeros(100, 256, 4, 4)
+    torch.save(sd, bad)
+    with pytest.raises(ValueError, match=r"mis-shaped keys main.0.weight \(100, 256, 4, 4\)"):
+        DCGANGenerator(weights=bad)
+
+
+# -- stages ---------------------------------------------------------------------------
+def test_stage_validation(gen):
+    with pytest.raises(ValueError, match="at least one step"):
+        Stage(split=0, steps=0)
+    with pytest.raises(ValueError, match="split points 0..4"):
+        ILOModule(gen, [Stage(split=7, steps=1)])
+    with pytest.raises(ValueError, match="splits must not decrease"):
+        ILOModule(gen, [Stage(split=2, steps=1), Stage(split=1, steps=1)])
+    with pytest.raises(ValueError, match=r"not in `losses`"):
+        ILOModule(gen, [Stage(split=0, steps=1)], loss_weights={"lpips": 1.0})
+    with pytest.raises(TypeError, match="SplitGenerator"):
+        ILOModule(torch.nn.Linear(2, 2), [Stage(split=0, steps=1)])
+
+
+def test_ramp_schedule():
+    assert ramp_lr(0.0) == 0.0 and ramp_lr(1.0) == 0.0
+    assert ramp_lr(0.5) == pytest.approx(1.0)
+    assert 0 < ramp_lr(0.02) < 1 and 0 < ramp_lr(0.9) < 1
+    assert ramp_lr(0.9) == pytest.approx(0.5 - 0.5 * math.cos(0.4 * math.pi))
+
+
+# -- the loop with a real Trainer -----------------------------------------------------------
+class _Probe(pl.Callback):
+    """Checks invariants at every real optimizer step."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.violations = []
+        self.param_sets = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps += 1
+        in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        self.param_sets.append(in_opt == {id(p) for p in pl_module.variables.values()})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for p, anchor, r in pl_module.l1_constraints():
+            dev = (p.detach() - anchor).flatten(1).abs().sum(1)
+            if (dev > r * (1 + 1e-5) + 1e-4).any():
+                self.violations.append((pl_module.stage_index, dev.max().item(), r))
+
+
+def _fit(gen, stages, n=2, batch_size=2, accumulate=1, operator=None, **module_kw):
+    module = ILOModule(gen, stages, **module_kw)
+    dm = InverseProblemDataModule(operator or BoxMask([38, 55, 14, 49]), data=GeneratorSamples(num=n, split=2), batch_size=batch_size)
+    probe = _Probe()
+    kw = default_trainer_kwargs()
+    kw.update(callbacks=[probe], accumulate_grad_batches=accumulate)
+    trainer = pl.Trainer(**kw)
+    trainer.fit(module, datamodule=dm)
+    return trainer, module, probe
+
+
+def test_projection_fires_once_per_real_step_with_accumulation(gen):
+    stages = _stages(steps=(3, 2, 2))
+    trainer, module, probe = _fit(gen, stages, n=2, batch_size=2, accumulate=2)
+    proj = next(c for c in trainer.callbacks if isinstance(c, L1BallProjection))
+    trans = next(c for c in trainer.callbacks if isinstance(c, StageTransition))
+    assert probe.steps == sum(s.steps for s in stages)  # accumulation: 2 batches per step
+    assert proj.calls == probe.steps
+    assert trans.rebuilds == len(stages)  # one per stage begun (stage 0 included)
+    assert all(probe.param_sets), "the optimizer must hold exactly the current variables"
+    assert not probe.violations
+
+
+def test_constraints_hold_and_optimizer_tracks_variables_over_problems(gen):
+    stages = _stages(steps=(3, 3, 3), radii=(5.0, 2.0))  # tight balls: projections are active
+    trainer, module, probe = _fit(gen, stages, n=3, batch_size=2)
+    trans = next(c for c in trainer.callbacks if isinstance(c, StageTransition))
+    assert trans.rebuilds == 2 * len(stages)  # two problem batches (2 + 1 problems)
+    assert all(probe.param_sets)
+    assert not probe.violations
+    assert module.last_result is not None and len(module.last_result.batch) == 1
+
+
+def test_optimizer_entry_is_detected(gen):
+    class Sneaky(ILOModule):
+        def configure_optimizers(self):
+            return torch.optim.SGD(list(self.variables.values()) or [torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    module = Sneaky(gen, _stages())
+    dm = InverseProblemDataModule(BoxMask([38, 55, 14, 49]), data=GeneratorSamples(num=1))
+    trainer = pl.Trainer(**default_trainer_kwargs())
+    with pytest.raises(RuntimeError, match="not built by the module's configure_optimizers"):
+        trainer.fit(module, datamodule=dm)
+
+
+# -- batching ---------------------------------------------------------------------------------------
+def test_batch_equals_per_sample(gen):
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([draw_from_generator(gen, g, split=2) for _ in range(2)])
+    ops = [RandomMask(0.3).build(gen.image_shape, s) for s in (11, 12)]
+    op = Inpainting.stack(ops)
+    y = op(x)
+    stages = _stages(steps=(5, 4, 4))
+    both = solve(gen, op, y, stages, seeds=[5, 6])
+    for b in range(2):
+        alone = solve(gen, ops[b], y[b : b + 1], stages, seeds=[5 + b])
+        assert torch.allclose(both.images[b], alone.images[0], atol=1e-4), b
+        assert torch.allclose(both.measurement_loss[b], alone.measurement_loss[0], rtol=1e-3)
+
+
+def test_best_iterate_is_returned(gen):
+    g = torch.Generator().manual_seed(4)
+    x = draw_from_generator(gen, g, split=0)
+    op = Identity()
+    res = solve(gen, op, x, _stages(steps=(6, 4, 4)))
+    # the returned image's measurement error is the best one recorded over all stages
+    err = (res.images - x).pow(2).mean()
+    assert err.item() == pytest.approx(res.measurement_loss[0].item(), rel=1e-4)
+    assert res.measurement_loss[0] <= min(s[0] for s in res.stage_losses) + 1e-12
+    sol = res.solutions[0]
+    assert torch.allclose(gen.render(sol.state, sol.split), res.images, atol=1e-6)
+
+
+def test_solve_rejects_mismatched_observation(gen):
+    op = BoxMask([0, 3, 0, 3]).build(gen.image_shape, 0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        solve(gen, op, torch.full((1, 3, 64, 64), float("nan")), _stages())
+    with pytest.raises(ValueError, match=r"produces measurements of shape \(1, 3, 64, 64\)"):
+        solve(gen, op, torch.zeros(1, 3, 32, 32), _stages())
+
+
+# -- theory checks (the paper's claims on generator-drawn images) -----------------------------------------
+def test_in_range_image_fully_observed_psnr_above_35(gen):
+    x = draw_from_generator(gen, torch.Generator().manual_seed(21), split=0)
+    stages = [
+        Stage(split=0, steps=150, lr=0.1, free=["latent"]),
+        Stage(split=2, steps=100, lr=0.1, free=["state"], radius={"state": 2000.0}),
+        Stage(split=4, steps=100, lr=0.05, free=["state"], radius={"state": 2000.0}),
+    ]
+    res = solve(gen, Identity(), x, stages, target=x)
+    psnr = image_metrics(res.images, x)["psnr"].item()
+    assert psnr > 35.0, psnr
+
+
+def test_out_of_range_ilo_beats_csgm_by_2x(gen):
+    g = torch.Generator().manual_seed(7)
+    x = torch.cat([draw_from_generator(gen, g, split=2, sparsity=0.01, magnitude=6.0) for _ in range(2)])
+    op = Inpainting.stack([RandomMask(0.5).build(gen.image_shape, s) for s in (1, 2)])
+    y = op(x)
+    ilo = [
+        Stage(split=0, steps=150, lr=0.1, free=["latent"]),
+        Stage(split=1, steps=75, lr=0.1, free=["state"], radius={"state": 300.0}),
+        Stage(split=2, steps=75, lr=0.1, free=["state"], radius={"state": 300.0}),
+    ]
+    csgm = [Stage(split=0, steps=300, lr=0.1, free=["latent"])]
+    r_ilo = solve(gen, op, y, ilo, target=x)
+    r_csgm = solve(gen, op, y, csgm, target=x)
+    mse_ilo = image_metrics(r_ilo.images, x)["true_mse"].mean().item()
+    mse_csgm = image_metrics(r_csgm.images, x)["true_mse"].mean().item()
+    assert mse_ilo <= 0.5 * mse_csgm, (mse_ilo, mse_csgm)
