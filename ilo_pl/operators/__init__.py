@@ -15,6 +15,7 @@ composition                 :class:`Compose`, Noisy      ComposeSpec
 """
 
 from ilo_pl.operators.base import Identity, LambdaOperator, LinearOperator, Operator, OperatorSpec, as_operator
+from ilo_pl.operators.classifier import ClassGuidance, ClassifierOperator
 from ilo_pl.operators.compose import Compose, ComposeSpec, LinearCompose, Noisy
 from ilo_pl.operators.cs import CompressedSensing, GaussianMatrix, PartialCirculant
 from ilo_pl.operators.inpainting import BoxMask, FileMask, Inpainting, RandomMask
@@ -24,6 +25,8 @@ from ilo_pl.operators.superres import BicubicDownsample, SuperResolution, upsamp
 __all__ = [
     "BicubicDownsample",
     "BoxMask",
+    "ClassGuidance",
+    "ClassifierOperator",
     "Compose",
     "ComposeSpec",
     "CompressedSensing",

@@ -173,7 +173,10 @@ class ClassGuidance(OperatorSpec):
         input_size: the bare module's input size.
 
     The classifier is built once and shared by every problem (``shared = True``).
-    The data module makes the observation batch with :meth:`target_observation`.
+    The observation of every problem is the target class: :meth:`observe`
+    (what the data module calls) and :meth:`target_observation` return it.
+    The data set's images are not measured (they only serve as ground truth
+    in the outputs).
 
     Raises:
         ValueError: if ``target`` is negative or not below the classifier's ``K``.
@@ -221,6 +224,10 @@ class ClassGuidance(OperatorSpec):
                 f"{image_shape[0]}-channel images"
             )
         return self.operator
+
+    def observe(self, op: Operator, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The observation of a problem is the target class, whatever its image ``x``: ``LongTensor [B]``."""
+        return self.target_observation(x.shape[0])
 
     def target_observation(self, batch_size: int) -> Tensor:
         """The observation of ``batch_size`` problems: ``LongTensor [batch_size]`` filled with ``target``."""
