@@ -153,6 +153,9 @@ class ILOModule(pl.LightningModule):
         stage = self.stages[index]
         if index == 0:
             state = self._initial_state(batch)
+            if stage.split > 0:  # a schedule may start deeper than the input
+                with torch.no_grad():
+                    state = self.generator.advance(state, 0, stage.split)
             self._key = batch.key
             self._problem_step = 0
             self._stage_best: List[Dict[str, Any]] = []
