@@ -1,0 +1,910 @@
+"""StyleGAN-2 generator (config-e/f architecture), split at every convolution layer.
+
+The network follows Karras et al. (CVPR 2020) as laid out by the widely used
+PyTorch port of StyleGAN-2 (rosinality's ``model.py``): its ``state_dict`` has
+exactly that port's keys, so the ``g_ema`` of a checkpoint of that port (e.g.
+``stylegan2-ffhq-config-f.pt``) loads with ``strict=True``, and
+:meth:`StyleGAN2Generator.synthesize` (also reachable as ``g(styles, ...)``)
+takes that port's arguments.
+
+Blocks and split points
+-----------------------
+The synthesis network is a chain of ``L = 2 * log2(size) - 3`` modulated
+convolution layers ``conv_0 .. conv_{L-1}`` (``conv_0`` is ``conv1`` at 4x4;
+``conv_{2m+1}`` upsamples, ``conv_{2m+2}`` follows it at the same resolution).
+A ToRGB layer follows ``conv_0`` and every ``conv_{2m+2}`` and adds its RGB
+output to the (upsampled) running RGB *skip*. Layer ``conv_j`` reads W+ row
+``j`` and noise map ``noise_j``; the ToRGB after ``conv_j`` reads row ``j+1``.
+
+Split ``k`` sits after ``conv_{k-1}`` (and its ToRGB, if any), for
+``k = 0 .. L-1`` (``num_splits = L - 1``). The state at split ``k``:
+
+=========================  ==========================================  ======
+entry                      shape                                       group
+=========================  ==========================================  ======
+``h`` (k >= 1)             activation after ``conv_{k-1}``             state
+``skip`` (k >= 1)          RGB accumulated so far (not yet upsampled)  state
+``latent``                 W+ rows ``k .. n_latent-1``                 latent
+                           ``[B, n_latent - k, style_dim]``
+``noise_i``, ``i >= k``    ``[B, 1, r_i, r_i]``                        noise
+=========================  ==========================================  ======
+
+The split after the last layer is left out: no W+ row would remain and G2
+would be the identity on the image. Every split therefore keeps at least two
+W+ rows, so the geodesic (cross) loss on group ``latent`` is live in every
+stage. For 1024x1024 (``L = 17``) the splits are ``0 .. 16``; the paper's
+"layers" (resolution blocks) 0, 1, 2, 3 are splits 0, 1, 3, 5.
+
+Latent spaces
+-------------
+``latent_space="w+"``: the ``latent`` entry is W+ itself. ``"gaussian_fit"``
+(PULSE): the entry is a Gaussian-space proxy ``v`` per row, and
+``w = leaky_relu(sigma * v + mu, 0.2)``, where ``mu, sigma`` are the mean and
+std of ``leaky_relu(mapping(z), 5)`` (which undoes the mapping network's final
+leaky ReLU) over ``gaussian_fit_samples`` random ``z``. Its rows live on the
+sphere of radius ``sqrt(style_dim)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pickle
+import random
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ilo_pl.modules.generators.base import SplitGenerator, State
+from ilo_pl.ops.fused_act import FusedLeakyReLU, fused_leaky_relu
+from ilo_pl.ops.upfirdn2d import upfirdn2d
+from ilo_pl.stages import Stage
+
+PathLike = Union[str, Path]
+
+def standard_channels(channel_multiplier: int = 2) -> Dict[int, int]:
+    """The standard channel table (resolution -> channels) of StyleGAN-2.
+
+    512 channels up to 32x32, then ``256 * m`` at 64x64, halving per octave.
+    """
+    m = channel_multiplier
+    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * m, 128: 128 * m, 256: 64 * m, 512: 32 * m, 1024: 16 * m}
+
+
+LATENT_SPACES = ("w+", "gaussian_fit")
+
+#: Radii of the paper's appendix (l1 balls around each stage's start), per stage.
+PAPER_RADII: Dict[str, Tuple[float, ...]] = {
+    "noise": (300.0, 2000.0, 2000.0, 4000.0),
+    "latent": (300.0, 500.0, 1000.0, 2000.0),
+    "state": (500.0, 1000.0, 2000.0),  # stages 1.. (stage 0 has no intermediate state)
+}
+
+
+# ----------------------------------------------------------------------------- layers
+def _fir_kernel(taps: Sequence[float]) -> Tensor:
+    """2-D separable FIR kernel from 1-D taps, normalised to sum 1."""
+    k = torch.tensor(list(taps), dtype=torch.float32)
+    k = k[None, :] * k[:, None] if k.dim() == 1 else k
+    return k / k.sum()
+
+
+class PixelNorm(nn.Module):
+    """Normalise each latent to unit mean square (mapping network's first layer)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalised learning rate (weights scaled at run time).
+
+    State-dict keys ``weight`` ``[out, in]`` and ``bias`` ``[out]``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activation: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = None if self.bias is None else self.bias * self.lr_mul
+        if self.activation == "fused_lrelu":
+            return fused_leaky_relu(F.linear(x, self.weight * self.scale), bias)
+        return F.linear(x, self.weight * self.scale, bias)
+
+
+class ConstantInput(nn.Module):
+    """The learnt 4x4 constant the synthesis network starts from (key ``input``)."""
+
+    def __init__(self, channels: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class Blur(nn.Module):
+    """FIR low-pass (``upfirdn2d`` without resampling); buffer ``kernel``."""
+
+    def __init__(self, taps: Sequence[float], pad: Tuple[int, int], upsample_factor: int = 1) -> None:
+        super().__init__()
+        # After zero-insertion upsampling the kernel's gain must be factor^2.
+        self.register_buffer("kernel", _fir_kernel(taps) * upsample_factor**2)
+        self.pad = pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """2x FIR upsampling of the RGB skip; buffer ``kernel``."""
+
+    def __init__(self, taps: Sequence[float], factor: int = 2) -> None:
+        super().__init__()
+        kernel = _fir_kernel(taps) * factor**2
+        self.register_buffer("kernel", kernel)
+        self.factor = factor
+        p = kernel.shape[0] - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upfirdn2d(x, self.kernel, up=self.factor, down=1, pad=self.pad)
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated (and optionally demodulated) convolution, optionally 2x upsampling.
+
+    Computed as "modulate the input, convolve with the shared weight, scale the
+    output by the demodulation factor" -- the same linear map as a per-sample
+    modulated weight, without materialising ``B`` weights.
+    """
+
+    def __init__(
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+    ) -> None:
+        super().__init__()
+        self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
+        self.demodulate, self.upsample = demodulate, upsample
+        self.scale = 1.0 / math.sqrt(in_channel * kernel_size**2)
+        self.padding = kernel_size // 2
+        if upsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        # Registered after `blur`, as in the reference port (same state-dict order).
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1.0)
+
+    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        s = self.modulation(style)  # [B, in]
+        weight = self.weight[0] * self.scale  # [out, in, k, k]
+        x = x * s[:, :, None, None].to(x.dtype)
+        if self.upsample:
+            # Transposed convolution, stride 2, then the FIR blur.
+            out = F.conv_transpose2d(x, weight.transpose(0, 1).contiguous().to(x.dtype), stride=2)
+        else:
+            out = F.conv2d(x, weight.to(x.dtype), padding=self.padding)
+        if self.demodulate:
+            energy = weight.pow(2).sum(dim=(2, 3))  # [out, in]
+            demod = torch.rsqrt(s.pow(2) @ energy.t() + 1e-8)  # [B, out]
+            out = out * demod[:, :, None, None].to(out.dtype)
+        if self.upsample:
+            out = self.blur(out)
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channel}, {self.out_channel}, kernel_size={self.kernel_size}, "
+            f"upsample={self.upsample}, demodulate={self.demodulate}"
+        )
+
+
+class NoiseInjection(nn.Module):
+    """Add a learnt multiple (key ``weight`` ``[1]``) of a noise map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+        if noise is None:
+            b, _, h, w = x.shape
+            noise = x.new_empty(b, 1, h, w).normal_()
+        return x + self.weight * noise
+
+
+class StyledConv(nn.Module):
+    """Modulated conv -> noise -> fused bias + leaky ReLU (keys ``conv``, ``noise``, ``activate``)."""
+
+    def __init__(
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        upsample: bool = False,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+    ) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(
+            in_channel, out_channel, kernel_size, style_dim, upsample=upsample, blur_kernel=blur_kernel
+        )
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel)
+
+    def forward(self, x: Tensor, style: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+        return self.activate(self.noise(self.conv(x, style), noise=noise))
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv to RGB plus the upsampled skip (keys ``conv``, ``bias``, ``upsample``)."""
+
+    def __init__(
+        self, in_channel: int, style_dim: int, upsample: bool = True, blur_kernel: Sequence[float] = (1, 3, 3, 1)
+    ) -> None:
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(blur_kernel)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: Tensor, style: Tensor, skip: Optional[Tensor] = None) -> Tensor:
+        out = self.conv(x, style) + self.bias
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+# ----------------------------------------------------------------------------- loading
+def _format_keys(keys: Sequence[str], limit: int = 8) -> str:
+    keys = list(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return "[" + ", ".join(keys[:limit]) + "]" + more
+
+
+def read_checkpoint(path: PathLike) -> Dict[str, Tensor]:
+    """Read the ``g_ema`` state dict of a checkpoint of the reference port.
+
+    Reads with ``torch.load(..., weights_only=True)``; an ``argparse.Namespace``
+    (the training script's ``args``) is allowed as a plain-data object. Other
+    top-level entries (``g``, ``d``, optimisers, ``latent_avg``) are ignored.
+    A file that holds a bare state dict (every value a tensor) is accepted too.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file is not a checkpoint with a ``g_ema`` state dict.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (looked in {path.absolute().parent})"
+        raise FileNotFoundError(
+            f"StyleGAN-2 checkpoint {path} does not exist{where}; download stylegan2-ffhq-config-f.pt "
+            "(see docs/stylegan2.md) and pass its path as `checkpoint` "
+            "(CLI: --model.generator.init_args.checkpoint=/path/to/ckpt.pt)"
+        )
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds objects that a weights-only load refuses ({err}); re-save just the "
+            "generator: torch.save({'g_ema': ckpt['g_ema']}, 'g_ema.pt')"
+        ) from err
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"{path} is not a StyleGAN-2 checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+    if "g_ema" in ckpt:
+        sd = ckpt["g_ema"]
+    elif ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        sd = ckpt
+    else:
+        raise ValueError(
+            f"{path} has no 'g_ema' entry (top-level keys: {_format_keys(sorted(map(str, ckpt)))}); "
+            "expected a checkpoint of the rosinality StyleGAN-2 port with the generator under 'g_ema'"
+        )
+    if not isinstance(sd, Mapping) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ValueError(f"{path}: 'g_ema' is not a state dict of tensors")
+    return dict(sd)
+
+
+def _indexed(sd: Mapping[str, Tensor], pattern: str) -> Dict[int, str]:
+    rx = re.compile(pattern)
+    out = {}
+    for key in sd:
+        m = rx.fullmatch(key)
+        if m:
+            out[int(m.group(1))] = key
+    return out
+
+
+def infer_architecture(sd: Mapping[str, Tensor]) -> Dict[str, Any]:
+    """Infer ``size``, ``style_dim``, ``n_mlp`` and the channel table from a ``g_ema`` state dict.
+
+    Raises:
+        ValueError: naming the keys that are missing or mis-shaped when the
+            architecture cannot be read off the tensors.
+    """
+    needed = ["input.input", "conv1.conv.weight", "conv1.conv.modulation.weight"]
+    missing = [k for k in needed if k not in sd]
+    mlp = _indexed(sd, r"style\.(\d+)\.weight")
+    if not mlp:
+        missing.append("style.1.weight")
+    if missing:
+        unexpected = [k for k in sd if not re.match(r"(style|input|conv1|to_rgb1|convs|to_rgbs|noises)\.", k)]
+        detail = f"missing keys {_format_keys(missing)}"
+        if unexpected:
+            detail += f"; unexpected keys {_format_keys(sorted(unexpected))}"
+        raise ValueError(f"not a StyleGAN-2 generator state dict (rosinality layout): {detail}")
+    inp = sd["input.input"]
+    if inp.dim() != 4:
+        raise ValueError(f"mis-shaped key input.input {tuple(inp.shape)}: expected [1, C, 4, 4]")
+    mod = sd["conv1.conv.modulation.weight"]
+    if mod.dim() != 2:
+        raise ValueError(f"mis-shaped key conv1.conv.modulation.weight {tuple(mod.shape)}: expected [C, style_dim]")
+    style_dim = int(mod.shape[1])
+    n_mlp = max(mlp)
+    gaps = [f"style.{i}.weight" for i in range(1, n_mlp + 1) if i not in mlp]
+    if gaps:
+        raise ValueError(f"not a StyleGAN-2 generator state dict: missing keys {_format_keys(gaps)}")
+    idx = set(_indexed(sd, r"convs\.(\d+)\..*")) | {2 * i for i in _indexed(sd, r"to_rgbs\.(\d+)\..*")}
+    n_blocks = max(idx) // 2 + 1 if idx else 0
+    channels = {4: int(inp.shape[1])}
+    for m in range(n_blocks):
+        res = 2 ** (m + 3)
+        probes = [
+            (f"convs.{2 * m}.conv.weight", 1),
+            (f"convs.{2 * m + 1}.conv.weight", 2),
+            (f"convs.{2 * m}.activate.bias", 0),
+            (f"to_rgbs.{m}.conv.weight", 2),
+        ]
+        for key, dim in probes:
+            t = sd.get(key)
+            if t is not None and t.dim() > dim:
+                channels[res] = int(t.shape[dim])
+                break
+        else:
+            raise ValueError(
+                f"cannot read the channel count at {res}x{res}: missing keys "
+                f"{_format_keys([p[0] for p in probes])}"
+            )
+    return {"size": 4 * 2**n_blocks, "style_dim": style_dim, "n_mlp": n_mlp, "channels": channels}
+
+
+# ----------------------------------------------------------------------------- generator
+class StyleGAN2Generator(SplitGenerator):
+    """StyleGAN-2 generator with the reference port's layout, split at every conv layer.
+
+    Build it from a checkpoint (architecture inferred from the tensors) or from
+    an explicit architecture (random weights, for tests).
+
+    Args:
+        checkpoint: path of a checkpoint of the rosinality port (its ``g_ema``
+            is loaded strictly); ``None`` keeps a random initialisation and
+            then ``size``, ``style_dim`` and ``n_mlp`` are required.
+        size: output resolution (a power of two >= 8). Inferred with a checkpoint.
+        style_dim: latent width. Inferred with a checkpoint.
+        n_mlp: number of mapping layers. Inferred with a checkpoint.
+        channel_multiplier: of the standard channel table (config-f: 2).
+        channels: an explicit channel table ``{resolution: channels}``
+            (overrides ``channel_multiplier``). Inferred with a checkpoint.
+        blur_kernel: FIR taps of the resampling filters.
+        lr_mlp: learning-rate multiplier of the mapping network (0.01 in every
+            public checkpoint; it scales the weights at run time and cannot be
+            read off the tensors).
+        latent_space: ``"w+"`` (the variable is W+) or ``"gaussian_fit"`` (the
+            variable is PULSE's Gaussian-space proxy of W+).
+        init_truncation: in ``"w+"`` mode, initial rows are
+            ``w_avg + init_truncation * (mapping(z) - w_avg)`` with an
+            independent ``z`` per row (1.0: plain samples; 0.0: all rows at the
+            average latent). Unused in ``"gaussian_fit"`` mode, which starts
+            from standard Gaussian rows (PULSE).
+        mean_latent_samples: number of ``z`` whose mapped mean is the average
+            latent ``w_avg``.
+        gaussian_fit_samples: number of ``z`` for the Gaussian fit.
+        stats_seed: seed of the ``z`` draws for ``w_avg`` and the Gaussian fit
+            (deterministic statistics for a given checkpoint).
+
+    Raises:
+        FileNotFoundError: if ``checkpoint`` names a missing file.
+        ValueError: on an unknown ``latent_space``, an architecture argument
+            that contradicts the checkpoint, or a checkpoint whose keys or
+            shapes do not match (missing, unexpected and mis-shaped keys named).
+    """
+
+    def __init__(
+        self,
+        checkpoint: Optional[PathLike] = None,
+        size: Optional[int] = None,
+        style_dim: Optional[int] = None,
+        n_mlp: Optional[int] = None,
+        channel_multiplier: int = 2,
+        channels: Optional[Dict[int, int]] = None,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        lr_mlp: float = 0.01,
+        latent_space: str = "w+",
+        init_truncation: float = 0.7,
+        mean_latent_samples: int = 4096,
+        gaussian_fit_samples: int = 100_000,
+        stats_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if latent_space not in LATENT_SPACES:
+            raise ValueError(f"latent_space must be one of {LATENT_SPACES}; got {latent_space!r}")
+        sd = None
+        if checkpoint is not None:
+            sd = read_checkpoint(checkpoint)
+            arch = infer_architecture(sd)
+            given = {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channels": channels}
+            for name, value in given.items():
+                if value is None:
+                    continue
+                inferred = arch[name]
+                if name == "channels":
+                    value = {int(k): int(v) for k, v in value.items() if int(k) <= arch["size"]}
+                if value != inferred:
+                    raise ValueError(
+                        f"{name}={value!r} contradicts checkpoint {checkpoint} ({name}={inferred!r}); "
+                        f"leave {name} unset to use the checkpoint's"
+                    )
+            size, style_dim, n_mlp, channels = arch["size"], arch["style_dim"], arch["n_mlp"], arch["channels"]
+        elif size is None or style_dim is None or n_mlp is None:
+            raise ValueError(
+                "StyleGAN2Generator needs a `checkpoint` path, or (for random weights) the architecture: "
+                "size, style_dim and n_mlp"
+            )
+        log_size = int(round(math.log2(size))) if size > 0 else 0
+        if size < 8 or 2**log_size != size:
+            raise ValueError(f"size must be a power of two >= 8; got {size}")
+        table = {int(k): int(v) for k, v in (channels or standard_channels(channel_multiplier)).items()}
+        need = [2**i for i in range(2, log_size + 1)]
+        lacking = [r for r in need if r not in table]
+        if lacking:
+            raise ValueError(f"the channel table lacks resolutions {lacking}; give channels for {need}")
+        if init_truncation < 0:
+            raise ValueError(f"init_truncation must be >= 0; got {init_truncation}")
+        if mean_latent_samples < 1 or gaussian_fit_samples < 2:
+            raise ValueError("mean_latent_samples must be >= 1 and gaussian_fit_samples >= 2")
+
+        self.size, self.style_dim, self.n_mlp = int(size), int(style_dim), int(n_mlp)
+        self.channels = {r: table[r] for r in need}
+        self.log_size = log_size
+        self.num_layers = (log_size - 2) * 2 + 1
+        self.n_latent = log_size * 2 - 2
+        self.num_splits = self.num_layers - 1
+        self.image_shape = (3, self.size, self.size)
+        self.latent_space = latent_space
+        self.init_truncation = float(init_truncation)
+        self.mean_latent_samples = int(mean_latent_samples)
+        self.gaussian_fit_samples = int(gaussian_fit_samples)
+        self.stats_seed = int(stats_seed)
+        blur_kernel = tuple(float(t) for t in blur_kernel)
+
+        # Module names and order are the reference port's (state-dict compatibility).
+        self.style = nn.Sequential(
+            PixelNorm(),
+            *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)],
+        )
+        self.input = ConstantInput(self.channels[4])
+        self.conv1 = StyledConv(self.channels[4], self.channels[4], 3, style_dim, blur_kernel=blur_kernel)
+        self.to_rgb1 = ToRGB(self.channels[4], style_dim, upsample=False)
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        self.noises = nn.Module()
+        for j in range(self.num_layers):
+            r = self._noise_res(j)
+            self.noises.register_buffer(f"noise_{j}", torch.randn(1, 1, r, r))
+        in_ch = self.channels[4]
+        for i in range(3, log_size + 1):
+            out_ch = self.channels[2**i]
+            self.convs.append(StyledConv(in_ch, out_ch, 3, style_dim, upsample=True, blur_kernel=blur_kernel))
+            self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim, blur_kernel=blur_kernel))
+            self.to_rgbs.append(ToRGB(out_ch, style_dim, blur_kernel=blur_kernel))
+            in_ch = out_ch
+
+        # Statistics of the mapping network, computed lazily (not in the state dict).
+        self.register_buffer("w_avg", torch.zeros(1, style_dim), persistent=False)
+        self.register_buffer("gaussian_fit_mean", torch.zeros(style_dim), persistent=False)
+        self.register_buffer("gaussian_fit_std", torch.ones(style_dim), persistent=False)
+        self._stats_ready: Dict[str, bool] = {"w_avg": False, "gaussian_fit": False}
+
+        if sd is not None:
+            self.load_generator_state(sd, source=str(checkpoint))
+        self.freeze()
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_checkpoint(cls, path: PathLike, **kwargs: Any) -> "StyleGAN2Generator":
+        """Build the generator of a checkpoint (path only; architecture inferred)."""
+        return cls(checkpoint=path, **kwargs)
+
+    @staticmethod
+    def _noise_res(j: int) -> int:
+        return 2 ** ((j + 5) // 2)
+
+    def load_generator_state(self, sd: Mapping[str, Tensor], source: str = "state dict") -> None:
+        """Load a ``g_ema`` state dict strictly, naming missing, unexpected and mis-shaped keys.
+
+        Raises:
+            ValueError: if the keys or shapes differ from this architecture's.
+        """
+        own = self.state_dict()
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        bad = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+        if missing or unexpected or bad:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {_format_keys(missing)}")
+            if unexpected:
+                parts.append(f"unexpected keys {_format_keys(unexpected)}")
+            if bad:
+                shown = [f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})" for k in bad[:8]]
+                parts.append(f"mis-shaped keys [{', '.join(shown)}]" + (" ..." if len(bad) > 8 else ""))
+            raise ValueError(
+                f"{source} does not match a StyleGAN-2 generator of size {self.size}, style_dim "
+                f"{self.style_dim}, n_mlp {self.n_mlp}, channels {self.channels}: " + "; ".join(parts)
+            )
+        self.load_state_dict(sd, strict=True)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # noqa: ANN201
+        """``nn.Module.load_state_dict`` that also forgets cached mapping statistics."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._stats_ready = {"w_avg": False, "gaussian_fit": False}
+        return result
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the weights."""
+        return self.input.input.device
+
+    # ------------------------------------------------------------------ mapping statistics
+    def _mapped_samples(self, n: int, chunk: int = 8192) -> Iterator[Tensor]:
+        """``mapping(z)`` for ``n`` seeded z's, chunk by chunk (bounded memory)."""
+        gen = torch.Generator().manual_seed(self.stats_seed)
+        for start in range(0, n, chunk):
+            z = torch.randn(min(chunk, n - start), self.style_dim, generator=gen)
+            yield self.style(z.to(self.device, self.w_avg.dtype))
+
+    @torch.no_grad()
+    def average_latent(self) -> Tensor:
+        """``w_avg`` ``[1, style_dim]``: mean of ``mapping(z)`` over ``mean_latent_samples`` seeded z's."""
+        if not self._stats_ready["w_avg"]:
+            total = torch.zeros_like(self.w_avg[0], dtype=torch.float64)
+            for w in self._mapped_samples(self.mean_latent_samples):
+                total += w.double().sum(0)
+            self.w_avg.copy_((total / self.mean_latent_samples)[None])
+            self._stats_ready["w_avg"] = True
+        return self.w_avg
+
+    @torch.no_grad()
+    def gaussian_fit(self) -> Tuple[Tensor, Tensor]:
+        """PULSE's Gaussian fit ``(mu, sigma)`` of ``leaky_relu(mapping(z), 5)``, each ``[style_dim]``."""
+        if not self._stats_ready["gaussian_fit"]:
+            s1 = torch.zeros_like(self.gaussian_fit_mean, dtype=torch.float64)
+            s2 = torch.zeros_like(s1)
+            for w in self._mapped_samples(self.gaussian_fit_samples):
+                u = F.leaky_relu(w, 5.0).double()
+                s1 += u.sum(0)
+                s2 += u.pow(2).sum(0)
+            n = self.gaussian_fit_samples
+            mean = s1 / n
+            var = (s2 - n * mean.pow(2)).clamp_min(0) / (n - 1)  # unbiased, as torch.std
+            self.gaussian_fit_mean.copy_(mean)
+            self.gaussian_fit_std.copy_(var.sqrt())
+            self._stats_ready["gaussian_fit"] = True
+        return self.gaussian_fit_mean, self.gaussian_fit_std
+
+    def latent_to_w(self, latent: Tensor) -> Tensor:
+        """Map the ``latent`` state entry (any number of rows) to W+ rows."""
+        if self.latent_space == "w+":
+            return latent
+        mean, std = self.gaussian_fit()
+        return F.leaky_relu(latent * std.to(latent.dtype) + mean.to(latent.dtype), 0.2)
+
+    # ------------------------------------------------------------------ layer bookkeeping
+    def _conv(self, j: int) -> StyledConv:
+        return self.conv1 if j == 0 else self.convs[j - 1]
+
+    def _to_rgb_after(self, j: int) -> Optional[ToRGB]:
+        if j == 0:
+            return self.to_rgb1
+        return self.to_rgbs[j // 2 - 1] if j % 2 == 0 else None
+
+    def _run(
+        self,
+        w: Tensor,
+        noises: Sequence[Optional[Tensor]],
+        h: Optional[Tensor],
+        skip: Optional[Tensor],
+        start: int,
+        stop: int,
+    ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """Run conv layers ``start .. stop-1`` (W+ rows of ``w`` start at row ``start``)."""
+        for j in range(start, stop):
+            if j == 0:
+                h = self.input(w.shape[0])
+            h = self._conv(j)(h, w[:, j - start], noise=noises[j])
+            rgb = self._to_rgb_after(j)
+            if rgb is not None:
+                skip = rgb(h, w[:, j + 1 - start], skip)
+        return h, skip
+
+    def state_names(self, split: int) -> List[str]:
+        """The entry names of the state at ``split``, in order."""
+        self.check_split(split)
+        names = ["h", "skip"] if split > 0 else []
+        return names + ["latent"] + [f"noise_{i}" for i in range(split, self.num_layers)]
+
+    def _check_state(self, state: Mapping[str, Tensor], split: int) -> None:
+        self.check_split(split)
+        missing = [n for n in self.state_names(split) if n not in state]
+        if missing:
+            raise ValueError(
+                f"the state at split {split} lacks entries {missing}; it needs {self.state_names(split)} "
+                f"(make it with init_variables() and advance())"
+            )
+        lat = state["latent"]
+        rows = self.n_latent - split
+        if lat.dim() != 3 or lat.shape[1:] != (rows, self.style_dim):
+            raise ValueError(
+                f"state['latent'] at split {split} must be [B, {rows}, {self.style_dim}] "
+                f"(W+ rows {split}..{self.n_latent - 1}); got {tuple(lat.shape)}"
+            )
+
+    # ------------------------------------------------------------------ SplitGenerator protocol
+    @torch.no_grad()
+    def init_variables(self, batch_size: int, generator: Optional[torch.Generator] = None) -> State:
+        """Initial latents and noises for ``batch_size`` problems.
+
+        ``"w+"``: every row is ``w_avg + init_truncation * (mapping(z) - w_avg)``
+        with its own ``z``; ``"gaussian_fit"``: standard Gaussian rows (the
+        proxy's prior). Noises are ``N(0, 1)`` per sample. Draws use
+        ``generator`` (CPU) and are moved to the weights' device.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        dev = self.device
+        z = torch.randn(batch_size, self.n_latent, self.style_dim, generator=generator)
+        if self.latent_space == "w+":
+            avg = self.average_latent()
+            w = self.style(z.reshape(-1, self.style_dim).to(dev, avg.dtype)).reshape(z.shape)
+            latent = avg + self.init_truncation * (w - avg)
+        else:
+            latent = z.to(dev, self.w_avg.dtype)
+        state: State = {"latent": latent}
+        for j in range(self.num_layers):
+            r = self._noise_res(j)
+            state[f"noise_{j}"] = torch.randn(batch_size, 1, r, r, generator=generator).to(dev, latent.dtype)
+        return state
+
+    def advance(self, state: Mapping[str, Tensor], start: int, stop: int) -> State:
+        """``G1``: the state at split ``stop`` from the state at ``start``."""
+        self._check_state(state, start)
+        self.check_split(stop)
+        if stop < start:
+            raise ValueError(f"cannot advance from split {start} back to split {stop}")
+        out: State = {}
+        if stop > start:
+            noises = [state.get(f"noise_{j}") for j in range(self.num_layers)]
+            h, skip = self._run(
+                self.latent_to_w(state["latent"]), noises, state.get("h"), state.get("skip"), start, stop
+            )
+            out["h"], out["skip"] = h, skip
+        elif start > 0:
+            out["h"], out["skip"] = state["h"], state["skip"]
+        out["latent"] = state["latent"][:, stop - start :]
+        for j in range(stop, self.num_layers):
+            out[f"noise_{j}"] = state[f"noise_{j}"]
+        return out
+
+    def render(self, state: Mapping[str, Tensor], split: int) -> Tensor:
+        """``G2``: the image ``[B, 3, size, size]`` from the state at ``split``."""
+        self._check_state(state, split)
+        noises = [state.get(f"noise_{j}") for j in range(self.num_layers)]
+        _, skip = self._run(
+            self.latent_to_w(state["latent"]), noises, state.get("h"), state.get("skip"), split, self.num_layers
+        )
+        return skip
+
+    def groups(self, split: int) -> Dict[str, str]:
+        """``h``/``skip`` -> ``state``, ``latent`` -> ``latent``, ``noise_i`` -> ``noise``."""
+        return {n: ("state" if n in ("h", "skip") else "latent" if n == "latent" else "noise") for n in self.state_names(split)}
+
+    def sphere_variables(self, split: int) -> Dict[str, Tuple[int, ...]]:
+        """The noises (norm over ``(1, 2, 3)``) and, in ``"gaussian_fit"`` mode, each latent row (``(2,)``)."""
+        out: Dict[str, Tuple[int, ...]] = {f"noise_{j}": (1, 2, 3) for j in range(split, self.num_layers)}
+        self.check_split(split)
+        if self.latent_space == "gaussian_fit":
+            out["latent"] = (2,)
+        return out
+
+    # ------------------------------------------------------------------ reference-port API
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``G(state)`` (a state dict at split 0 -> image) or the port's call ``G(styles, ...)``.
+
+        With a mapping as the first argument this is the
+        :class:`~ilo_pl.modules.generators.base.SplitGenerator` forward
+        (``render(state, 0)``); otherwise it is :meth:`synthesize`, which
+        returns ``(image, latents or None)`` like the reference port.
+        """
+        if args and isinstance(args[0], Mapping):
+            return self.render(args[0], 0)
+        return self.synthesize(*args, **kwargs)
+
+    def get_latent(self, z: Tensor) -> Tensor:
+        """The mapping network: ``w = mapping(z)``."""
+        return self.style(z)
+
+    def make_noise(self) -> List[Tensor]:
+        """Fresh ``N(0, 1)`` noise maps ``[1, 1, r, r]``, one per conv layer (port API)."""
+        return [torch.randn(1, 1, self._noise_res(j), self._noise_res(j), device=self.device) for j in range(self.num_layers)]
+
+    @torch.no_grad()
+    def mean_latent(self, n_latent: int) -> Tensor:
+        """Mean of ``mapping(z)`` over ``n_latent`` fresh random z's, ``[1, style_dim]`` (port API)."""
+        z = torch.randn(n_latent, self.style_dim, device=self.device)
+        return self.style(z).mean(0, keepdim=True)
+
+    def synthesize(
+        self,
+        styles: Sequence[Tensor],
+        return_latents: bool = False,
+        inject_index: Optional[int] = None,
+        truncation: float = 1.0,
+        truncation_latent: Optional[Tensor] = None,
+        input_is_latent: bool = False,
+        noise: Optional[Sequence[Optional[Tensor]]] = None,
+        randomize_noise: bool = True,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Generate images with the reference port's call signature.
+
+        Args:
+            styles: list of one or two ``z`` (or ``w`` if ``input_is_latent``)
+                ``[B, style_dim]``, or one W+ tensor ``[B, n_latent, style_dim]``.
+            return_latents: also return the W+ latents used.
+            inject_index: with two styles, rows ``< inject_index`` use the
+                first (random in ``1..n_latent-1`` if ``None``, as the port).
+            truncation: ``w <- t_latent + truncation * (w - t_latent)`` if < 1.
+            truncation_latent: the centre of truncation (e.g. ``mean_latent(4096)``).
+            input_is_latent: ``styles`` are already in W.
+            noise: one map per conv layer (``None`` entries draw fresh noise).
+            randomize_noise: with ``noise=None``: fresh noise if True, else the
+                stored ``noises.noise_i`` buffers.
+
+        Returns:
+            ``(image [B, 3, size, size], W+ latents or None)``.
+        """
+        if isinstance(styles, Tensor):
+            raise TypeError("styles must be a list of tensors, e.g. g([z]); got a bare tensor")
+        styles = list(styles)
+        if not 1 <= len(styles) <= 2:
+            raise ValueError(f"styles must hold one or two tensors; got {len(styles)}")
+        if not input_is_latent:
+            styles = [self.style(s) for s in styles]
+        if noise is None:
+            noise = [None] * self.num_layers if randomize_noise else [getattr(self.noises, f"noise_{j}") for j in range(self.num_layers)]
+        elif len(noise) != self.num_layers:
+            raise ValueError(f"noise must hold {self.num_layers} maps (one per conv layer); got {len(noise)}")
+        if truncation < 1:
+            if truncation_latent is None:
+                raise ValueError("truncation < 1 needs truncation_latent (e.g. g.mean_latent(4096))")
+            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+        if len(styles) == 1:
+            s = styles[0]
+            latent = s if s.dim() == 3 else s.unsqueeze(1).expand(-1, self.n_latent, -1)
+        else:
+            if inject_index is None:
+                inject_index = random.randint(1, self.n_latent - 1)
+            if not 0 <= inject_index <= self.n_latent:
+                raise ValueError(f"inject_index must be in 0..{self.n_latent}; got {inject_index}")
+            latent = torch.cat(
+                [
+                    styles[0].unsqueeze(1).expand(-1, inject_index, -1),
+                    styles[1].unsqueeze(1).expand(-1, self.n_latent - inject_index, -1),
+                ],
+                1,
+            )
+        if latent.shape[1] != self.n_latent:
+            raise ValueError(f"W+ latents must have {self.n_latent} rows; got {tuple(latent.shape)}")
+        _, image = self._run(latent, list(noise), None, None, 0, self.num_layers)
+        return image, (latent if return_latents else None)
+
+
+# ----------------------------------------------------------------------------- schedule
+def paper_stages(
+    generator: StyleGAN2Generator,
+    steps: Sequence[int] = (300, 200, 200, 100),
+    splits: Optional[Sequence[int]] = None,
+    radii: Optional[Mapping[str, Sequence[float]]] = None,
+    lr: float = 0.1,
+    first_noises: int = 5,
+    noises_per_stage: int = 2,
+) -> List[Stage]:
+    """The ILO paper's StyleGAN-2 schedule as a list of :class:`~ilo_pl.stages.Stage`.
+
+    Stage ``s`` optimises the remaining W+ rows (group ``latent``), the
+    intermediate state (``state``, stages >= 1) and the noises
+    ``noise_i`` with ``split_s <= i < first_noises + noises_per_stage * s``
+    (the first five noises in stage 0, two more freed per stage), each inside
+    an l1 ball around the stage's starting point, with Adam at ``lr``.
+
+    Args:
+        generator: the generator (for its number of layers and split points).
+        steps: optimizer steps per stage.
+        splits: split point of each stage; default ``(0, 1, 3, 5, ...)``: the
+            input, then after each resolution block (the paper's layers).
+        radii: per group (``noise``, ``latent``, ``state``) one radius per
+            stage (``state``: per stage from the second on). Default: the
+            paper's appendix, :data:`PAPER_RADII` (its first ``len(steps)``
+            stages; more than four stages need explicit radii).
+        lr: Adam's learning rate.
+        first_noises: noises free in the first stage.
+        noises_per_stage: noises freed in each later stage.
+
+    Raises:
+        ValueError: if ``splits`` or ``radii`` do not have one entry per stage,
+            or a split is out of range or decreasing.
+    """
+    n = len(steps)
+    if n == 0:
+        raise ValueError("paper_stages needs at least one stage (steps is empty)")
+    if splits is None:
+        splits = [0] + [2 * s - 1 for s in range(1, n)]
+    splits = [int(k) for k in splits]
+    if len(splits) != n:
+        raise ValueError(f"splits has {len(splits)} entries for {n} stages; give one split per stage")
+    for k in splits:
+        generator.check_split(k)
+    if any(b < a for a, b in zip(splits, splits[1:])):
+        raise ValueError(f"splits must not decrease; got {splits}")
+    if radii is None:
+        if n > len(PAPER_RADII["latent"]):
+            raise ValueError(
+                f"the paper gives radii for {len(PAPER_RADII['latent'])} stages, not {n}; pass `radii` "
+                "(noise and latent: one per stage, state: one per stage after the first)"
+            )
+        # The paper's radii of its first n stages.
+        radii = {g: v[: n - 1 if g == "state" else n] for g, v in PAPER_RADII.items()}
+    radii = dict(radii)
+    for group, want in (("noise", n), ("latent", n), ("state", n - 1)):
+        values = radii.get(group)
+        if values is None:
+            raise ValueError(f"radii lacks group {group!r}; give {want} values (inf for no constraint)")
+        if len(values) != want:
+            raise ValueError(
+                f"radii[{group!r}] has {len(values)} values for {n} stages; give {want}"
+                + (" (one per stage after the first)" if group == "state" else "")
+                + " or pass your own radii"
+            )
+    stages = []
+    for s, (k, n_steps) in enumerate(zip(splits, steps)):
+        last = min(first_noises + noises_per_stage * s, generator.num_layers)
+        free = ["latent"] + (["state"] if k > 0 else []) + [f"noise_{i}" for i in range(k, last)]
+        radius = {"latent": float(radii["latent"][s]), "noise": float(radii["noise"][s])}
+        if s > 0:
+            radius["state"] = float(radii["state"][s - 1])
+        stages.append(Stage(split=k, steps=int(n_steps), lr=lr, free=free, radius=radius))
+    return stages

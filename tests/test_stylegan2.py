@@ -1,0 +1,508 @@
+"""Tests of the StyleGAN-2 generator (``ilo_pl.modules.generators.stylegan2``).
+
+* conformance: the tiny checkpoint of the reference port, loaded by path only,
+  reproduces every reference image; the config-f 1024 generator has exactly
+  the reference key -> shape map;
+* the split protocol: ``G2(G1(v)) == G(v)`` at every split, batched;
+  batch == per-sample; float64 gradcheck through G2;
+* ILO variables: latent spaces, init, sphere variables, the paper schedule,
+  and a live geodesic term at every split;
+* loader and argument errors;
+* ILO on the fixture generator through ``ilo_pl.api.solve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ilo_pl.losses.base import GeodesicLoss, LossContext, MSELoss
+from ilo_pl.modules.generators.base import SplitGenerator
+from ilo_pl.modules.generators.stylegan2 import (
+    PAPER_RADII,
+    StyleGAN2Generator,
+    infer_architecture,
+    paper_stages,
+    read_checkpoint,
+)
+from ilo_pl.operators.base import Identity
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+TINY = FIXTURES / "stylegan2_rosinality_tiny.pt"
+KEYS_1024 = FIXTURES / "stylegan2_config_f_1024_keys.json"
+
+
+def _fixture(path: Path) -> Path:
+    if not path.is_file():
+        pytest.fail(
+            f"missing conformance fixture {path}: the shared fixtures must be at ../shared/fixtures "
+            "relative to the repository root (see ../shared/README.md)"
+        )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # noqa: ANN201
+    """Run each test on one intra-op thread and restore the setting afterwards.
+
+    The tiny generator's convolutions are too small to gain from threads, and
+    on a 2-core machine shared with other jobs two OpenMP threads spin against
+    each other and make them ~20x slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt() -> dict:
+    return torch.load(_fixture(TINY), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_ckpt: dict) -> dict:
+    return tiny_ckpt["reference"]
+
+
+@pytest.fixture(scope="module")
+def g() -> StyleGAN2Generator:
+    return StyleGAN2Generator(checkpoint=_fixture(TINY))
+
+
+@pytest.fixture(scope="module")
+def g_fit() -> StyleGAN2Generator:
+    return StyleGAN2Generator(checkpoint=_fixture(TINY), latent_space="gaussian_fit", gaussian_fit_samples=20_000)
+
+
+# ----------------------------------------------------------------------------- conformance
+def test_loader_infers_the_architecture(g: StyleGAN2Generator, tiny_ckpt: dict) -> None:
+    cfg = tiny_ckpt["config"]
+    assert (g.size, g.style_dim, g.n_mlp) == (cfg["size"], cfg["style_dim"], cfg["n_mlp"])
+    assert g.channels == {int(k): v for k, v in cfg["channels"].items()}
+    assert (g.num_layers, g.n_latent, g.num_splits, g.image_shape) == (7, 8, 6, (3, 32, 32))
+    assert isinstance(g, SplitGenerator)
+    assert not any(p.requires_grad for p in g.parameters())
+    # Same keys in the same order as the reference port's g_ema.
+    assert list(g.state_dict()) == list(tiny_ckpt["g_ema"])
+
+
+def test_reproduces_reference_images(g: StyleGAN2Generator, ref: dict) -> None:
+    z, noises = ref["z"], list(ref["noises"])
+    atol = 1e-4
+    with torch.no_grad():
+        image, latents = g([z], noise=noises, randomize_noise=False, return_latents=True)
+        torch.testing.assert_close(image, ref["image"], atol=atol, rtol=0)
+        torch.testing.assert_close(latents, ref["w_plus"], atol=atol, rtol=0)
+
+        image, latents = g([z], randomize_noise=False)
+        assert latents is None
+        torch.testing.assert_close(image, ref["image_buffer_noise"], atol=atol, rtol=0)
+
+        mean_latent = g.get_latent(ref["mean_latent_z"]).mean(0, keepdim=True)
+        torch.testing.assert_close(mean_latent, ref["mean_latent"], atol=1e-5, rtol=0)
+        image, _ = g(
+            [z], noise=noises, randomize_noise=False, truncation=0.7, truncation_latent=ref["mean_latent"]
+        )
+        torch.testing.assert_close(image, ref["image_truncation_0.7"], atol=atol, rtol=0)
+
+        image, _ = g([ref["w_plus_input"]], noise=noises, randomize_noise=False, input_is_latent=True)
+        torch.testing.assert_close(image, ref["image_from_w_plus_input"], atol=atol, rtol=0)
+
+        image, _ = g([z, ref["z2"]], noise=noises, randomize_noise=False, inject_index=3)
+        torch.testing.assert_close(image, ref["image_mix_inject_3"], atol=atol, rtol=0)
+
+
+def test_split_protocol_reproduces_reference_image(g: StyleGAN2Generator, ref: dict) -> None:
+    """The state-dict path (render at split 0) is the same network as the port-style call."""
+    state: Dict[str, torch.Tensor] = {"latent": ref["w_plus"]}
+    for j, n in enumerate(ref["noises"]):
+        state[f"noise_{j}"] = n.expand(2, -1, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(g(state), ref["image"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(g.render(g.advance(state, 0, 4), 4), ref["image"], atol=1e-4, rtol=0)
+
+
+def test_config_f_1024_key_map() -> None:
+    want = json.loads(_fixture(KEYS_1024).read_text())
+    with torch.device("meta"):  # no memory, no init cost
+        big = StyleGAN2Generator(size=1024, style_dim=512, n_mlp=8, channel_multiplier=2)
+    got = {k: list(v.shape) for k, v in big.state_dict().items()}
+    assert got == want
+    assert list(got) == list(want)
+    assert (big.num_layers, big.n_latent, big.num_splits) == (17, 18, 16)
+
+
+# ----------------------------------------------------------------------------- split protocol
+@pytest.mark.parametrize("space", ["w+", "gaussian_fit"])
+def test_g2_of_g1_equals_g_at_every_split(g: StyleGAN2Generator, g_fit: StyleGAN2Generator, space: str) -> None:
+    gen = g if space == "w+" else g_fit
+    state = gen.init_variables(3, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = gen(state)
+        assert full.shape == (3, 3, 32, 32)
+        for k in range(gen.num_splits + 1):
+            mid = gen.advance(state, 0, k)
+            assert set(mid) == set(gen.groups(k))
+            torch.testing.assert_close(gen.render(mid, k), full, atol=1e-5, rtol=0)
+            # G1 composes: 0 -> j -> k equals 0 -> k.
+            j = k // 2
+            two_hop = gen.advance(gen.advance(state, 0, j), j, k)
+            for name in mid:
+                torch.testing.assert_close(two_hop[name], mid[name], atol=1e-5, rtol=0)
+
+
+def test_state_layout_per_split(g: StyleGAN2Generator) -> None:
+    state = g.init_variables(2, torch.Generator().manual_seed(1))
+    assert state["latent"].shape == (2, 8, 32)
+    assert [tuple(state[f"noise_{j}"].shape) for j in range(7)] == [
+        (2, 1, r, r) for r in (4, 8, 8, 16, 16, 32, 32)
+    ]
+    assert g.groups(0) == {"latent": "latent", **{f"noise_{j}": "noise" for j in range(7)}}
+    # (resolution of h, resolution of skip) after conv_{k-1}; skip lags h after an upsampling conv.
+    res = {1: (4, 4), 2: (8, 4), 3: (8, 8), 4: (16, 8), 5: (16, 16), 6: (32, 16)}
+    with torch.no_grad():
+        for k in range(1, g.num_splits + 1):
+            s = g.advance(state, 0, k)
+            assert s["h"].shape[-1] == res[k][0] and s["skip"].shape[1:] == (3, res[k][1], res[k][1])
+            assert s["latent"].shape == (2, 8 - k, 32)
+            torch.testing.assert_close(s["latent"], state["latent"][:, k:])
+            assert sorted(n for n in s if n.startswith("noise_")) == sorted(f"noise_{j}" for j in range(k, 7))
+            assert g.groups(k)["h"] == g.groups(k)["skip"] == "state"
+            # Remaining noises are passed through untouched (stable names).
+            assert s["noise_6"] is state["noise_6"]
+
+
+def test_batch_equals_per_sample(g: StyleGAN2Generator) -> None:
+    state = g.init_variables(3, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        batched = g.render(g.advance(state, 0, 3), 3)
+        singles = []
+        for i in range(3):
+            one = {k: v[i : i + 1] for k, v in state.items()}
+            singles.append(g.render(g.advance(one, 0, 3), 3))
+    torch.testing.assert_close(batched, torch.cat(singles), atol=1e-5, rtol=0)
+
+
+def test_init_is_seeded_and_per_problem(g: StyleGAN2Generator) -> None:
+    a = g.init_variables(2, torch.Generator().manual_seed(7))
+    b = g.init_variables(2, torch.Generator().manual_seed(7))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    assert not torch.allclose(a["noise_3"][0], a["noise_3"][1])
+    assert not torch.allclose(a["latent"][0, 0], a["latent"][0, 1])  # rows differ: geodesic term is live
+
+
+def test_init_truncation_zero_starts_at_the_average_latent(tiny_ckpt: dict) -> None:
+    gen = StyleGAN2Generator(checkpoint=_fixture(TINY), init_truncation=0.0, mean_latent_samples=512)
+    state = gen.init_variables(2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(state["latent"], gen.average_latent().expand(2, 8, -1))
+    z = torch.randn(512, 32, generator=torch.Generator().manual_seed(gen.stats_seed))
+    with torch.no_grad():
+        torch.testing.assert_close(gen.average_latent(), gen.style(z).mean(0, keepdim=True), atol=1e-5, rtol=0)
+
+
+def test_gaussian_fit_proxy_inverts_the_last_leaky_relu(g_fit: StyleGAN2Generator) -> None:
+    mu, sigma = g_fit.gaussian_fit()
+    assert mu.shape == sigma.shape == (32,) and (sigma > 0).all()
+    with torch.no_grad():
+        w = g_fit.get_latent(torch.randn(4, 32, generator=torch.Generator().manual_seed(0)))
+        v = (F.leaky_relu(w, 5.0) - mu) / sigma  # the proxy of w
+        torch.testing.assert_close(g_fit.latent_to_w(v[:, None]), w[:, None], atol=1e-5, rtol=0)
+        # The proxy of mapping samples is standardised (that is what the fit is for).
+        many = g_fit.get_latent(torch.randn(4000, 32, generator=torch.Generator().manual_seed(1)))
+        proxy = (F.leaky_relu(many, 5.0) - mu) / sigma
+    assert proxy.mean(0).abs().max() < 0.15 and (proxy.std(0) - 1).abs().max() < 0.15
+
+
+def test_sphere_variables(g: StyleGAN2Generator, g_fit: StyleGAN2Generator) -> None:
+    assert g.sphere_variables(0) == {f"noise_{j}": (1, 2, 3) for j in range(7)}
+    assert g.sphere_variables(4) == {f"noise_{j}": (1, 2, 3) for j in (4, 5, 6)}
+    assert g_fit.sphere_variables(2) == {"latent": (2,), **{f"noise_{j}": (1, 2, 3) for j in range(2, 7)}}
+    state = g_fit.init_variables(2, torch.Generator().manual_seed(0))
+    assert state["latent"].shape == (2, 8, 32)  # the Gaussian proxy, not W
+
+
+def test_gradcheck_float64_through_g2(tiny_ckpt: dict) -> None:
+    gen = StyleGAN2Generator(checkpoint=_fixture(TINY)).double()
+    state = {k: v.double() for k, v in gen.init_variables(1, torch.Generator().manual_seed(3)).items()}
+    k = gen.num_splits
+    with torch.no_grad():
+        mid = gen.advance(state, 0, k)
+    h = mid["h"].clone().requires_grad_(True)
+    lat = mid["latent"].clone().requires_grad_(True)
+
+    def g2(h_: torch.Tensor, lat_: torch.Tensor) -> torch.Tensor:
+        return gen.render({**mid, "h": h_, "latent": lat_}, k)
+
+    assert torch.autograd.gradcheck(g2, (h, lat), fast_mode=True)
+
+
+def test_renders_under_cpu_autocast(g: StyleGAN2Generator) -> None:
+    state = g.init_variables(1, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = g(state)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = g(state)
+    assert torch.isfinite(low).all()
+    assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+# ----------------------------------------------------------------------------- ILO variables
+def _geodesic(gen: StyleGAN2Generator, state: Dict[str, torch.Tensor], split: int) -> torch.Tensor:
+    image = gen.render(state, split)
+    ctx = LossContext(
+        image=image, measured=image, observation=image.detach(), operator=Identity(),
+        state=state, groups=gen.groups(split), split=split,
+    )
+    return GeodesicLoss()(ctx)
+
+
+@pytest.mark.parametrize("space", ["w+", "gaussian_fit"])
+def test_geodesic_term_is_live_at_every_split_and_stage(
+    g: StyleGAN2Generator, g_fit: StyleGAN2Generator, space: str
+) -> None:
+    gen = g if space == "w+" else g_fit
+    init = gen.init_variables(2, torch.Generator().manual_seed(5))
+    stage_splits = [st.split for st in paper_stages(gen)]
+    for k in sorted(set(range(gen.num_splits + 1)) | set(stage_splits)):
+        with torch.no_grad():
+            state = dict(gen.advance(init, 0, k))
+        state["latent"] = state["latent"].clone().requires_grad_(True)
+        assert state["latent"].shape[1] >= 2
+        loss = _geodesic(gen, state, k)
+        assert loss.shape == (2,) and (loss > 0).all()
+        (grad,) = torch.autograd.grad(loss.sum(), state["latent"])
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_paper_stages(g: StyleGAN2Generator) -> None:
+    with torch.device("meta"):
+        big = StyleGAN2Generator(size=1024, style_dim=512, n_mlp=8)
+    stages = paper_stages(big)
+    assert [s.split for s in stages] == [0, 1, 3, 5]
+    assert [s.steps for s in stages] == [300, 200, 200, 100]
+    assert all(s.lr == 0.1 for s in stages)
+    assert stages[0].free == ["latent"] + [f"noise_{i}" for i in range(5)]
+    assert stages[1].free == ["latent", "state"] + [f"noise_{i}" for i in range(1, 7)]
+    assert stages[3].free == ["latent", "state"] + [f"noise_{i}" for i in range(5, 11)]
+    assert [s.radius["noise"] for s in stages] == list(PAPER_RADII["noise"]) == [300, 2000, 2000, 4000]
+    assert [s.radius["latent"] for s in stages] == [300, 500, 1000, 2000]
+    assert "state" not in stages[0].radius
+    assert [s.radius["state"] for s in stages[1:]] == [500, 1000, 2000]
+    # Stage semantics as the engine reads them.
+    assert stages[2].is_free("noise_8", "noise") and not stages[2].is_free("noise_9", "noise")
+    assert stages[2].radius_of("h", "state") == 1000
+    # On the tiny generator the freed noises are capped at its 7 layers.
+    assert paper_stages(g)[3].free[-1] == "noise_6"
+
+
+def test_paper_stages_errors(g: StyleGAN2Generator) -> None:
+    with pytest.raises(ValueError, match=r"radii\['latent'\] has 2 values for 4 stages"):
+        paper_stages(g, radii={**PAPER_RADII, "latent": (1.0, 2.0)})
+    with pytest.raises(ValueError, match="radii lacks group 'state'"):
+        paper_stages(g, radii={"noise": PAPER_RADII["noise"], "latent": PAPER_RADII["latent"]})
+    with pytest.raises(ValueError, match="split 9 is out of range"):
+        paper_stages(g, splits=(0, 1, 3, 9))
+    with pytest.raises(ValueError, match="splits has 2 entries for 4 stages"):
+        paper_stages(g, splits=(0, 1))
+    with pytest.raises(ValueError, match="must not decrease"):
+        paper_stages(g, splits=(0, 3, 1, 5))
+
+
+# ----------------------------------------------------------------------------- loader & errors
+def test_missing_checkpoint_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"checkpoint .*nope\.pt does not exist.*--model\.generator"):
+        StyleGAN2Generator(checkpoint=tmp_path / "nope.pt")
+
+
+def test_dcgan_checkpoint_is_rejected_with_key_names(tmp_path: Path) -> None:
+    from ilo_pl.modules.generators.dcgan import DCGANGenerator
+
+    sd = DCGANGenerator(weights="random").state_dict()
+    torch.save(sd, tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match=r"missing keys \[input\.input.*unexpected keys \[main\.0\.weight"):
+        StyleGAN2Generator(checkpoint=tmp_path / "bare.pt")
+    torch.save({"netG_state_dict": sd}, tmp_path / "wrapped.pt")
+    with pytest.raises(ValueError, match=r"has no 'g_ema' entry \(top-level keys: \[netG_state_dict\]\)"):
+        StyleGAN2Generator(checkpoint=tmp_path / "wrapped.pt")
+
+
+def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path: Path, tiny_ckpt: dict) -> None:
+    sd = dict(tiny_ckpt["g_ema"])
+    del sd["convs.3.noise.weight"]
+    sd["convs.3.conv.modulation.weight"] = sd["convs.3.conv.modulation.weight"][:, :16]
+    sd["convs.3.extra"] = torch.zeros(1)
+    torch.save({"g_ema": sd}, tmp_path / "broken.pt")
+    with pytest.raises(ValueError) as info:
+        StyleGAN2Generator(checkpoint=tmp_path / "broken.pt")
+    msg = str(info.value)
+    assert "missing keys [convs.3.noise.weight]" in msg
+    assert "unexpected keys [convs.3.extra]" in msg
+    assert "mis-shaped keys [convs.3.conv.modulation.weight (16, 16) (expected (16, 32))]" in msg
+
+
+def test_unrelated_top_level_keys_are_ignored(tmp_path: Path, tiny_ckpt: dict, ref: dict) -> None:
+    ckpt = {
+        "g_ema": tiny_ckpt["g_ema"],
+        "g": tiny_ckpt["g_ema"],
+        "d": {"convs.0.0.weight": torch.zeros(1)},
+        "g_optim": {"state": {}, "param_groups": []},
+        "latent_avg": torch.zeros(32),
+        "args": argparse.Namespace(size=32, iter=10),  # what the port's train.py saves
+    }
+    torch.save(ckpt, tmp_path / "train.pt")
+    gen = StyleGAN2Generator.from_checkpoint(tmp_path / "train.pt")
+    with torch.no_grad():
+        image, _ = gen([ref["z"]], noise=list(ref["noises"]), randomize_noise=False)
+    torch.testing.assert_close(image, ref["image"], atol=1e-4, rtol=0)
+
+
+def test_read_checkpoint_and_infer_architecture(tiny_ckpt: dict) -> None:
+    sd = read_checkpoint(_fixture(TINY))
+    assert infer_architecture(sd) == {
+        "size": 32, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16, 32: 16}
+    }
+    with torch.device("meta"):
+        big = StyleGAN2Generator(size=256, style_dim=64, n_mlp=3, channel_multiplier=1)
+    assert infer_architecture(big.state_dict())["channels"] == {
+        4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64
+    }
+
+
+def test_argument_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"size=64 contradicts checkpoint .* \(size=32\)"):
+        StyleGAN2Generator(checkpoint=_fixture(TINY), size=64)
+    with pytest.raises(ValueError, match="needs a `checkpoint` path, or .* size, style_dim and n_mlp"):
+        StyleGAN2Generator(size=32)
+    with pytest.raises(ValueError, match=r"latent_space must be one of \('w\+', 'gaussian_fit'\)"):
+        StyleGAN2Generator(checkpoint=_fixture(TINY), latent_space="z")
+    with pytest.raises(ValueError, match="size must be a power of two >= 8"):
+        StyleGAN2Generator(size=48, style_dim=8, n_mlp=1)
+    with pytest.raises(ValueError, match=r"channel table lacks resolutions \[16\]"):
+        StyleGAN2Generator(size=16, style_dim=8, n_mlp=1, channels={4: 8, 8: 8})
+
+
+def test_state_and_call_errors(g: StyleGAN2Generator) -> None:
+    state = g.init_variables(1, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"state at split 2 lacks entries \['h', 'skip'\]"):
+        g.render(state, 2)
+    with pytest.raises(ValueError, match=r"state\['latent'\] at split 0 must be \[B, 8, 32\]"):
+        g.render({**state, "latent": state["latent"][:, :3]}, 0)
+    with pytest.raises(ValueError, match="split 7 is out of range .* valid split points are 0..6"):
+        g.advance(state, 0, 7)
+    with pytest.raises(ValueError, match="cannot advance from split 3 back to split 1"):
+        g.advance(g.advance(state, 0, 3), 3, 1)
+    with pytest.raises(TypeError, match="styles must be a list of tensors"):
+        g(torch.randn(1, 32))
+    with pytest.raises(ValueError, match="truncation < 1 needs truncation_latent"):
+        g([torch.randn(1, 32)], truncation=0.5)
+    with pytest.raises(ValueError, match="noise must hold 7 maps"):
+        g([torch.randn(1, 32)], noise=[None] * 3)
+
+
+def test_randomize_noise_draws_fresh_noise(g: StyleGAN2Generator) -> None:
+    z = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, _ = g([z])
+        b, _ = g([z])
+        c, _ = g([z], randomize_noise=False)
+        d, _ = g([z], randomize_noise=False)
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(c, d)
+
+
+def test_built_from_a_config_by_class_path(tmp_path: Path) -> None:
+    """How configs and the CLI name the generator (jsonargparse instantiates classes only)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_argument("--generator", type=SplitGenerator)
+    spec = {
+        "class_path": "ilo_pl.modules.generators.stylegan2.StyleGAN2Generator",
+        "init_args": {"checkpoint": str(_fixture(TINY)), "latent_space": "gaussian_fit"},
+    }
+    cfg = parser.instantiate_classes(parser.parse_object({"generator": spec}))
+    assert isinstance(cfg.generator, StyleGAN2Generator) and cfg.generator.latent_space == "gaussian_fit"
+    spec["init_args"]["checkpoint"] = str(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        parser.instantiate_classes(parser.parse_object({"generator": spec}))
+
+
+# ----------------------------------------------------------------------------- ILO end to end
+ILO_STEPS = (100, 70, 70, 60)  # paper_stages' splits 0, 1, 3, 5; 300 steps in all
+
+
+def _solve(gen: StyleGAN2Generator, x: torch.Tensor, stages: list):  # noqa: ANN202
+    from ilo_pl.api import solve
+
+    return solve(
+        gen, Identity(), x, stages,
+        losses={"mse": MSELoss(), "geodesic": GeodesicLoss()},
+        loss_weights={"mse": 1.0, "geodesic": 0.01},
+    )
+
+
+def test_ilo_recovers_an_in_range_image(g: StyleGAN2Generator) -> None:
+    from ilo_pl.metrics import image_metrics
+
+    truth = g.init_variables(1, torch.Generator().manual_seed(1234))
+    with torch.no_grad():
+        x = g(truth)
+    result = _solve(g, x, paper_stages(g, steps=ILO_STEPS))
+    metrics = image_metrics(result.images, x)
+    assert metrics["psnr"].item() > 35.0, metrics
+    assert result.solutions[0].split in (0, 1, 3, 5)
+
+
+def test_ilo_beats_csgm_on_an_out_of_range_image(g: StyleGAN2Generator) -> None:
+    truth = g.init_variables(1, torch.Generator().manual_seed(1234))
+    k = 3
+    with torch.no_grad():
+        mid = g.advance(truth, 0, k)
+        rng = torch.Generator().manual_seed(99)
+        h = mid["h"]
+        # A sparse edit of the intermediate activation: outside the range of G.
+        mask = (torch.rand(h.shape, generator=rng) < 0.03).to(h.dtype)
+        delta = mask * torch.randn(h.shape, generator=rng) * 3 * h.std()
+        x = g.render({**mid, "h": h + delta}, k)
+    ilo = _solve(g, x, paper_stages(g, steps=ILO_STEPS))
+    csgm = _solve(g, x, paper_stages(g, steps=(sum(ILO_STEPS),)))  # stage 0 only, same step count
+    mse_ilo = (ilo.images - x).pow(2).mean().item()
+    mse_csgm = (csgm.images - x).pow(2).mean().item()
+    assert mse_ilo * 2 <= mse_csgm, (mse_ilo, mse_csgm)
+
+
+# ----------------------------------------------------------------------------- configs
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "stylegan2").glob("ffhq1024_*.yaml"))
+
+
+def test_there_are_ffhq1024_configs() -> None:
+    names = {p.stem for p in CONFIGS}
+    assert {"ffhq1024_inpainting_box", "ffhq1024_superres", "ffhq1024_denoising"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_ffhq1024_configs_follow_the_paper(path: Path) -> None:
+    import yaml
+
+    model = yaml.safe_load(path.read_text())["model"]
+    gen = model["generator"]
+    assert gen["class_path"] == "ilo_pl.modules.generators.stylegan2.StyleGAN2Generator"
+    assert gen["init_args"]["latent_space"] == "gaussian_fit"
+    assert model["loss_weights"] == {"mse": 1.0, "lpips": 1.0, "geodesic": 0.01}
+    assert set(model["losses"]) == set(model["loss_weights"])
+    assert model["sphere"] is True
+    with torch.device("meta"):
+        big = StyleGAN2Generator(size=1024, style_dim=512, n_mlp=8)
+    want = [
+        {"split": s.split, "steps": s.steps, "lr": s.lr, "free": s.free, "radius": s.radius}
+        for s in paper_stages(big)
+    ]
+    assert model["stages"] == want
