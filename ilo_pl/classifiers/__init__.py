@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ilo_pl.checkpoints import load_state_dict_strict as _load_strict
+
 #: ImageNet RGB mean/std of torchvision and ``robustness`` models.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -141,31 +143,8 @@ class ImageClassifier(nn.Module):
 
 
 def load_state_dict_strict(net: nn.Module, sd: Mapping[str, Tensor], what: str) -> None:
-    """``net.load_state_dict(sd, strict=True)`` with a clear error.
-
-    Raises:
-        ValueError: naming the missing, unexpected and mis-shaped keys (the
-            usual sign of a checkpoint of another architecture), prefixed by ``what``.
-    """
-    own = net.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    bad = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)})")
-        if unexpected:
-            parts.append(
-                f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
-            )
-        if bad:
-            parts.append(
-                "mis-shaped keys "
-                + ", ".join(f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in bad[:5])
-            )
-        raise ValueError(f"{what}: the weights do not fit the network: " + "; ".join(parts))
-    net.load_state_dict(sd, strict=True)
+    """Load ``sd`` strictly; a ``ValueError`` names the keys that do not fit (see :mod:`ilo_pl.checkpoints`)."""
+    _load_strict(net, sd, f"{what}: the weights do not fit the network")
 
 
 def build_classifier(name: str, **kwargs) -> ImageClassifier:  # noqa: ANN003 - forwarded

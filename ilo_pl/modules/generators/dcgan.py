@@ -24,6 +24,7 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ilo_pl.checkpoints import load_state_dict_strict
 from ilo_pl.modules.generators.base import SplitGenerator, State
 
 _WHEEL = "gan_face_generate"
@@ -100,25 +101,7 @@ class DCGANGenerator(SplitGenerator):
         sd = ckpt.get(_KEY, ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(sd, dict):
             raise ValueError(f"{path} is not a DCGAN checkpoint (expected a dict with '{_KEY}')")
-        own = self.state_dict()
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        bad = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-        if missing or unexpected or bad:
-            detail = []
-            if missing:
-                detail.append(f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}")
-            if unexpected:
-                detail.append(f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-            if bad:
-                detail.append(
-                    "mis-shaped keys "
-                    + ", ".join(f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in bad[:5])
-                )
-            raise ValueError(
-                f"{path} is not a DCGAN(nz={self.nz}, ngf={self.ngf}) checkpoint: " + "; ".join(detail)
-            )
-        self.load_state_dict(sd, strict=True)
+        load_state_dict_strict(self, sd, f"{path} is not a DCGAN(nz={self.nz}, ngf={self.ngf}) checkpoint")
 
     # -- protocol -------------------------------------------------------------
     def init_variables(self, batch_size: int, generator: Optional[torch.Generator] = None) -> State:

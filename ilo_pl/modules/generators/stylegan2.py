@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ilo_pl.checkpoints import load_state_dict_strict
 from ilo_pl.modules.generators.base import SplitGenerator, State
 from ilo_pl.ops.fused_act import FusedLeakyReLU, fused_leaky_relu
 from ilo_pl.ops.upfirdn2d import upfirdn2d
@@ -550,24 +551,12 @@ class StyleGAN2Generator(SplitGenerator):
         Raises:
             ValueError: if the keys or shapes differ from this architecture's.
         """
-        own = self.state_dict()
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        bad = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-        if missing or unexpected or bad:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {_format_keys(missing)}")
-            if unexpected:
-                parts.append(f"unexpected keys {_format_keys(unexpected)}")
-            if bad:
-                shown = [f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})" for k in bad[:8]]
-                parts.append(f"mis-shaped keys [{', '.join(shown)}]" + (" ..." if len(bad) > 8 else ""))
-            raise ValueError(
-                f"{source} does not match a StyleGAN-2 generator of size {self.size}, style_dim "
-                f"{self.style_dim}, n_mlp {self.n_mlp}, channels {self.channels}: " + "; ".join(parts)
-            )
-        self.load_state_dict(sd, strict=True)
+        load_state_dict_strict(
+            self,
+            sd,
+            f"{source} does not match a StyleGAN-2 generator of size {self.size}, style_dim "
+            f"{self.style_dim}, n_mlp {self.n_mlp}, channels {self.channels}",
+        )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # noqa: ANN201
         """``nn.Module.load_state_dict`` that also forgets cached mapping statistics."""
