@@ -1,0 +1,447 @@
+"""Tests of ilo_pl.projections: exact l1-ball projection (fast and sort reference), in-place wrappers, sphere."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from ilo_pl.projections import (
+    _l1_threshold,
+    _theta_sort,
+    project_l1_ball,
+    project_l1_ball_,
+    project_l1_ball_sort,
+    project_sphere_,
+)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+METHODS = [project_l1_ball, project_l1_ball_sort]
+
+
+def brute_force_l1(v: torch.Tensor, r: float) -> torch.Tensor:
+    """Projection of one short float64 vector by enumerating every face of the l1 ball.
+
+    The projection lies in the relative interior of some face: a support ``S``
+    and signs ``s`` on it, where it is the projection of ``v`` onto the affine
+    set ``{w_S . s = r, w_{not S} = 0}``. Enumerate all (S, s), keep candidates
+    whose signs agree, take the closest. Independent of the threshold formula.
+    """
+    x = v.tolist()
+    if sum(abs(a) for a in x) <= r:
+        return v.clone()
+    n = len(x)
+    best, best_d = [0.0] * n, sum(a * a for a in x)  # the origin is feasible
+    for k in range(1, n + 1):
+        for idx in itertools.combinations(range(n), k):
+            for signs in itertools.product((-1.0, 1.0), repeat=k):
+                lam = (sum(x[i] * s for i, s in zip(idx, signs)) - r) / k
+                w = [0.0] * n
+                for i, s in zip(idx, signs):
+                    w[i] = x[i] - lam * s
+                if any(w[i] * s < -1e-12 for i, s in zip(idx, signs)):
+                    continue
+                d = sum((a - b) ** 2 for a, b in zip(w, x))
+                if d < best_d - 1e-15:
+                    best, best_d = w, d
+    return torch.tensor(best, dtype=v.dtype)
+
+
+def _kkt_theta(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Per-row threshold implied by a projection, checking it has the soft-threshold form."""
+    active = w != 0
+    gaps = torch.where(active, v.abs() - w.abs(), torch.nan)
+    theta = torch.nanmean(gaps, dim=1)
+    return theta
+
+
+# ---------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_brute_force_on_small_vectors(method):
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        n = 1 + trial % 6
+        v = torch.randn(1, n, generator=g, dtype=torch.float64) * 3
+        norm = float(v.abs().sum())
+        for r in (0.05 * norm, 0.5 * norm, 0.95 * norm, 2 * norm):
+            got = method(v, r)[0]
+            want = brute_force_l1(v[0], r)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_brute_force_with_ties_and_zeros(method):
+    cases = [
+        [3.0, 3.0, -3.0, 1.0, 1.0],
+        [2.0, -2.0, 2.0, -2.0],
+        [0.0, 0.0, 5.0, -1.0, 0.0, 1.0],
+        [1.0, 1.0, 1.0, 0.0],
+    ]
+    for vals in cases:
+        v = torch.tensor([vals], dtype=torch.float64)
+        for r in (0.5, 1.0, 2.0, 3.0, 7.5):
+            got = method(v, r)[0]
+            torch.testing.assert_close(got, brute_force_l1(v[0], r), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kkt_conditions(dtype):
+    g = torch.Generator().manual_seed(1)
+    scale = torch.rand(8, 1, generator=g, dtype=torch.float64) * 5
+    v = (torch.randn(8, 1000, generator=g, dtype=torch.float64) * scale).to(dtype)
+    r = v.abs().sum(1).double() * torch.tensor([1e-4, 1e-3, 0.01, 0.1, 0.3, 0.6, 0.9, 0.999], dtype=torch.float64)
+    w = project_l1_ball(v, r.to(dtype))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    vd, wd = v.double(), w.double()
+    # same signs (or zero), ||w||_1 == r, a single threshold theta >= 0 on the support
+    assert ((vd * wd) >= 0).all()
+    torch.testing.assert_close(wd.abs().sum(1), r, rtol=tol, atol=0)
+    theta = _kkt_theta(vd, wd)
+    assert (theta >= 0).all()
+    scale = vd.abs().amax(1, keepdim=True)
+    gaps = vd.abs() - wd.abs()
+    assert (torch.where(wd != 0, (gaps - theta[:, None]).abs(), 0) <= tol * scale).all()
+    # every dropped entry is below the threshold
+    assert (torch.where(wd == 0, vd.abs() - theta[:, None], -1) <= tol * scale).all()
+
+
+def test_inside_rows_unchanged_bit_identical_and_new_tensor():
+    g = torch.Generator().manual_seed(2)
+    v = torch.randn(4, 300, generator=g)
+    norms = v.abs().sum(1)
+    r = torch.stack([norms[0] * 2, norms[1], norms[2] * 0.5, torch.tensor(math.inf)])
+    for method in METHODS:
+        w = method(v, r)
+        assert torch.equal(w[[0, 1, 3]], v[[0, 1, 3]])
+        assert not torch.equal(w[2], v[2])
+        assert w.data_ptr() != v.data_ptr()
+    # all inside: the early-out still returns a copy
+    w = project_l1_ball(v, norms * 3)
+    assert torch.equal(w, v) and w.data_ptr() != v.data_ptr()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_radius_zero_and_inf(method):
+    v = torch.randn(3, 50, dtype=torch.float64)
+    assert torch.equal(method(v, 0.0), torch.zeros_like(v))
+    assert torch.equal(method(v, math.inf), v)
+    w = method(v, torch.tensor([0.0, math.inf, 1.0], dtype=torch.float64))
+    assert torch.equal(w[0], torch.zeros(50, dtype=torch.float64))
+    assert torch.equal(w[1], v[1])
+    assert math.isclose(float(w[2].abs().sum()), 1.0, rel_tol=1e-12)
+
+
+def test_all_zero_row_and_radius_zero():
+    v = torch.zeros(2, 10)
+    assert torch.equal(project_l1_ball(v, 0.0), v)
+    assert torch.equal(project_l1_ball(v, 1.0), v)
+
+
+def test_batch_equals_per_sample_with_per_sample_radii():
+    g = torch.Generator().manual_seed(3)
+    scale = torch.logspace(-2, 2, 6, dtype=torch.float64)[:, None]
+    v = torch.randn(6, 2000, generator=g, dtype=torch.float64) * scale
+    r = v.abs().sum(1) * torch.tensor([0.001, 0.05, 0.5, 0.99, 1.5, 0.0], dtype=torch.float64)
+    w = project_l1_ball(v, r)
+    for b in range(6):
+        one = project_l1_ball(v[b : b + 1], r[b : b + 1])
+        torch.testing.assert_close(w[b : b + 1], one, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dist", ["gauss", "uniform", "cauchy", "sparse"])
+def test_large_random_matches_sort_reference(device, dist):
+    g = torch.Generator().manual_seed(4)
+    n = 1 << 16
+    if dist == "gauss":
+        v = torch.randn(3, n, generator=g, dtype=torch.float64)
+    elif dist == "uniform":
+        v = torch.rand(3, n, generator=g, dtype=torch.float64)
+    elif dist == "cauchy":
+        v = torch.tan(math.pi * (torch.rand(3, n, generator=g, dtype=torch.float64) - 0.5))
+    else:
+        keep = torch.rand(3, n, generator=g, dtype=torch.float64) < 0.01
+        v = torch.randn(3, n, generator=g, dtype=torch.float64) * keep
+    v = v.to(device)
+    r = v.abs().sum(1) * torch.tensor([0.01, 0.3, 0.9], dtype=torch.float64, device=device)
+    ref = project_l1_ball_sort(v, r)
+    scale = ref.abs().amax(1, keepdim=True)
+    # float64: agree to 1e-6 relative (in practice ~1e-13)
+    w64 = project_l1_ball(v, r)
+    assert w64.device == v.device
+    assert ((w64 - ref).abs() <= 1e-6 * scale).all()
+    # float32: no worse than float32 rounding of the inputs allows
+    w32 = project_l1_ball(v.float(), r.float())
+    assert w32.dtype == torch.float32
+    assert ((w32.double() - ref).abs() <= 1e-5 * scale).all()
+
+
+@pytest.mark.parametrize(
+    "u",
+    [
+        torch.pow(2.0, torch.arange(60, dtype=torch.float64)),
+        torch.arange(50_000, dtype=torch.float64) ** 4,
+        torch.arange(50_000, dtype=torch.float64),
+        torch.randint(0, 5, (50_000,), generator=torch.Generator().manual_seed(5)).double(),
+    ],
+    ids=["geometric", "quartic", "linear", "few-values"],
+)
+def test_structured_vectors_match_sort_reference(u):
+    v = (u * torch.where(torch.arange(u.numel()) % 3 == 0, -1.0, 1.0).double())[None]
+    for frac in (1e-9, 1e-3, 0.1, 0.5, 0.999999):
+        r = frac * v.abs().sum(1)
+        w, ref = project_l1_ball(v, r), project_l1_ball_sort(v, r)
+        assert ((w - ref).abs() <= 1e-9 * ref.abs().amax()).all(), frac
+
+
+def test_typical_inputs_converge_without_the_sort_fallback(monkeypatch):
+    import ilo_pl.projections as proj
+
+    def no_sort(*args, **kwargs):
+        raise AssertionError("the capped-iteration fallback ran")
+
+    monkeypatch.setattr(proj, "_fallback_threshold", no_sort)
+    g = torch.Generator().manual_seed(11)
+    v = torch.randn(4, 1 << 17, generator=g)
+    r = v.abs().sum(1) * torch.tensor([1e-4, 0.01, 0.3, 0.9])
+    w = proj.project_l1_ball(v, r)
+    torch.testing.assert_close(w.abs().sum(1), r, rtol=1e-5, atol=0)
+
+
+def test_sample_start_edge_cases():
+    """The strided-sample starting point only saves steps: adversarial samples change nothing."""
+    n = 1 << 14
+    g = torch.Generator().manual_seed(12)
+    # the sample (every 16th entry) sees only zeros
+    off_stride = torch.zeros(1, n, dtype=torch.float64)
+    off_stride[0, 1::16] = torch.rand(n // 16, generator=g, dtype=torch.float64) + 1
+    # the sample holds the one huge entry and the radius is tiny: the guess is max(u)
+    spike = torch.rand(1, n, generator=g, dtype=torch.float64)
+    spike[0, 0] = 1e30
+    # the sample overestimates the threshold (start right of the root)
+    heavy_off = torch.rand(1, n, generator=g, dtype=torch.float64)
+    heavy_off[0, ::16] *= 100
+    for v, fracs in [(off_stride, (0.01, 0.5)), (spike, (1e-40, 1e-31, 0.5)), (heavy_off, (0.01, 0.3, 0.9))]:
+        for frac in fracs:
+            r = v.abs().sum(1) * frac
+            w, ref = project_l1_ball(v, r), project_l1_ball_sort(v, r)
+            assert ((w - ref).abs() <= 1e-12 * ref.abs().amax()).all(), frac
+            # (with the spike, ||w||_1 is only known to 1e-16 * 1e30)
+            torch.testing.assert_close(w.abs().sum(1), r, rtol=1e-10, atol=1e-15 * float(v.abs().max()))
+
+
+@pytest.mark.parametrize("max_iter", [1, 2, 3])
+def test_capped_iterations_fall_back_exactly(max_iter):
+    g = torch.Generator().manual_seed(6)
+    u = torch.randn(5, 5000, generator=g, dtype=torch.float64).abs()
+    r = u.sum(1) * torch.tensor([1e-4, 0.01, 0.2, 0.7, 0.95], dtype=torch.float64)
+    todo = torch.ones(5, dtype=torch.bool)
+    theta = _l1_threshold(u, r, todo, u.sum(1), max_iter=max_iter)
+    torch.testing.assert_close(theta, _theta_sort(u, r), rtol=1e-12, atol=0)
+
+
+def test_zero_iteration_cap_is_rejected():
+    u = torch.rand(1, 10)
+    with pytest.raises(ValueError, match="max_iter must be >= 1"):
+        _l1_threshold(u, torch.ones(1), torch.ones(1, dtype=torch.bool), u.sum(1), max_iter=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_input(dtype):
+    v = torch.randn(2, 500).to(dtype)
+    w = project_l1_ball(v, 3.0)
+    assert w.dtype == dtype
+    torch.testing.assert_close(w.float(), project_l1_ball(v.float(), 3.0).to(dtype).float())
+    assert torch.equal(project_l1_ball(v, 1e4), v)
+
+
+def test_empty_inputs():
+    assert project_l1_ball(torch.zeros(0, 5), 1.0).shape == (0, 5)
+    assert project_l1_ball(torch.zeros(3, 0), 1.0).shape == (3, 0)
+
+
+# ---------------------------------------------------------------- projection properties
+
+
+def test_projection_properties():
+    """Idempotent, non-expansive, and the variational inequality of a projection onto a convex set."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(16, 400, generator=g, dtype=torch.float64) * 2
+    y = torch.randn(16, 400, generator=g, dtype=torch.float64) * 2
+    r = 5.0
+    px, py = project_l1_ball(x, r), project_l1_ball(y, r)
+    torch.testing.assert_close(project_l1_ball(px, r), px, rtol=0, atol=1e-12)
+    assert ((px - py).norm(dim=1) <= (x - y).norm(dim=1) + 1e-12).all()
+    # <x - Px, z - Px> <= 0 for any z in the ball (here: random points of the ball)
+    z = project_l1_ball(torch.randn(16, 400, generator=g, dtype=torch.float64), r)
+    assert (((x - px) * (z - px)).sum(1) <= 1e-9).all()
+
+
+def test_gradcheck_float64_and_matches_sort_gradient():
+    g = torch.Generator().manual_seed(8)
+    v = torch.randn(3, 40, generator=g, dtype=torch.float64, requires_grad=True)
+    r = torch.tensor([1.0, 4.0, 1e3], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(project_l1_ball, (v, r))
+    weights = torch.randn(3, 40, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((project_l1_ball(v, r) * weights).sum(), (v, r))
+    gb = torch.autograd.grad((project_l1_ball_sort(v, r) * weights).sum(), (v, r))
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bad_shapes_and_dtypes(method):
+    with pytest.raises(ValueError, match=r"expects a \[B, n\] tensor; got shape \(5,\)"):
+        method(torch.randn(5), 1.0)
+    with pytest.raises(ValueError, match=r"expects a \[B, n\] tensor.*reshape"):
+        method(torch.randn(2, 3, 4), 1.0)
+    with pytest.raises(TypeError, match="floating-point tensor; got torch.int64"):
+        method(torch.ones(2, 3, dtype=torch.long), 1.0)
+    with pytest.raises(TypeError, match="expects a torch.Tensor"):
+        method([[1.0, 2.0]], 1.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bad_radius(method):
+    v = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"must be >= 0 \(use inf for no constraint\)"):
+        method(v, -1.0)
+    with pytest.raises(ValueError, match=r"must be >= 0"):
+        method(v, torch.tensor([1.0, math.nan]))
+    with pytest.raises(ValueError, match=r"radius must be a scalar or have shape \[2\]; got \(3,\)"):
+        method(v, torch.ones(3))
+    with pytest.raises(TypeError, match="radius must be a number or a tensor"):
+        method(v, "1.0")
+
+
+def test_non_finite_rows_raise():
+    v = torch.randn(3, 4)
+    v[1, 2] = math.inf
+    with pytest.raises(ValueError, match=r"rows \[1\] .* inf/NaN"):
+        project_l1_ball(v, 1.0)
+    v[1, 2] = math.nan
+    with pytest.raises(ValueError, match=r"rows \[1\] .* inf/NaN"):
+        project_l1_ball(v, 1.0)
+    # with no constraint (inf radius) there is nothing to project
+    w = project_l1_ball(v, math.inf)
+    assert torch.equal(torch.isnan(w), torch.isnan(v))
+    assert torch.equal(torch.nan_to_num(w), torch.nan_to_num(v))
+
+
+# ---------------------------------------------------------------- in place, around an anchor
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_project_l1_ball_inplace_around_anchor(dtype):
+    g = torch.Generator().manual_seed(9)
+    anchor = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
+    param = anchor + torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
+    before = param.clone()
+    dev_norm = (before - anchor).abs().flatten(1).sum(1)
+    radius = dev_norm * torch.tensor([0.1, 0.5, 2.0, 0.0], dtype=dtype)
+    project_l1_ball_(param, anchor, radius)
+    after = (param - anchor).abs().flatten(1).sum(1)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(after[:2], radius[:2], rtol=tol, atol=tol)
+    assert torch.equal(param[2], before[2])  # inside: untouched
+    assert torch.equal(param[3], anchor[3])  # radius 0: back to the anchor
+    want = anchor + project_l1_ball((before - anchor).flatten(1), radius).view_as(anchor)
+    torch.testing.assert_close(param, want)
+
+
+def test_inplace_leaves_inside_samples_bit_identical_despite_rounding():
+    # (p - a) + a != p in float32 here, so writing every sample back would move it.
+    anchor = torch.tensor([[1.0, 1.0]])
+    param = torch.tensor([[1e-8, 3e-8]])
+    assert not torch.equal((param - anchor) + anchor, param)
+    before = param.clone()
+    project_l1_ball_(param, anchor, 10.0)
+    assert torch.equal(param, before)
+    # and a batch where only the other sample moves
+    anchor2 = torch.cat([anchor, torch.zeros(1, 2)])
+    param2 = torch.cat([param, torch.tensor([[5.0, -5.0]])])
+    before2 = param2.clone()
+    project_l1_ball_(param2, anchor2, torch.tensor([10.0, 1.0]))
+    assert torch.equal(param2[0], before2[0])
+    torch.testing.assert_close(param2[1], torch.tensor([0.5, -0.5]))
+
+
+def test_inplace_half_param_and_errors():
+    anchor = torch.zeros(2, 100, dtype=torch.float16)
+    param = torch.randn(2, 100).to(torch.float16)
+    project_l1_ball_(param, anchor, 1.0)
+    assert param.dtype == torch.float16
+    assert (param.float().abs().sum(1) <= 1.0 + 1e-2).all()
+    with pytest.raises(ValueError, match=r"parameter \(2, 3\) and anchor \(2, 4\) shapes differ"):
+        project_l1_ball_(torch.zeros(2, 3), torch.zeros(2, 4), 1.0)
+    with pytest.raises(ValueError, match="got a scalar"):
+        project_l1_ball_(torch.tensor(1.0), torch.tensor(0.0), 1.0)
+    with pytest.raises(TypeError, match="floating-point param"):
+        project_l1_ball_(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long), 1.0)
+    with pytest.raises(ValueError, match=r"radius must be a scalar or have shape \[2\]"):
+        project_l1_ball_(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(4))
+
+
+# ---------------------------------------------------------------- sphere
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_project_sphere_norm_and_direction(dtype):
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(3, 2, 16, 16, generator=g, dtype=dtype) * 7
+    before = x.clone()
+    project_sphere_(x, (1, 2, 3))
+    norms = x.flatten(1).norm(dim=1)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(norms, torch.full((3,), math.sqrt(512), dtype=dtype), rtol=tol, atol=0)
+    torch.testing.assert_close(
+        x.flatten(1) / norms[:, None],
+        before.flatten(1) / before.flatten(1).norm(dim=1, keepdim=True),
+        rtol=tol,
+        atol=tol,
+    )
+    # per-row sphere of a [B, L, D] latent (dims=-1), and a zero slice stays zero
+    w = torch.randn(2, 3, 512, generator=g, dtype=dtype)
+    w[1, 2] = 0
+    project_sphere_(w, [-1])
+    torch.testing.assert_close(w[0].norm(dim=-1), torch.full((3,), math.sqrt(512), dtype=dtype), rtol=tol, atol=0)
+    assert torch.equal(w[1, 2], torch.zeros(512, dtype=dtype))
+
+
+def test_project_sphere_errors():
+    with pytest.raises(ValueError, match="at least one dim"):
+        project_sphere_(torch.randn(2, 3), ())
+    with pytest.raises(ValueError, match=r"dims \(2,\) out of range for a 2-D tensor"):
+        project_sphere_(torch.randn(2, 3), (2,))
+    with pytest.raises(ValueError, match="repeat a dim"):
+        project_sphere_(torch.randn(2, 3), (1, -1))
+    with pytest.raises(TypeError, match="floating-point tensor"):
+        project_sphere_(torch.ones(2, 3, dtype=torch.long), (1,))
+
+
+# ---------------------------------------------------------------- benchmark script
+
+
+def test_benchmark_script_smoke(tmp_path):
+    """benchmarks/projection.py runs end to end on a tiny size and writes its CSV."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "projection.py"
+    spec = importlib.util.spec_from_file_location("projection_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.SIZES, bench.QUICK_SIZES = [2048], [2048]
+    out = tmp_path / "p.csv"
+    assert bench.main(["--quick", "--repeats", "1", "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert {r["batch"] for r in rows} == {"1", "16"}
+    assert all(float(r["speedup"]) > 0 and float(r["max_rel_err"]) < 1e-5 for r in rows)
