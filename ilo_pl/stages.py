@@ -26,6 +26,7 @@ class Stage:
             groups); entries with no radius are unconstrained.
         loss_weights: weights of the loss terms in this stage; ``None`` uses the
             module's weights. Missing names weigh 0.
+        sna: Stochastic Noise Addition in this stage; ``None`` uses the module's ``sna``.
     """
 
     split: int
@@ -34,6 +35,7 @@ class Stage:
     free: List[str] = field(default_factory=lambda: ["state", "latent", "noise"])
     radius: Dict[str, float] = field(default_factory=dict)
     loss_weights: Optional[Dict[str, float]] = None
+    sna: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:

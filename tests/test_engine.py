@@ -229,3 +229,25 @@ def test_out_of_range_ilo_beats_csgm_by_2x(gen):
     mse_ilo = image_metrics(r_ilo.images, x)["true_mse"].mean().item()
     mse_csgm = image_metrics(r_csgm.images, x)["true_mse"].mean().item()
     assert mse_ilo <= 0.5 * mse_csgm, (mse_ilo, mse_csgm)
+
+
+def test_selection_last_returns_the_final_stage_iterate(gen):
+    x = draw_from_generator(gen, torch.Generator().manual_seed(8), split=0)
+    res = solve(gen, Identity(), x, _stages(steps=(4, 3, 3)), selection="last")
+    assert res.solutions[0].stage == 2
+    assert res.measurement_loss[0] == res.stage_losses[-1][0]
+    with pytest.raises(ValueError, match="selection must be 'best' or 'last'"):
+        ILOModule(gen, _stages(), selection="median")
+
+
+def test_per_stage_sna_overrides_the_module_switch(gen):
+    from ilo_pl.operators import GaussianNoise
+
+    x = draw_from_generator(gen, torch.Generator().manual_seed(9), split=0)
+    op = GaussianNoise(25.0)
+    y = op(x, torch.Generator().manual_seed(1))
+    plain = solve(gen, op, y, _stages(steps=(4, 3, 3)))
+    off_by_stage = solve(gen, op, y, [Stage(**{**s.__dict__, "sna": False}) for s in _stages(steps=(4, 3, 3))], sna=True)
+    on = solve(gen, op, y, _stages(steps=(4, 3, 3)), sna=True)
+    assert torch.equal(plain.images, off_by_stage.images)
+    assert not torch.equal(plain.images, on.images)
