@@ -53,6 +53,11 @@ class ILOModule(pl.LightningModule):
         range_steps: Adam steps of that projection.
         range_lr: its learning rate.
         log_every: log losses every this many steps (logging is not free).
+        selection: which iterate each stage hands on and the solve returns:
+            ``"best"`` (lowest noiseless measurement error, over all stages) or
+            ``"last"`` (each stage's final iterate; the last stage's is
+            returned). With SNA the trajectory is noisy, and picking its
+            best-fitting point selects iterates that fit the noise: use ``"last"``.
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class ILOModule(pl.LightningModule):
         range_steps: int = 100,
         range_lr: float = 0.05,
         log_every: int = 10,
+        selection: str = "best",
     ) -> None:
         super().__init__()
         if not isinstance(generator, SplitGenerator):
@@ -95,6 +101,9 @@ class ILOModule(pl.LightningModule):
         self.project_to_range_enabled = project_to_range
         self.range_steps, self.range_lr = range_steps, range_lr
         self.log_every = max(1, int(log_every))
+        if selection not in ("best", "last"):
+            raise ValueError(f"selection must be 'best' or 'last'; got {selection!r}")
+        self.selection = selection
 
         self.variables = nn.ParameterDict()
         self._fixed: Dict[str, Tensor] = {}
@@ -106,6 +115,9 @@ class ILOModule(pl.LightningModule):
         self._stage_step = 0
         self._problem_step = 0
         self._batch_cache: Optional[Tuple[int, ProblemBatch]] = None
+        # Per-stage constants of the step, set by _install (not rebuilt every step).
+        self._groups: Dict[str, str] = {}
+        self._weighted: List[Tuple[str, float]] = []
         self.last_result: Optional[ProblemResult] = None
 
     # ------------------------------------------------------------------ schedule
@@ -206,6 +218,8 @@ class ILOModule(pl.LightningModule):
                 f"stage at split {stage.split} frees no variable: its `free` {stage.free} matches "
                 f"none of {sorted(state)} (groups {sorted(set(groups.values()))})"
             )
+        self._groups = groups
+        self._weighted = [(n, w) for n, w in stage_losses(stage, self.loss_weights).items() if w != 0]
 
     def project_to_range(self, index: int) -> None:
         """Algorithm 1, line 5: pull the best state of stage ``index - 1`` into the range.
@@ -298,22 +312,21 @@ class ILOModule(pl.LightningModule):
             )
         stage = self.stages[self._stage]
         state = self.current_state()
-        groups = self.generator.groups(stage.split)
+        groups = self._groups
         image = self.generator.render(state, stage.split)
         op, y = batch.operator, batch.observation
-        measured = op(image) if self.sna else op.A(image)
+        sna = self.sna if stage.sna is None else stage.sna
+        measured = op(image) if sna else op.A(image)
         err = op.measurement_error(measured, y)
         ctx = LossContext(image=image, measured=measured, observation=y, operator=op,
                           state=state, groups=groups, split=stage.split, measurement_error=err)
         per_sample = image.new_zeros(len(batch), dtype=torch.float32)
         logs = {}
-        for name, weight in stage_losses(stage, self.loss_weights).items():
-            if weight == 0:
-                continue
+        for name, weight in self._weighted:
             term = self.losses[name](ctx).float()
             per_sample = per_sample + weight * term
             logs[name] = term
-        self._track(batch, image, err, per_sample, state)
+        self._track(batch, image, err, per_sample, state, sna)
         finite = torch.isfinite(per_sample)
         # Sum over samples (never average): a sample's step is the same in any batch.
         loss = torch.where(finite, per_sample, torch.zeros_like(per_sample)).sum()
@@ -329,9 +342,32 @@ class ILOModule(pl.LightningModule):
         return loss
 
     @torch.no_grad()
-    def _track(self, batch: ProblemBatch, image: Tensor, err: Tensor, per_sample: Tensor, state: Dict[str, Tensor]) -> None:
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # A failed sample (non-finite loss or gradient) keeps its last finite
+        # iterate: zero its gradient rows, so NaN never reaches Adam or the
+        # projections and its batch-mates go on exactly as if alone. Device
+        # ops only (no host sync).
+        if getattr(self, "_fail_at", None) is None:
+            return
+        params = [p for p in self.variables.values() if p.grad is not None]
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+        if scaler is None:  # with a GradScaler, inf gradients are fp16 overflow: it skips the step itself
+            bad = torch.zeros(self._fail_at.shape[0], dtype=torch.bool, device=self._fail_at.device)
+            for p in params:
+                bad |= ~torch.isfinite(p.grad).flatten(1).all(1)
+            newly = (bad & (self._fail_at[:, 0] < 0)).view(-1, 1)
+            here = torch.tensor([self._stage, self._stage_step - 1], device=self._fail_at.device)
+            self._fail_at = torch.where(newly, here, self._fail_at)
+        failed = self._fail_at[:, 0] >= 0
+        for p in params:
+            p.grad.masked_fill_(failed.view(-1, *([1] * (p.grad.dim() - 1))), 0.0)
+
+    @torch.no_grad()
+    def _track(
+        self, batch: ProblemBatch, image: Tensor, err: Tensor, per_sample: Tensor, state: Dict[str, Tensor], sna: bool
+    ) -> None:
         """Keep each sample's best iterate of the stage by measurement error."""
-        if self.sna:  # rank iterates by the noiseless measurement, not by the noise drawn
+        if sna:  # rank iterates by the noiseless measurement, not by the noise drawn
             err = batch.operator.measurement_error(batch.operator.A(image), batch.observation)
         err = err.detach().float()
         best = self._stage_best[-1]
@@ -340,19 +376,26 @@ class ILOModule(pl.LightningModule):
         newly_failed = (~finite & (self._fail_at[:, 0] < 0)).view(-1, 1)
         here = torch.tensor([self._stage, self._stage_step], device=self._fail_at.device)
         self._fail_at = torch.where(newly_failed, here, self._fail_at)
-        improved = finite & (err < best["loss"])
+        improved = finite & (err < best["loss"]) if self.selection == "best" else finite
         best["loss"] = torch.where(improved, err, best["loss"])
         for name, value in state.items():
             mask = improved.view(-1, *([1] * (value.dim() - 1)))
-            best["state"][name] = torch.where(mask, value.detach(), best["state"][name])
+            # In place (the entries are the stage's own copies): no allocation per step.
+            torch.where(mask, value.detach(), best["state"][name], out=best["state"][name])
         img = image.detach().float()
-        best["image"] = img if best["image"] is None else torch.where(improved.view(-1, 1, 1, 1), img, best["image"])
+        if best["image"] is None:
+            best["image"] = img.clone()  # own copy: later steps update it in place
+        else:
+            torch.where(improved.view(-1, 1, 1, 1), img, best["image"], out=best["image"])
 
     @torch.no_grad()
     def _finish(self, batch: ProblemBatch) -> ProblemResult:
         """Pick each sample's best iterate over all stages."""
         losses = torch.stack([s["loss"] for s in self._stage_best])  # [S, B]
-        which = losses.argmin(0)
+        if self.selection == "best":
+            which = losses.argmin(0)
+        else:  # the last stage with a finite iterate
+            which = (torch.isfinite(losses) * torch.arange(1, losses.shape[0] + 1, device=losses.device)[:, None]).argmax(0)
         bsz = len(batch)
         images, solutions = [], []
         for b in range(bsz):
@@ -378,7 +421,7 @@ class ILOModule(pl.LightningModule):
         return ProblemResult(
             batch=batch,
             images=torch.cat(images).float().cpu(),
-            measurement_loss=losses.min(0).values.cpu(),
+            measurement_loss=losses.gather(0, which[None])[0].cpu(),
             solutions=solutions,
             stage_losses=[s["loss"].cpu() for s in self._stage_best],
             failed=failed,
