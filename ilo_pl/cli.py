@@ -7,6 +7,13 @@ resolved ``config.yaml``. Configs layer (``--config base.yaml --config
 task.yaml``), any key can be overridden on the command line
 (``--model.stages.0.steps 100``), and ``--print_config`` shows the result.
 
+* Resume a killed run: ``ilo-pl fit --config X --output.run_dir runs/run_003``
+  (finished problems are skipped; see :mod:`ilo_pl.resume`).
+* Several processes/devices/machines: ``--trainer.strategy ilo_ddp
+  --trainer.devices N [--trainer.num_nodes M]`` (see :mod:`ilo_pl.strategy`).
+* Regenerate a saved reconstruction: ``ilo-pl regenerate --solution
+  runs/run_000/x_solution.pt --config runs/run_000/config.yaml --out x.png``.
+
 There is deliberately no ``optimizer:``/``lr_scheduler:`` entry: ILO rebuilds
 its Adam optimizer at every stage over the new variables, with the per-stage
 ``lr`` and ramp schedule. (LightningCLI would otherwise let such an entry
@@ -15,20 +22,21 @@ replace ``configure_optimizers`` silently.)
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
+import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
+import yaml
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+import ilo_pl.strategy  # noqa: F401 - registers strategy="ilo_ddp"
 from ilo_pl.api import quiet_lightning
-from ilo_pl.callbacks.writer import ResultWriter
+from ilo_pl.callbacks.writer import ResultWriter, make_run_dir
 from ilo_pl.data import InverseProblemDataModule
 from ilo_pl.io import atomic_write_bytes, new_run_dir
 from ilo_pl.modules.ilo import ILOModule
-
-RUN_DIR_ENV = "ILO_PL_RUN_DIR"
 
 TRAINER_DEFAULTS = {
     "max_epochs": 1,
@@ -39,6 +47,9 @@ TRAINER_DEFAULTS = {
     "use_distributed_sampler": False,
     "log_every_n_steps": 10,
 }
+
+#: Config entries that may change when a run is resumed (they do not change any result).
+RESUME_IGNORED = {"model.log_every"}
 
 
 class ILOCLI(LightningCLI):
@@ -62,21 +73,136 @@ class ILOCLI(LightningCLI):
         parser.add_lightning_class_args(ResultWriter, "output")
 
     def before_fit(self) -> None:
-        # One run folder per run, shared by all processes of a multi-process
-        # launch: rank 0 creates it and children inherit it via the environment.
-        writer = next(c for c in self.trainer.callbacks if isinstance(c, ResultWriter))
-        if writer.run_dir is None:
-            existing = os.environ.get(RUN_DIR_ENV)
-            writer.run_dir = Path(existing) if existing else new_run_dir(writer.output_dir)
-            os.environ[RUN_DIR_ENV] = str(writer.run_dir)
-        if self.trainer.is_global_zero:
-            cfg = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
-            atomic_write_bytes(writer.run_dir / "config.yaml", cfg.encode())
-        print(f"ilo-pl: writing results to {writer.run_dir}", file=sys.stderr)
+        trainer = self.trainer
+        writer = next(c for c in trainer.callbacks if isinstance(c, ResultWriter))
+        # The process that was launched first (rank 0) creates the run folder and
+        # writes config.yaml; processes Lightning launches later, or that a
+        # cluster starts beside it, get the folder from rank 0 by broadcast in
+        # ResultWriter.setup. (Before the process group exists, a launched
+        # child's trainer.global_rank still reads 0, hence launch_rank.)
+        if launch_rank(trainer) == 0:
+            cfg_text = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+            if writer.run_dir is None:
+                writer.run_dir = new_run_dir(writer.output_dir)
+            else:
+                make_run_dir(writer.run_dir)
+            cfg_path = writer.run_dir / "config.yaml"
+            if cfg_path.is_file():  # resuming: the problems must be the same ones
+                check_resume_config(cfg_path, cfg_text)
+            else:
+                atomic_write_bytes(cfg_path, cfg_text.encode())
+            redirect_loggers(trainer, writer.run_dir)
+            print(f"ilo-pl: writing results to {writer.run_dir}", file=sys.stderr, flush=True)
+        install_problem_progress_bar(trainer)
+
+
+def launch_rank(trainer: Any) -> int:
+    """This process's global rank as its launcher assigned it (valid before the process group exists)."""
+    strategy = trainer.strategy
+    env = getattr(strategy, "cluster_environment", None)
+    if env is None:
+        return 0
+    try:
+        return int(env.node_rank()) * int(strategy.num_processes) + int(env.local_rank())
+    except (AttributeError, TypeError):
+        return int(trainer.global_rank)
+
+
+def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def check_resume_config(existing: Path, new_text: str) -> None:
+    """Refuse to resume a run folder with a config that defines other problems or another solver.
+
+    Compares the ``model`` and ``data`` sections (except :data:`RESUME_IGNORED`);
+    ``trainer`` and ``output`` may differ (e.g. more devices).
+
+    Raises:
+        ValueError: naming the entries that differ.
+    """
+    with open(existing) as f:
+        old = yaml.safe_load(f) or {}
+    new = yaml.safe_load(new_text) or {}
+    a = {k: v for k, v in _flatten({s: old.get(s) for s in ("model", "data")}).items() if k not in RESUME_IGNORED}
+    b = {k: v for k, v in _flatten({s: new.get(s) for s in ("model", "data")}).items() if k not in RESUME_IGNORED}
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:5])
+        raise ValueError(
+            f"cannot resume {existing.parent}: its config.yaml differs in {shown}"
+            f"{' ...' if len(diff) > 5 else ''}; resume with the run's own config "
+            f"(--config {existing}) or start a new run (leave out --output.run_dir)"
+        )
+
+
+def redirect_loggers(trainer: Any, run_dir: Path) -> None:
+    """Make CSV and TensorBoard loggers write into the run folder (``<run_dir>/<name>/<version>``)."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, (CSVLogger, TensorBoardLogger)):
+            continue
+        if getattr(logger, "_experiment", None) is not None or not hasattr(logger, "_root_dir"):
+            warnings.warn(
+                f"{type(logger).__name__} already started in {logger.save_dir}; it is not moved to {run_dir}",
+                stacklevel=2,
+            )
+            continue
+        logger._root_dir = str(run_dir)
+        if isinstance(logger, CSVLogger):
+            logger._save_dir = str(run_dir)
+
+
+def install_problem_progress_bar(trainer: Any) -> None:
+    """Swap Lightning's stock progress bar for one that shows the problem and stage."""
+    from ilo_pl.callbacks.progress import problem_progress_bar_for
+
+    for i, cb in enumerate(trainer.callbacks):
+        new = problem_progress_bar_for(cb)
+        if new is not None:
+            trainer.callbacks[i] = new
+            return
+
+
+def regenerate_main(argv: List[str]) -> int:
+    """``ilo-pl regenerate``: render a saved solution with the generator of its run's config."""
+    parser = argparse.ArgumentParser(
+        prog="ilo-pl regenerate",
+        description="Regenerate a saved reconstruction from its <id>_solution.pt and its run's config.yaml.",
+    )
+    parser.add_argument("--solution", required=True, help="the <id>_solution.pt file")
+    parser.add_argument("--config", help="the run's config.yaml (default: config.yaml beside the solution)")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    parser.add_argument("--device", default="cpu", help="where to render (default cpu)")
+    parser.add_argument(
+        "--no_check_identity", action="store_true",
+        help="render even if the generator's weights differ from the ones that made the solution",
+    )
+    ns = parser.parse_args(argv)
+    from ilo_pl.solutions import regenerate_file
+
+    config = Path(ns.config) if ns.config else Path(ns.solution).parent / "config.yaml"
+    regenerate_file(ns.solution, config, ns.out, check_identity=not ns.no_check_identity, device=ns.device)
+    print(f"ilo-pl: wrote {ns.out}", file=sys.stderr)
+    return 0
 
 
 def main(args: Optional[List[str]] = None) -> None:
     """Entry point of the ``ilo-pl`` console script."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "regenerate":
+        regenerate_main(argv[1:])
+        return
     ILOCLI(args=args)
 
 

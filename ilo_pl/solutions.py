@@ -1,22 +1,29 @@
 """Saved solutions: the variables that regenerate a reconstruction exactly.
 
 A solution file (``<id>_solution.pt``, written by
-:class:`~ilo_pl.callbacks.ResultWriter`) holds plain tensors and strings only,
-so it loads with ``torch.load(..., weights_only=True)``:
+:class:`~ilo_pl.callbacks.ResultWriter`) holds plain tensors, numbers and
+strings only, so it loads with ``torch.load(..., weights_only=True)``:
 
 ``{"format": "ilo-pl-solution/1", "split": int, "stage": int,
 "state": {name: tensor [1, ...]}, "generator": {...identity...},
-"image": tensor [1, C, H, W]}``
+"image": tensor [1, C, H, W], "index": int or None, "row": {...} or None}``
+
+``index`` is the problem's index in its data set and ``row`` its
+``results.csv`` row, so a resumed run can rebuild a CSV that fell behind
+(see :mod:`ilo_pl.resume`).
 
 :func:`regenerate` renders ``state`` at ``split`` with the given generator
-and checks that the generator is the one that produced the solution.
+and checks that the generator is the one that produced the solution;
+:func:`load_generator` rebuilds that generator from a run's ``config.yaml``
+and :func:`regenerate_file` does both and writes the PNG (the
+``ilo-pl regenerate`` command).
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
@@ -26,9 +33,27 @@ from ilo_pl.problem import Solution
 
 FORMAT = "ilo-pl-solution/1"
 
+PathLike = Union[str, Path]
 
-def save_solution(path: Union[str, Path], solution: Solution, generator, image: Tensor) -> None:  # noqa: ANN001
-    """Write ``solution`` (and the image it renders to) atomically to ``path``."""
+
+def save_solution(
+    path: PathLike,
+    solution: Solution,
+    generator,  # noqa: ANN001 - a SplitGenerator
+    image: Tensor,
+    index: Optional[int] = None,
+    row: Optional[Mapping[str, Any]] = None,
+) -> None:
+    """Write ``solution`` (and the image it renders to) atomically to ``path``.
+
+    Args:
+        path: the ``.pt`` file.
+        solution: the variables (one sample).
+        generator: the generator that renders them (its identity is stored).
+        image: the reconstruction ``[C, H, W]`` or ``[1, C, H, W]``.
+        index: the problem's index in its data set (for resuming).
+        row: the problem's ``results.csv`` row (numbers and strings only).
+    """
     payload = {
         "format": FORMAT,
         "split": int(solution.split),
@@ -36,30 +61,45 @@ def save_solution(path: Union[str, Path], solution: Solution, generator, image: 
         "state": {k: v.detach().cpu().float().contiguous() for k, v in solution.state.items()},
         "generator": {k: str(v) for k, v in generator.identity().items()},
         "image": image.detach().cpu().float()[None] if image.dim() == 3 else image.detach().cpu().float(),
+        "index": None if index is None else int(index),
+        "row": None if row is None else {str(k): _plain(v) for k, v in row.items()},
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_solution(path: Union[str, Path]) -> Dict[str, Any]:
+def _plain(value: Any) -> Union[str, int, float]:
+    """A CSV cell as a type ``weights_only`` loading accepts."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if value is None:
+        return ""
+    return str(value)
+
+
+def load_solution(path: PathLike) -> Dict[str, Any]:
     """Read a solution file (``weights_only=True``).
 
     Raises:
         FileNotFoundError: if it does not exist.
-        ValueError: if it is not an ilo-pl solution.
+        ValueError: if it is not an ilo-pl solution (including a truncated or
+            corrupt file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"solution file {path} does not exist")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, ...: all mean "not a solution"
+        raise ValueError(f"{path} is not a readable ilo-pl solution file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not an ilo-pl solution file (format {FORMAT})")
     return data
 
 
 @torch.no_grad()
-def regenerate(path_or_solution: Union[str, Path, Dict[str, Any]], generator, check_identity: bool = True) -> Tensor:  # noqa: ANN001
+def regenerate(path_or_solution: Union[PathLike, Dict[str, Any]], generator, check_identity: bool = True) -> Tensor:  # noqa: ANN001
     """Render a saved solution with ``generator``: ``[1, C, H, W]`` in ``[-1, 1]``.
 
     Args:
@@ -82,3 +122,73 @@ def regenerate(path_or_solution: Union[str, Path, Dict[str, Any]], generator, ch
     device = next(generator.buffers(), next(generator.parameters(), torch.zeros(0))).device
     state = {k: v.to(device) for k, v in sol["state"].items()}
     return generator.render(state, int(sol["split"])).float().cpu()
+
+
+def load_generator(config: PathLike, device: Union[str, torch.device] = "cpu"):  # noqa: ANN201 - a SplitGenerator
+    """Rebuild the generator of a run from its ``config.yaml`` (the ``model.generator`` entry).
+
+    Args:
+        config: a run's ``config.yaml`` (as written by ``ilo-pl fit``), or any
+            config with a ``model: generator: {class_path, init_args}`` entry.
+        device: where to put the generator.
+
+    Raises:
+        FileNotFoundError: if the config does not exist.
+        ValueError: if it has no ``model.generator`` entry or that entry does
+            not describe a :class:`~ilo_pl.modules.generators.base.SplitGenerator`.
+    """
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from ilo_pl.modules.generators.base import SplitGenerator
+
+    config = Path(config)
+    if not config.is_file():
+        raise FileNotFoundError(f"config file {config} does not exist; pass the run folder's config.yaml")
+    with open(config) as f:
+        cfg = yaml.safe_load(f)
+    gen_cfg = (cfg.get("model") or {}).get("generator") if isinstance(cfg, dict) else None
+    if not gen_cfg:
+        raise ValueError(
+            f"{config} has no model.generator entry; pass the config.yaml of the run that made the solution"
+        )
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--generator", type=SplitGenerator)
+    try:
+        parsed = parser.parse_object({"generator": gen_cfg})
+        generator = parser.instantiate_classes(parsed).generator
+    except Exception as exc:  # noqa: BLE001 - jsonargparse raises several types; re-raise as one
+        if isinstance(exc, (FileNotFoundError, ValueError)):
+            raise
+        raise ValueError(f"cannot build the generator of {config} ({gen_cfg}): {exc}") from exc
+    return generator.to(device)
+
+
+def regenerate_file(
+    solution: PathLike,
+    config: PathLike,
+    out: Optional[PathLike] = None,
+    check_identity: bool = True,
+    device: Union[str, torch.device] = "cpu",
+) -> Tensor:
+    """Regenerate a saved reconstruction from its solution file and its run's config.
+
+    Args:
+        solution: the ``<id>_solution.pt`` file.
+        config: the ``config.yaml`` of the run that wrote it.
+        out: write the image there as an 8-bit PNG (as the run wrote
+            ``<id>_reconstruction.png``); ``None`` writes nothing.
+        check_identity: refuse a generator whose class or weights differ.
+        device: where to render.
+
+    Returns:
+        The image ``[1, C, H, W]`` in ``[-1, 1]`` (float32).
+    """
+    from ilo_pl.io import save_image
+
+    sol = load_solution(solution)
+    generator = load_generator(config, device)
+    image = regenerate(sol, generator, check_identity=check_identity)
+    if out is not None:
+        save_image(image[0], out)
+    return image

@@ -8,9 +8,7 @@ keeps them in memory (the programmatic API).
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -18,11 +16,12 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from ilo_pl.io import atomic_write_bytes, new_run_dir, save_image
+from ilo_pl.io import new_run_dir, save_image
 from ilo_pl.metrics import image_metrics
 from ilo_pl.problem import ProblemResult
+from ilo_pl.resume import CSV_FIELDS, prepare_resume, read_csv_rows, write_csv
 
-CSV_FIELDS = ["index", "id", "measurement_loss", "true_mse", "psnr", "ssim", "best_stage", "split", "failed"]
+__all__ = ["CSV_FIELDS", "ResultCollector", "ResultWriter", "merge_csvs"]
 
 
 class _ResultHook(pl.Callback):
@@ -54,20 +53,33 @@ class ResultCollector(_ResultHook):
 
 
 class ResultWriter(_ResultHook):
-    """Write each problem's outputs into a new run folder.
+    """Write each problem's outputs into a run folder, and resume a killed run there.
 
-    Per problem ``<id>``: ``<id>_reconstruction.png`` (mapped linearly from
-    ``[-1, 1]`` to ``[0, 255]``), ``<id>_observation.png`` (when the
-    observation is an image), ``<id>_target.png`` (when ground truth is
-    known), ``<id>_grid.png`` (observation | reconstruction | target) and
+    Per problem ``<id>``, in this order: ``<id>_reconstruction.png`` (mapped
+    linearly from ``[-1, 1]`` to ``[0, 255]``), ``<id>_observation.png`` (when
+    the observation is an image), ``<id>_target.png`` (when ground truth is
+    known), ``<id>_grid.png`` (observation | reconstruction | target), then
     ``<id>_solution.pt`` (the variables that regenerate the reconstruction,
-    see :func:`ilo_pl.solutions.regenerate`). One ``results.csv`` per run.
-    Every file is written atomically.
+    see :func:`ilo_pl.solutions.regenerate`, and the problem's CSV row) and
+    last the run's ``results.csv``. Every file is written atomically, so the
+    solution's presence means the problem's outputs are complete.
+
+    Resuming: when the run folder already holds finished problems (see
+    :mod:`ilo_pl.resume`), they are left out of this run (the data module's
+    ``skip`` set) and their CSV rows are kept.
+
+    Multi-process runs (:class:`~ilo_pl.strategy.ILOStrategy`): rank 0's
+    folder is broadcast to all ranks; each rank writes its own problems and
+    ``results.rank<N>.csv``; rank 0 merges them into ``results.csv`` at the end.
+
+    Without a live progress bar (batch jobs, ranks other than 0) each finished
+    problem batch is logged as ``ilo-pl: rank R: finished <ids>`` on stderr.
 
     Args:
         output_dir: where run folders are created (``<output_dir>/run_NNN``);
             an earlier run's folder is never reused unless ``run_dir`` names it.
-        run_dir: write into this existing folder instead (resuming a run).
+        run_dir: write into this folder instead; an existing run folder is
+            resumed.
         save_grid: also write the side-by-side grid.
         save_solutions: also write the ``.pt`` solutions.
     """
@@ -85,17 +97,51 @@ class ResultWriter(_ResultHook):
         self.save_grid = save_grid
         self.save_solutions = save_solutions
         self.rows: List[Dict[str, Any]] = []
+        #: Indices of problems an earlier run in this folder had finished.
+        self.resumed: List[int] = []
+        #: Ids of the problems this run wrote (this rank's).
+        self.written: List[str] = []
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        if self.run_dir is None:
-            path = str(new_run_dir(self.output_dir)) if trainer.is_global_zero else None
-            self.run_dir = Path(trainer.strategy.broadcast(path))
-        else:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero:
+            if self.run_dir is None:
+                self.run_dir = new_run_dir(self.output_dir)
+            else:
+                make_run_dir(self.run_dir)
+        if trainer.world_size > 1:
+            # Every rank writes into rank 0's folder (children may not know it yet).
+            self.run_dir = Path(trainer.strategy.broadcast(str(self.run_dir) if trainer.is_global_zero else None))
+        self.rows, self.written = [], []
+        self._resume(trainer)
+
+    def _resume(self, trainer: "pl.Trainer") -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "skip") or getattr(dm, "source", None) is None:
+            return  # problems not from a data module: nothing to match against
+        payload = None
+        if trainer.is_global_zero:
+            n = len(dm.source)
+            if getattr(dm, "limit", None) is not None:
+                n = min(n, int(dm.limit))
+            scan = prepare_resume(self.run_dir, [dm.source.name(i) for i in range(n)], self.save_solutions)
+            payload = (scan.finished, scan.ordered_rows())
+        if trainer.world_size > 1:
+            payload = trainer.strategy.broadcast(payload)
+        finished, rows = payload
+        self.resumed = list(finished)
+        dm.skip |= set(finished)
+        if trainer.world_size == 1:
+            self.rows = list(rows)  # rank 0's results.csv keeps the earlier rows
+        if finished and trainer.is_global_zero:
+            print(
+                f"ilo-pl: resuming {self.run_dir}: {len(finished)} problem(s) already finished are skipped",
+                file=sys.stderr,
+                flush=True,
+            )
 
     @property
     def csv_path(self) -> Path:
-        """This rank's CSV (rank 0: ``results.csv``; others ``results.rank<N>.csv``, merged at the end)."""
+        """The run's merged CSV."""
         return self.run_dir / "results.csv"
 
     def handle(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", result: ProblemResult) -> None:
@@ -116,12 +162,9 @@ class ResultWriter(_ResultHook):
             if self.save_grid:
                 save_image(torch.cat(panels, dim=2), self.run_dir / f"{pid}_grid.png")
             sol = result.solutions[b]
-            if self.save_solutions:
-                from ilo_pl.solutions import save_solution
-
-                save_solution(self.run_dir / f"{pid}_solution.pt", sol, pl_module.generator, rec)
+            index = batch.indices[b] if batch.indices else None
             row = {
-                "index": batch.indices[b] if batch.indices else "",
+                "index": "" if index is None else index,
                 "id": pid,
                 "measurement_loss": float(result.measurement_loss[b]),
                 "true_mse": float(metrics["true_mse"][b]) if metrics else "",
@@ -131,40 +174,66 @@ class ResultWriter(_ResultHook):
                 "split": sol.split,
                 "failed": result.failed[b] or "",
             }
+            if self.save_solutions:
+                from ilo_pl.solutions import save_solution
+
+                # Written after the PNGs: its presence marks the problem finished (resume).
+                save_solution(self.run_dir / f"{pid}_solution.pt", sol, pl_module.generator, rec, index=index, row=row)
             self.rows.append(row)
+            self.written.append(pid)
         self._write_csv(trainer)
+        bar = trainer.progress_bar_callback
+        # No live bar (batch jobs, other ranks): one line per problem batch in the log.
+        if bar is None or not getattr(bar, "is_enabled", False):
+            print(
+                f"ilo-pl: rank {trainer.global_rank}: finished {', '.join(batch.ids)} "
+                f"({len(self.written)} on this rank)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _write_csv(self, trainer: "pl.Trainer") -> None:
         name = "results.csv" if trainer.world_size == 1 else f"results.rank{trainer.global_rank}.csv"
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        w.writerows(self.rows)
-        atomic_write_bytes(self.run_dir / name, buf.getvalue().encode())
+        write_csv(self.run_dir / name, sorted(self.rows, key=_row_order))
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if trainer.world_size > 1:
-            trainer.strategy.barrier()
+            trainer.strategy.barrier("ilo_pl.ResultWriter.merge")
             if trainer.is_global_zero:
                 merge_csvs(self.run_dir)
 
 
+def make_run_dir(path: Union[str, Path]) -> Path:
+    """Create ``path`` (and parents) if needed.
+
+    Raises:
+        PermissionError: naming the folder, if it cannot be created or written.
+    """
+    import os
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"cannot create the run folder {path}: {exc}; choose another --output.run_dir") from exc
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"the run folder {path} is not writable; choose another --output.run_dir")
+    return path
+
+
 def merge_csvs(run_dir: Path) -> Path:
     """Merge ``results.csv`` and the per-rank CSVs of ``run_dir`` into ``results.csv``, sorted by index."""
-    rows: Dict[str, Dict[str, str]] = {}
-    for path in sorted(run_dir.glob("results*.csv")):
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                rows[row["id"]] = row
-    ordered = sorted(rows.values(), key=lambda r: (int(r["index"]) if r["index"] else 0, r["id"]))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    w.writerows(ordered)
-    atomic_write_bytes(run_dir / "results.csv", buf.getvalue().encode())
+    rows = read_csv_rows(run_dir)
+    ordered = sorted(rows.values(), key=_row_order)
+    write_csv(run_dir / "results.csv", ordered)
     for path in run_dir.glob("results.rank*.csv"):
         path.unlink()
     return run_dir / "results.csv"
+
+
+def _row_order(row: Dict[str, Any]) -> tuple:
+    index = str(row.get("index", ""))
+    return (int(index) if index.lstrip("-").isdigit() else -1, str(row.get("id", "")))
 
 
 def _observation_image(y: Tensor, like: Tensor) -> Optional[Tensor]:

@@ -1,0 +1,442 @@
+"""Reliability: reproducible solutions, resume after a kill, determinism, bad input, progress.
+
+The expensive runs (``ilo-pl fit`` in this process, and one real subprocess
+that is killed) are shared through module-scoped fixtures and kept tiny: four
+synthetic 64x64 faces-sized images, three stages of five steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from ilo_pl.api import default_trainer_kwargs, solve
+from ilo_pl.callbacks.progress import (
+    OptimizationGIF,
+    ProblemProgressBar,
+    ProblemTQDMProgressBar,
+    problem_label,
+)
+from ilo_pl.callbacks.writer import ResultWriter
+from ilo_pl.cli import ILOCLI, install_problem_progress_bar, main
+from ilo_pl.data import ImageFolder, InverseProblemDataModule
+from ilo_pl.io import load_image
+from ilo_pl.losses.base import LossContext, LossTerm
+from ilo_pl.modules import ILOModule
+from ilo_pl.modules.generators import DCGANGenerator
+from ilo_pl.operators import BoxMask
+from ilo_pl.resume import prepare_resume, scan_run
+from ilo_pl.solutions import load_solution, regenerate, regenerate_file
+from ilo_pl.stages import Stage
+
+# In-process `ilo-pl` runs pass their arguments explicitly; pytest's own argv is not theirs.
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+
+IDS = ["img_0", "img_1", "img_2", "img_3"]
+
+CONFIG = """
+model:
+  generator: {{class_path: ilo_pl.modules.generators.DCGANGenerator}}
+  stages:
+    - {{split: 0, steps: {steps}, lr: 0.1, free: [latent]}}
+    - {{split: 1, steps: {steps}, lr: 0.1, free: [state], radius: {{state: 500.0}}}}
+    - {{split: 2, steps: {steps}, lr: 0.1, free: [state], radius: {{state: 300.0}}}}
+  log_every: 5
+data:
+  data: {data}
+  operator: {{class_path: ilo_pl.operators.BoxMask, init_args: {{box: [38, 55, 14, 49]}}}}
+  batch_size: 1
+  seed: 0
+trainer:
+  enable_progress_bar: false
+"""
+
+
+def _write_images(folder: Path, n: int = 4) -> Path:
+    """``n`` smooth, distinct 64x64 RGB images (no external data needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    for i in range(n):
+        rgb = np.stack([(xx + 0.2 * i) % 1, yy, 0.5 + 0.5 * np.sin(6 * xx * yy + i)], -1)
+        Image.fromarray((rgb * 255).astype(np.uint8)).save(folder / f"img_{i}.png")
+    return folder
+
+
+def _config(folder: Path, data: Path, steps: int = 5) -> Path:
+    path = folder / "config.yaml"
+    path.write_text(CONFIG.format(data=data, steps=steps))
+    return path
+
+
+def _files(run: Path, suffixes=(".png", ".pt")) -> Dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.suffix in suffixes}
+
+
+def _csv(run: Path) -> List[Dict[str, str]]:
+    with open(run / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _writer(cli: ILOCLI) -> ResultWriter:
+    return next(c for c in cli.trainer.callbacks if isinstance(c, ResultWriter))
+
+
+@pytest.fixture(scope="module")
+def setup_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rel")
+    _write_images(root / "faces")
+    _config(root, root / "faces")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference_run(setup_dir: Path) -> Path:
+    """One uninterrupted run of the 4-problem config, in this process."""
+    run = setup_dir / "reference"
+    main(["fit", "--config", str(setup_dir / "config.yaml"), "--output.run_dir", str(run)])
+    return run
+
+
+# -- 1. saved solutions reproduce ------------------------------------------------------
+def test_regenerate_command_reproduces_saved_reconstruction(reference_run, tmp_path):
+    for pid in IDS:
+        sol_path = reference_run / f"{pid}_solution.pt"
+        out = tmp_path / f"{pid}.png"
+        main(["regenerate", "--solution", str(sol_path), "--config", str(reference_run / "config.yaml"),
+              "--out", str(out)])
+        assert out.read_bytes() == (reference_run / f"{pid}_reconstruction.png").read_bytes()
+        image = regenerate_file(sol_path, reference_run / "config.yaml")
+        saved = load_solution(sol_path)
+        assert image.dtype == torch.float32 and image.shape == (1, 3, 64, 64)
+        assert (image - saved["image"]).abs().max().item() <= 1e-6
+        # the solution records what resume needs
+        assert saved["index"] == IDS.index(pid) and saved["row"]["id"] == pid
+
+
+def test_regenerate_refuses_other_generator_and_non_solutions(reference_run, tmp_path):
+    sol = reference_run / "img_0_solution.pt"
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="made with generator"):
+        regenerate(sol, DCGANGenerator(weights="random"))
+    half = tmp_path / "half_solution.pt"
+    half.write_bytes(sol.read_bytes()[:1000])  # a half-written file
+    with pytest.raises(ValueError, match="not a readable ilo-pl solution"):
+        load_solution(half)
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not an ilo-pl solution file"):
+        load_solution(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        regenerate_file(sol, tmp_path / "missing.yaml")
+    (tmp_path / "nogen.yaml").write_text("data: {seed: 0}\n")
+    with pytest.raises(ValueError, match="has no model.generator entry"):
+        regenerate_file(sol, tmp_path / "nogen.yaml")
+
+
+# -- 3. determinism -----------------------------------------------------------------------
+def test_same_config_same_outputs_bit_for_bit(setup_dir, reference_run):
+    again = setup_dir / "again"
+    main(["fit", "--config", str(setup_dir / "config.yaml"), "--output.run_dir", str(again)])
+    a, b = _files(reference_run), _files(again)
+    assert sorted(a) == sorted(b) and len(a) == 4 * 5  # 4 PNGs + 1 solution per problem
+    for name in a:
+        if name.endswith(".png"):
+            assert a[name] == b[name], name
+    for pid in IDS:
+        sa, sb = load_solution(reference_run / f"{pid}_solution.pt"), load_solution(again / f"{pid}_solution.pt")
+        assert sa["split"] == sb["split"] and sa["stage"] == sb["stage"]
+        assert torch.equal(sa["image"], sb["image"])
+        assert sa["state"].keys() == sb["state"].keys()
+        assert all(torch.equal(sa["state"][k], sb["state"][k]) for k in sa["state"])
+    assert _csv(reference_run) == _csv(again)
+
+
+# -- 2. resume ---------------------------------------------------------------------------------
+def test_resume_after_sigkill_solves_each_problem_once(setup_dir, reference_run):
+    run = setup_dir / "killed"
+    log = setup_dir / "killed.log"
+    cmd = [sys.executable, "-m", "ilo_pl.cli", "fit", "--config", str(setup_dir / "config.yaml"),
+           "--output.run_dir", str(run)]
+    with open(log, "w") as err:
+        # one thread, as in this process (tests/conftest.py)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=env)
+    first = run / "img_0_solution.pt"
+    deadline = time.monotonic() + 400
+    try:
+        while not first.exists():
+            assert proc.poll() is None, f"the run ended before the kill:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no solution after 400 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the session this test started
+        proc.wait()
+    solved = sorted(p.name for p in run.glob("*_solution.pt"))
+    assert solved and len(solved) < len(IDS), f"the kill did not land mid-run: {solved}"
+    before = {p.name: p.stat().st_mtime_ns for p in run.glob("img_0_*")}
+    (run / ".img_1_solution.pt.abc123.tmp").write_bytes(b"half")  # what a kill mid-write leaves
+
+    cli = ILOCLI(args=["fit", "--config", str(setup_dir / "config.yaml"), "--output.run_dir", str(run)])
+    writer = _writer(cli)
+    done_before = [IDS.index(n.replace("_solution.pt", "")) for n in solved]
+    assert writer.resumed == done_before
+    assert sorted(writer.written) == [pid for i, pid in enumerate(IDS) if i not in done_before]
+    assert {p.name: p.stat().st_mtime_ns for p in run.glob("img_0_*")} == before  # not rewritten
+    assert not list(run.glob(".*.tmp"))
+    rows = _csv(run)
+    assert [r["id"] for r in rows] == IDS and [r["index"] for r in rows] == ["0", "1", "2", "3"]
+    # the resumed run's outputs are those of an uninterrupted run
+    assert _files(run) == _files(reference_run)
+    assert rows == _csv(reference_run)
+
+
+def test_resume_rebuilds_csv_and_ignores_half_written_files(reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    (run / "results.csv").unlink()  # killed before the CSV caught up
+    sol = run / "img_2_solution.pt"
+    sol.write_bytes(sol.read_bytes()[: sol.stat().st_size // 2])  # cannot happen with atomic writes; still safe
+    (run / "img_3_solution.pt").unlink()  # PNGs written, solution not yet: unfinished
+    (run / ".img_3_grid.png.xyz.tmp").write_bytes(b"")
+    with pytest.warns(UserWarning, match="img_2_solution.pt does not load"):
+        scan = prepare_resume(run, IDS)
+    assert scan.finished == [0, 1]
+    assert [r["id"] for r in _csv(run)] == ["img_0", "img_1"]
+    assert _csv(run) == _csv(reference_run)[:2]  # rows rebuilt from the solutions
+    assert not list(run.glob(".*.tmp"))
+    # without solutions the CSV row alone marks a problem finished
+    assert scan_run(run, IDS, require_solution=False).finished == [0, 1]
+
+
+def test_resume_refuses_other_config(reference_run, setup_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(reference_run / "config.yaml", run / "config.yaml")
+    with pytest.raises(ValueError, match=r"cannot resume .*data.seed: 0 -> 1"):
+        main(["fit", "--config", str(setup_dir / "config.yaml"), "--output.run_dir", str(run), "--data.seed", "1"])
+
+
+# -- 5. bad input ------------------------------------------------------------------------------
+def test_unreadable_files_in_folder_are_skipped_with_warning(tmp_path):
+    folder = _write_images(tmp_path / "f", 2)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("hello")
+    with pytest.warns(UserWarning, match=r"skipping .*broken\.png: not a readable image"):
+        src = ImageFolder(folder)
+    assert [src.name(i) for i in range(len(src))] == ["img_0", "img_1"]
+    dm = InverseProblemDataModule(BoxMask(box=(38, 55, 14, 49)), data=str(folder))
+    with pytest.warns(UserWarning):
+        dm.bind(DCGANGenerator(weights="random"))
+    batch = dm.make_batch([0, 1])  # the rest continue
+    assert batch.ids == ["img_0", "img_1"] and batch.target.shape == (2, 3, 64, 64)
+
+
+def test_image_modes_are_converted(tmp_path):
+    gray = np.full((64, 64), 255, np.uint8)
+    Image.fromarray(gray, "L").save(tmp_path / "gray.png")
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = 255
+    rgba[:32, :, 3] = 255  # top half opaque white, bottom transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    sixteen = np.full((64, 64), 32768, np.uint16)
+    Image.fromarray(sixteen).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    g = load_image(tmp_path / "gray.png")
+    assert g.shape == (3, 64, 64) and torch.all(g == 1)
+    a = load_image(tmp_path / "rgba.png")
+    assert a.shape == (3, 64, 64) and torch.all(a[:, :32] == 1) and torch.all(a[:, 32:] == -1)
+    s = load_image(tmp_path / "g16.png")
+    assert s.shape == (3, 64, 64) and torch.allclose(s, torch.full_like(s, 32768 / 65535 * 2 - 1), atol=1e-6)
+
+
+def test_image_size_policy(tmp_path):
+    Image.fromarray(np.zeros((80, 100, 3), np.uint8)).save(tmp_path / "wide.png")
+    with pytest.raises(ValueError, match="is 80x100 but the generator makes 64x64"):
+        load_image(tmp_path / "wide.png", size=(64, 64), policy="error")
+    for policy in ("center_crop", "resize"):
+        assert load_image(tmp_path / "wide.png", size=(64, 64), policy=policy).shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="unknown resize policy 'stretch'"):
+        load_image(tmp_path / "wide.png", size=(64, 64), policy="stretch")
+
+
+def test_empty_or_missing_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no readable image in"):
+        ImageFolder(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolder(tmp_path / "nope")
+
+
+def test_unwritable_output_folder(setup_dir, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("a regular file: nothing can be created below it (even as root)")
+    cfg = str(setup_dir / "config.yaml")
+    with pytest.raises(PermissionError, match="cannot create the output folder .*afile/sub"):
+        main(["fit", "--config", cfg, "--output.output_dir", f"{afile}/sub"])
+    with pytest.raises(PermissionError, match="cannot create the run folder .*afile/run"):
+        main(["fit", "--config", cfg, "--output.run_dir", f"{afile}/run"])
+
+
+def test_checkpoint_of_other_architecture_names_keys(tmp_path):
+    bad = tmp_path / "other.pt"
+    torch.save({"netG_state_dict": {"encoder.weight": torch.zeros(2, 2)}}, bad)
+    keys = r"not a DCGAN.*missing keys \['main.0.weight'.*unexpected keys \['encoder.weight'\]"
+    with pytest.raises(ValueError, match=keys):
+        DCGANGenerator(weights=bad)
+
+
+class _NaNForFirstSample(LossTerm):
+    """Measurement MSE; in a batch of two, sample 0 turns non-finite after ``after`` calls.
+
+    ``mode="loss"``: ``sqrt`` of a negative number, NaN in the loss and in the
+    gradient. ``mode="grad"``: ``sqrt(u)`` at ``u = 0`` -- the loss stays finite
+    but the gradient is not.
+    """
+
+    def __init__(self, mode: str = "loss", after: int = 2) -> None:
+        super().__init__()
+        self.mode, self.after, self.calls = mode, after, 0
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        self.calls += 1
+        err = ctx.measurement_error
+        if err.shape[0] != 2 or self.calls <= self.after:
+            return err
+        out = err.clone()
+        if self.mode == "loss":
+            out[0] = torch.sqrt(-err[0] - 1)
+        else:
+            out[0] = err[0] + torch.sqrt(err[0] - err[0].detach())
+        return out
+
+
+def _solve_samples(run: Path, batch_size: int, mode: str = "loss", skip=()) -> ResultWriter:
+    stages = [Stage(split=0, steps=4, lr=0.1, free=["latent"]),
+              Stage(split=1, steps=3, lr=0.1, free=["state"], radius={"state": 500.0}),
+              Stage(split=2, steps=3, lr=0.1, free=["state"], radius={"state": 300.0})]
+    module = ILOModule(DCGANGenerator(), stages, losses={"mse": _NaNForFirstSample(mode)})
+    dm = InverseProblemDataModule(BoxMask(box=(38, 55, 14, 49)), data="samples", batch_size=batch_size)
+    dm.skip |= set(skip)
+    writer = ResultWriter(run_dir=run)
+    kw = default_trainer_kwargs()
+    kw.update(accelerator="cpu", callbacks=[writer])
+    pl.Trainer(**kw).fit(module, datamodule=dm)
+    return writer
+
+
+@pytest.fixture(scope="module")
+def alone_run(tmp_path_factory) -> Path:
+    """``grace_hopper`` solved alone (the NaN loss only acts in batches of two)."""
+    run = tmp_path_factory.mktemp("alone")
+    _solve_samples(run, batch_size=1, skip={0})
+    return run
+
+
+@pytest.mark.parametrize("mode", ["loss", "grad"])
+def test_nan_in_one_sample_marks_it_failed_and_spares_its_batch_mate(mode, alone_run, tmp_path):
+    _solve_samples(tmp_path / "pair", batch_size=2, mode=mode)
+    rows = {r["id"]: r for r in _csv(tmp_path / "pair")}
+    assert "non-finite loss (NaN/inf) at stage 0, step 2" in rows["astronaut"]["failed"]
+    assert rows["grace_hopper"]["failed"] == ""
+    assert (tmp_path / "pair" / "astronaut_reconstruction.png").is_file()  # best finite iterate kept
+    sol = load_solution(tmp_path / "pair" / "astronaut_solution.pt")
+    assert all(torch.isfinite(v).all() for v in sol["state"].values())
+    # the healthy problem is solved exactly as if it were alone
+    alone = _csv(alone_run)
+    assert [r["id"] for r in alone] == ["grace_hopper"] and alone[0] == rows["grace_hopper"]
+    for name in ("grace_hopper_reconstruction.png", "grace_hopper_grid.png"):
+        assert (tmp_path / "pair" / name).read_bytes() == (alone_run / name).read_bytes()
+    a = load_solution(tmp_path / "pair" / "grace_hopper_solution.pt")
+    b = load_solution(alone_run / "grace_hopper_solution.pt")
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+
+
+# -- 6. progress ------------------------------------------------------------------------------
+def test_problem_label():
+    assert problem_label(["a"]) == "a"
+    assert problem_label(["a", "b"]) == "a,b"
+    assert problem_label(["x" * 30, "y" * 30, "z"], max_chars=40) == "x" * 30 + " +2"
+
+
+class _RecordingBar(ProblemTQDMProgressBar):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: List[dict] = []
+
+    def get_metrics(self, trainer, pl_module):  # noqa: ANN001, ANN201
+        m = super().get_metrics(trainer, pl_module)
+        self.seen.append(m)
+        return m
+
+
+def _tiny_problem():
+    gen = DCGANGenerator()
+    x = gen(gen.init_variables(2, torch.Generator().manual_seed(5)))
+    op = BoxMask(box=(38, 55, 14, 49)).build((3, 64, 64), 0)
+    stages = [Stage(split=0, steps=4, lr=0.1, free=["latent"]),
+              Stage(split=2, steps=4, lr=0.1, free=["state"], radius={"state": 300.0})]
+    return gen, op, op.A(x).detach(), stages
+
+
+def test_progress_bar_shows_problem_stage_and_loss():
+    gen, op, y, stages = _tiny_problem()
+    bar = _RecordingBar()
+    solve(gen, op, y, stages, ids=["cat", "dog"], callbacks=[bar], log_every=2,
+          trainer_kwargs={"enable_progress_bar": True, "accelerator": "cpu"})
+    last = bar.seen[-1]
+    assert last["problem"] == "cat,dog (1/1)"
+    assert last["stage"] == "2/2 (split 2)"
+    assert "loss" in last and list(last)[:2] == ["problem", "stage"]
+
+
+def test_cli_installs_problem_progress_bar():
+    for bar in (pl.callbacks.RichProgressBar(), pl.callbacks.TQDMProgressBar()):
+        trainer = pl.Trainer(callbacks=[bar], logger=False, enable_checkpointing=False)
+        install_problem_progress_bar(trainer)
+        assert isinstance(trainer.progress_bar_callback, (ProblemProgressBar, ProblemTQDMProgressBar))
+
+
+def test_optimization_gif_does_not_change_results(tmp_path):
+    gen, op, y, stages = _tiny_problem()
+    gif = OptimizationGIF(every_n_steps=2, output_dir=tmp_path)
+    with_gif = solve(gen, op, y, stages, ids=["cat", "dog"], callbacks=[gif], trainer_kwargs={"accelerator": "cpu"})
+    without = solve(gen, op, y, stages, ids=["cat", "dog"], trainer_kwargs={"accelerator": "cpu"})
+    assert torch.equal(with_gif.images, without.images)
+    for pid in ("cat", "dog"):
+        with Image.open(tmp_path / f"{pid}_progress.gif") as im:
+            assert im.size == (64, 64) and im.n_frames == 8 // 2 + 1  # every 2nd step + the result
+    with pytest.raises(ValueError, match="every_n_steps must be >= 1"):
+        OptimizationGIF(every_n_steps=0)
+
+
+def test_cli_logger_and_gif_write_into_run_folder(setup_dir, tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(
+        "trainer:\n"
+        "  logger: {class_path: pytorch_lightning.loggers.CSVLogger, init_args: {save_dir: ., name: logs}}\n"
+        "  log_every_n_steps: 5\n"
+        "  callbacks:\n"
+        "    - {class_path: ilo_pl.callbacks.progress.OptimizationGIF, init_args: {every_n_steps: 5}}\n"
+        "data: {limit: 1}\n"
+    )
+    run = tmp_path / "run"
+    main(["fit", "--config", str(setup_dir / "config.yaml"), "--config", str(extra), "--output.run_dir", str(run)])
+    with open(run / "logs" / "version_0" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i in range(3):
+        values = [float(r[f"loss/mse/stage{i}"]) for r in rows if r.get(f"loss/mse/stage{i}")]
+        assert values and all(np.isfinite(values)), f"no stage {i} loss logged"
+    with Image.open(run / "img_0_progress.gif") as im:
+        assert im.n_frames == 15 // 5 + 1
