@@ -92,6 +92,7 @@ class ImageFolder(ProblemSource):
                 self.files.append(p)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped alike
                 warnings.warn(f"skipping {p}: not a readable image ({type(exc).__name__})", stacklevel=2)
+        self._stems = [p.stem for p in self.files]
         if not self.files:
             raise ValueError(
                 f"no readable image in {self.path} (looked for {', '.join(IMAGE_SUFFIXES)}); "
@@ -102,7 +103,11 @@ class ImageFolder(ProblemSource):
         return len(self.files)
 
     def name(self, index: int) -> str:
-        return self.files[index].stem
+        path = self.files[index]
+        # Two files with one stem (a.png, a.jpg) would share output names.
+        if self._stems.count(path.stem) > 1:
+            return path.name.replace(".", "_")
+        return path.stem
 
     def load(self, index: int, image_shape: Tuple[int, int, int], seed: int) -> Tensor:
         return load_image(self.files[index], size=image_shape[1:], policy=self.resize)

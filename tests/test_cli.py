@@ -85,3 +85,28 @@ def test_optimizer_entry_is_refused(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         ILOCLI(args=["fit", "--config", str(cfg), "--optimizer", "torch.optim.SGD"])
     assert "optimizer" in capsys.readouterr().err
+
+
+def test_outputs_are_readable_by_others_and_same_stems_do_not_collide(tmp_path):
+    import os
+
+    from ilo_pl.data import ImageFolder
+    from ilo_pl.io import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "f.txt", b"x")
+    assert (os.stat(tmp_path / "f.txt").st_mode & 0o777) == (0o666 & ~_umask())
+    img = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    img.save(tmp_path / "a.png")
+    img.save(tmp_path / "a.bmp")
+    img.save(tmp_path / "b.png")
+    src = ImageFolder(tmp_path)
+    names = [src.name(i) for i in range(len(src))]
+    assert names == ["a_bmp", "a_png", "b"]
+
+
+def _umask() -> int:
+    import os
+
+    m = os.umask(0)
+    os.umask(m)
+    return m

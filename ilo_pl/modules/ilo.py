@@ -414,7 +414,7 @@ class ILOModule(pl.LightningModule):
             )
         fail_at = self._fail_at.tolist()
         failed = [
-            None if st < 0 else f"non-finite loss (NaN/inf) at stage {st}, step {step}; "
+            None if st < 0 else f"non-finite loss or gradient (NaN/inf) at stage {st}, step {step}; "
             "the output is the best finite iterate before it" + ("" if torch.isfinite(losses[:, b]).any() else " (none: no finite iterate)")
             for b, (st, step) in enumerate(fail_at)
         ]
