@@ -251,3 +251,30 @@ def test_per_stage_sna_overrides_the_module_switch(gen):
     on = solve(gen, op, y, _stages(steps=(4, 3, 3)), sna=True)
     assert torch.equal(plain.images, off_by_stage.images)
     assert not torch.equal(plain.images, on.images)
+
+
+def test_projection_hook_skips_steps_a_grad_scaler_skips():
+    """A step a mixed-precision GradScaler skips (inf gradients) projects nothing."""
+    from types import SimpleNamespace
+
+    param = torch.nn.Parameter(torch.full((1, 8), 10.0))
+    anchor = torch.zeros(1, 8)
+    class Module:  # the protocol's one method
+        def l1_constraints(self):
+            return [(param, anchor, 1.0)]
+
+    module = Module()
+    opt = torch.optim.SGD([param], lr=0.0)
+    cb = L1BallProjection()
+    cb._attach(SimpleNamespace(optimizers=[opt]), module)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    loss = (param * float("inf")).sum()
+    scaler.scale(loss).backward()
+    scaler.step(opt)  # inf gradient: skipped, the hook must not fire
+    scaler.update()
+    assert cb.calls == 0 and torch.equal(param.detach(), torch.full((1, 8), 10.0))
+    opt.zero_grad()
+    scaler.scale(param.sum()).backward()
+    scaler.step(opt)  # a real step: projected once
+    assert cb.calls == 1
+    assert param.detach().abs().sum().item() == pytest.approx(1.0, rel=1e-6)
