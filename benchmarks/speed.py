@@ -1,0 +1,489 @@
+"""Benchmark: the cost of an ILO solve against the generator's own forward/backward (the floor).
+
+Usage::
+
+    python benchmarks/speed.py [--quick] [--out benchmarks/results/speed.csv]
+                               [--sections overhead throughput projection memory]
+                               [--repeats N] [--threads N]
+
+Sections (all by default):
+
+* ``overhead``   -- per-step time of an ILO solve run by Lightning
+  (:func:`ilo_pl.api.solve`, so ``Trainer.fit`` with ``ILOModule`` and its
+  callbacks) against a bare PyTorch loop doing only the same G2 forward, loss,
+  backward and Adam step on the same batch (the *floor*), at every split layer
+  of the 64x64 DCGAN (batch 1 and 16), of the tiny StyleGAN-2 fixture and at
+  the resolution-block splits of a randomly initialised 256x256 StyleGAN-2
+  (batch 1); plus the DCGAN's default schedule (the configs' splits 0, 1, 2).
+* ``throughput`` -- per-image step time of the DCGAN at batch 1, 4, 16, 64.
+* ``projection`` -- the exact l1 projection against the size of one sample
+  (8k to 2M entries): the sort-based method (Duchi et al. 2008) and ilo-pl's,
+  with the functions of ``benchmarks/projection.py``.
+* ``memory``     -- peak memory of a solve and of the floor loop, each in a
+  fresh subprocess (CPU: peak resident set size above the set-up, the
+  high-water mark reset through ``/proc/self/clear_refs``; GPU:
+  ``torch.cuda.max_memory_allocated``), and the buffers of the
+  compressed-sensing operator at 3x1024x1024.
+
+How a step is timed: a callback, first in the trainer's list, records the time
+between its ``on_train_batch_start`` hooks of consecutive optimizer steps
+inside ``Trainer.fit``: Lightning's loop, the other callbacks, the stage
+checks, the projections, the learning-rate schedule, best-iterate tracking and
+logging all fall inside. At each of those hooks the same callback runs and
+times one floor step on its own copy of the stage's variables, so ILO and floor
+steps alternate step by step and see the same machine load. The first steps of
+each stage (set-up, allocator warm-up) are left out. Each configuration is run
+``--repeats`` times (rounds interleaved across configurations) and the medians
+pool all rounds. Both wall time and CPU time (``time.process_time``) are
+recorded; on a shared machine the CPU time is the robust one (wall time also
+counts the time other processes hold the core), so the ratio columns use it.
+
+Threads: ``torch.set_num_threads(1)`` (``--threads``) for both ILO and the
+floor: the benchmark machine is shared and one thread makes timings far less
+noisy. Absolute times are therefore single-core times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # running from a checkout without an install
+    sys.path.insert(0, str(ROOT))
+
+import pytorch_lightning as pl  # noqa: E402
+
+from ilo_pl.api import solve  # noqa: E402
+from ilo_pl.modules.generators.base import SplitGenerator  # noqa: E402
+from ilo_pl.operators import CompressedSensing, RandomMask  # noqa: E402
+from ilo_pl.operators.base import Operator  # noqa: E402
+from ilo_pl.stages import Stage  # noqa: E402
+
+FIXTURE = ROOT.parent / "shared" / "fixtures" / "stylegan2_rosinality_tiny.pt"
+
+#: l1 radius of the DCGAN state in single-split measurements: small enough that
+#: the projection is active on (nearly) every step, the expensive case.
+DCGAN_STATE_RADIUS = 100.0
+#: The configs' DCGAN schedule (configs/inpainting_box.yaml), steps scaled by ``scale``.
+DCGAN_SCHEDULE = [(0, 200, {}), (1, 100, {"state": 500.0}), (2, 100, {"state": 300.0})]
+#: StyleGAN-2 radii per group (the paper's first-stage values; state: its second stage's).
+SG2_RADII = {"latent": 300.0, "noise": 300.0, "state": 500.0}
+
+
+# ------------------------------------------------------------------------ set-up
+def make_generator(name: str) -> SplitGenerator:
+    """``dcgan`` (embedded weights), ``sg2-tiny`` (the shared fixture) or ``sg2-256`` (random init)."""
+    torch.manual_seed(0)
+    if name == "dcgan":
+        from ilo_pl.modules.generators import DCGANGenerator
+
+        return DCGANGenerator()
+    from ilo_pl.modules.generators.stylegan2 import StyleGAN2Generator
+
+    if name == "sg2-tiny":
+        path = FIXTURE if FIXTURE.is_file() else Path("/work/shared/fixtures/stylegan2_rosinality_tiny.pt")
+        if not path.is_file():
+            raise FileNotFoundError(f"StyleGAN-2 fixture {FIXTURE} is missing; it ships in ../shared/fixtures")
+        return StyleGAN2Generator.from_checkpoint(path, mean_latent_samples=256)
+    if name == "sg2-256":
+        return StyleGAN2Generator(size=256, style_dim=512, n_mlp=8, mean_latent_samples=256)
+    raise ValueError(f"unknown generator {name!r}; choose dcgan, sg2-tiny or sg2-256")
+
+
+def stages_for(name: str, split: int, steps: int) -> Tuple[List[Stage], Dict[str, Any]]:
+    """One stage at ``split`` freeing every entry there, and the module options, per generator family."""
+    if name == "dcgan":
+        radius = {"state": DCGAN_STATE_RADIUS} if split > 0 else {}
+        return [Stage(split=split, steps=steps, lr=0.05, free=["state", "latent"], radius=radius)], {}
+    radius = {g: r for g, r in SG2_RADII.items() if split > 0 or g != "state"}
+    return [Stage(split=split, steps=steps, lr=0.05, free=["state", "latent", "noise"], radius=radius)], {"sphere": True}
+
+
+def dcgan_schedule(scale: float) -> List[Stage]:
+    """The configs' three-stage DCGAN schedule with steps scaled by ``scale``."""
+    return [
+        Stage(split=k, steps=max(4, int(n * scale)), lr=0.1, free=["latent" if k == 0 else "state"], radius=r)
+        for k, n, r in DCGAN_SCHEDULE
+    ]
+
+
+def make_problem(gen: SplitGenerator, batch: int, seed: int = 0) -> Tuple[Operator, torch.Tensor]:
+    """A batched random-inpainting problem (half the pixels seen) on images drawn from ``gen``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = gen.render(gen.init_variables(batch, g), 0).float()
+    op = Operator.stack([RandomMask(0.5).build(gen.image_shape, seed + i) for i in range(batch)])
+    with torch.no_grad():
+        y = op.A(x)
+    return op, y
+
+
+# ------------------------------------------------------------------------ the floor
+class FloorStep:
+    """A bare PyTorch step: G2 forward, loss, backward, Adam step; nothing else.
+
+    Args:
+        gen: the generator.
+        state: the state at ``split`` (copied); entries named in ``free`` are optimised.
+        free: names of the optimised entries.
+        split: the split point.
+        operator: the batched operator.
+        observation: the observations.
+        lr: Adam's learning rate.
+    """
+
+    def __init__(self, gen, state, free, split, operator, observation, lr) -> None:  # noqa: ANN001
+        self.gen, self.split, self.op, self.y = gen, split, operator, observation
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in state.items() if k in free}
+        self.fixed = {k: v.detach().clone() for k, v in state.items() if k not in free}
+        self.opt = torch.optim.Adam(list(self.params.values()), lr=lr)
+
+    def __call__(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        image = self.gen.render({**self.fixed, **self.params}, self.split)
+        loss = self.op.measurement_error(self.op.A(image), self.y).sum()
+        loss.backward()
+        self.opt.step()
+
+
+class StepTimer(pl.Callback):
+    """Times each ILO step inside ``Trainer.fit`` and runs one floor step between steps.
+
+    ``ilo[i]`` is the time from the end of this hook at step ``i`` to its start
+    at step ``i + 1``: everything Lightning does for one step. Put this
+    callback first so the other callbacks' hooks fall inside the interval.
+    Entries are ``(stage, wall_s, cpu_s)``; a stage's first step (our hook runs
+    before the stage transition) is recorded with stage ``-1``.
+    """
+
+    def __init__(self, with_floor: bool = True) -> None:
+        super().__init__()
+        self.with_floor = with_floor
+        self.ilo: List[Tuple[int, float, float]] = []
+        self.floor: List[Tuple[int, float, float]] = []
+        self._last: Optional[Tuple[float, float]] = None
+        self._floor: Optional[FloorStep] = None
+        self._stage = -1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        now = (time.perf_counter(), time.process_time())
+        stage = pl_module.stage_index
+        same = stage == self._stage
+        if self._last is not None:
+            self.ilo.append((stage if same else -1, now[0] - self._last[0], now[1] - self._last[1]))
+        self._stage = stage
+        if self.with_floor and stage >= 0:
+            if self._floor is None or not same:
+                spec = pl_module.stages[stage]
+                self._floor = FloorStep(
+                    pl_module.generator, pl_module.current_state(), set(pl_module.variables.keys()),
+                    spec.split, batch.operator, batch.observation, spec.lr,
+                )
+            t0 = (time.perf_counter(), time.process_time())
+            self._floor()
+            self.floor.append((stage, time.perf_counter() - t0[0], time.process_time() - t0[1]))
+        self._last = (time.perf_counter(), time.process_time())
+
+
+def time_solve(
+    gen: SplitGenerator, stages: Sequence[Stage], batch: int, warmup: int = 2, with_floor: bool = True, **module_kw: Any
+) -> Dict[int, Dict[str, List[float]]]:
+    """Run one ILO solve; per stage, the steady-state ILO and floor step times (s).
+
+    The first ``warmup`` steps of each stage are dropped (its set-up step always is).
+    """
+    op, y = make_problem(gen, batch)
+    timer = StepTimer(with_floor)
+    solve(gen, op, y, list(stages), callbacks=[timer], **module_kw)
+    out: Dict[int, Dict[str, List[float]]] = {}
+    for kind, rows in (("ilo", timer.ilo), ("floor", timer.floor)):
+        seen: Dict[int, int] = {}
+        for stage, wall, cpu in rows:
+            if stage < 0:
+                continue
+            seen[stage] = seen.get(stage, 0) + 1
+            if seen[stage] <= warmup:
+                continue
+            acc = out.setdefault(stage, {"ilo": [], "ilo_cpu": [], "floor": [], "floor_cpu": []})
+            acc[kind].append(wall)
+            acc[kind + "_cpu"].append(cpu)
+    return out
+
+
+def _med_ms(xs: Sequence[float]) -> float:
+    return statistics.median(xs) * 1e3 if xs else float("nan")
+
+
+def _mean_ms(xs: Sequence[float]) -> float:
+    return statistics.fmean(xs) * 1e3 if xs else float("nan")
+
+
+def _pool(dst: Dict[int, Dict[str, List[float]]], src: Dict[int, Dict[str, List[float]]]) -> None:
+    for stage, acc in src.items():
+        d = dst.setdefault(stage, {k: [] for k in acc})
+        for k, v in acc.items():
+            d[k] += v
+
+
+def _summary(pooled: Dict[int, Dict[str, List[float]]], weights: Optional[Sequence[int]] = None) -> Dict[str, float]:
+    """Medians per stage, combined across stages weighted by their step counts."""
+    stages = sorted(pooled)
+    w = list(weights) if weights is not None else [1] * len(stages)
+    tot = {k: sum(wi * _med_ms(pooled[s][k]) for wi, s in zip(w, stages)) / sum(w) for k in ("ilo", "ilo_cpu", "floor", "floor_cpu")}
+    # Means count the periodic work a median hides (logging every ``log_every`` steps).
+    mean = {k: sum(wi * _mean_ms(pooled[s][k]) for wi, s in zip(w, stages)) / sum(w) for k in ("ilo_cpu", "floor_cpu")}
+    return {
+        "ilo_ms": round(tot["ilo"], 3),
+        "floor_ms": round(tot["floor"], 3),
+        "ilo_cpu_ms": round(tot["ilo_cpu"], 3),
+        "floor_cpu_ms": round(tot["floor_cpu"], 3),
+        "ratio_wall": round(tot["ilo"] / tot["floor"], 3),
+        "ratio": round(tot["ilo_cpu"] / tot["floor_cpu"], 3),
+        "ratio_mean": round(mean["ilo_cpu"] / mean["floor_cpu"], 3),
+        "steps": sum(len(pooled[s]["ilo"]) for s in stages),
+    }
+
+
+# ------------------------------------------------------------------------ sections
+def overhead(quick: bool, repeats: int) -> List[Dict[str, Any]]:
+    """ILO step vs floor step per generator, split and batch, plus the DCGAN's default schedule."""
+    configs: List[Tuple[str, List[int], int, int, int]] = [  # name, splits, batch, steps, warmup
+        ("dcgan", [0, 1, 2, 3, 4], 1, 30 if quick else 60, 3),
+        ("dcgan", [0, 1, 2, 3, 4], 16, 8 if quick else 20, 2),
+        ("sg2-tiny", [0, 1, 2, 3, 4, 5, 6], 1, 20 if quick else 40, 3),
+        # Seconds per step on one core: one round only (the fixed overhead is lost in the noise anyway).
+        ("sg2-256", [0, 5, 11] if quick else [0, 1, 3, 5, 7, 9, 11], 1, 4 if quick else 7, 1),
+    ]
+    pooled: Dict[tuple, Dict[int, Dict[str, List[float]]]] = {}
+    gens: Dict[str, SplitGenerator] = {}
+    sched = dcgan_schedule(0.1 if quick else 0.25)
+    for r in range(repeats):
+        for name, splits, batch, steps, warmup in configs:
+            if name == "sg2-256" and r > 0:
+                continue
+            gen = gens.setdefault(name, make_generator(name))
+            for split in splits:
+                stages, kw = stages_for(name, split, steps)
+                _pool(pooled.setdefault((name, str(split), batch), {}), time_solve(gen, stages, batch, warmup, **kw))
+        for batch in (1, 16):
+            _pool(pooled.setdefault(("dcgan", "schedule 0-1-2", batch), {}), time_solve(gens["dcgan"], sched, batch, 2))
+        print(f"  overhead round {r + 1}/{repeats} done", flush=True)
+    rows = []
+    for (name, split, batch), acc in pooled.items():
+        weights = [s.steps for s in sched] if split.startswith("schedule") else None
+        rows.append(dict(section="overhead", model=name, split=split, batch=batch, **_summary(acc, weights)))
+    return rows
+
+
+def throughput(quick: bool, repeats: int) -> List[Dict[str, Any]]:
+    """Per-image step time of the DCGAN at several batch sizes (split 0, and split 2 with an active projection)."""
+    gen = make_generator("dcgan")
+    batches = [1, 4, 16, 64]
+    pooled: Dict[tuple, Dict[int, Dict[str, List[float]]]] = {}
+    for _ in range(repeats):
+        for split in (0, 2):
+            for b in batches:
+                steps = {1: 30, 4: 20, 16: 12, 64: 6}[b] // (2 if quick else 1) + 2
+                stages, kw = stages_for("dcgan", split, steps)
+                _pool(pooled.setdefault((split, b), {}), time_solve(gen, stages, b, 2, **kw))
+    rows = []
+    for (split, b), acc in pooled.items():
+        s = _summary(acc)
+        base = _summary(pooled[(split, 1)])
+        rows.append(dict(
+            section="throughput", model="dcgan", split=str(split), batch=b,
+            ilo_cpu_ms=s["ilo_cpu_ms"], ilo_ms=s["ilo_ms"], floor_cpu_ms=s["floor_cpu_ms"],
+            per_image_ms=round(s["ilo_cpu_ms"] / b, 3),
+            floor_per_image_ms=round(s["floor_cpu_ms"] / b, 3),
+            per_image_vs_batch1=round((s["ilo_cpu_ms"] / b) / base["ilo_cpu_ms"], 3),
+            ratio=s["ratio"], ratio_mean=s["ratio_mean"], steps=s["steps"],
+        ))
+    return rows
+
+
+def projection(quick: bool, repeats: int) -> List[Dict[str, Any]]:
+    """Sort-based vs ilo-pl l1 projection per sample size (benchmarks/projection.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import projection as pb  # noqa: PLC0415 - the sibling benchmark's functions
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    sizes = pb.QUICK_SIZES if quick else pb.SIZES
+    print(f"{'dev':>5} {'n':>5} {'batch':>5} {'r/|v|':>6} {'sort ms':>10} {'ilo ms':>10} {'speedup':>9} {'rel err':>9}")
+    rows = pb.run(sizes, max(3, repeats * (1 if quick else 3)), devices)
+    # "ilo_ms" there is the projection's time: renamed so the CSV column is not the ILO step's.
+    return [dict(section="projection", **{("ilo_proj_ms" if k == "ilo_ms" else k): v for k, v in r.items()}) for r in rows]
+
+
+_MEMORY_CHILD = "--memory-child"
+
+
+def _rss_kib() -> Dict[str, int]:
+    """``VmRSS`` and ``VmHWM`` (peak) of this process, KiB (Linux)."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0])
+    return out
+
+
+def _memory_child(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Runs in a fresh process: peak memory of one solve (or of the floor loop) above its set-up.
+
+    CPU: the peak resident set size is reset after set-up (``/proc/self/clear_refs``)
+    and its new high-water mark is compared with the resident size at that point.
+    """
+    import gc
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(spec["threads"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gen = make_generator(spec["model"]).to(device)
+    op, y = make_problem(gen, spec["batch"])
+    op, y = op.to(device), y.to(device)
+    stages, kw = stages_for(spec["model"], spec["split"], spec["steps"])
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_gpu = torch.cuda.memory_allocated()
+    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak-RSS mark (Linux >= 4.0)
+        fh.write("5")
+    base = _rss_kib()["VmRSS"]
+    if spec["kind"] == "ilo":
+        solve(gen, op, y, stages, **kw)
+    else:
+        stage = stages[0]
+        state = gen.init_variables(spec["batch"])
+        state = gen.advance(state, 0, stage.split) if stage.split else state
+        groups = gen.groups(stage.split)
+        free = {k for k in state if stage.is_free(k, groups[k])}
+        step = FloorStep(gen, {k: v.to(device) for k, v in state.items()}, free, stage.split, op, y, stage.lr)
+        for _ in range(stage.steps):
+            step()
+    out = {"peak_rss_delta_mib": round((_rss_kib()["VmHWM"] - base) / 1024, 1)}
+    if device.type == "cuda":
+        out["peak_gpu_mib"] = round((torch.cuda.max_memory_allocated() - base_gpu) / 2**20, 1)
+    return out
+
+
+def memory(quick: bool, threads: int) -> List[Dict[str, Any]]:
+    """Peak memory of ILO vs the floor loop (subprocesses), and the CS operator's buffers."""
+    rows = []
+    cases = [("dcgan", 0, 1, 20), ("dcgan", 2, 1, 20), ("dcgan", 2, 16, 10), ("sg2-tiny", 3, 1, 10), ("sg2-256", 5, 1, 3)]
+    if quick:
+        cases = cases[:3]
+    for model, split, batch, steps in cases:
+        res: Dict[str, Dict[str, Any]] = {}
+        for kind in ("ilo", "floor"):
+            spec = dict(model=model, split=split, batch=batch, steps=steps, kind=kind, threads=threads)
+            proc = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), _MEMORY_CHILD, json.dumps(spec)],
+                capture_output=True, text=True, check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory measurement {spec} failed:\n{proc.stderr[-2000:]}")
+            res[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+        row = dict(section="memory", model=model, split=str(split), batch=batch, steps=steps,
+                   ilo_peak_mib=res["ilo"]["peak_rss_delta_mib"], floor_peak_mib=res["floor"]["peak_rss_delta_mib"])
+        if "peak_gpu_mib" in res["ilo"]:
+            row.update(ilo_gpu_mib=res["ilo"]["peak_gpu_mib"], floor_gpu_mib=res["floor"]["peak_gpu_mib"])
+        rows.append(row)
+        print(f"  {model:>8} split {split} batch {batch:>2}: peak RSS above set-up: ILO {row['ilo_peak_mib']} MiB, "
+              f"floor {row['floor_peak_mib']} MiB", flush=True)
+    op = CompressedSensing(ratio=0.1).build((3, 1024, 1024), 0)
+    nbytes = sum(b.numel() * b.element_size() for b in op.buffers())
+    n = 3 * 1024 * 1024
+    rows.append(dict(section="memory", model=f"CompressedSensing(ratio=0.1) 3x1024x1024 ({type(op).__name__})",
+                     operator_mib=round(nbytes / 2**20, 2), dense_matrix_gib=round(int(0.1 * n) * n * 4 / 2**30, 1)))
+    print(f"  CS operator 3x1024x1024, m/n = 0.1: buffers {nbytes / 2**20:.2f} MiB "
+          f"(a dense float32 matrix would take {int(0.1 * n) * n * 4 / 2**30:.0f} GiB)", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------ output
+def _table(rows: List[Dict[str, Any]], cols: Sequence[str]) -> str:
+    cols = [c for c in cols if any(c in r for r in rows)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+TABLE_COLUMNS = {
+    "overhead": ["model", "split", "batch", "ilo_cpu_ms", "floor_cpu_ms", "ratio", "ratio_mean", "ilo_ms", "floor_ms", "ratio_wall", "steps"],
+    "throughput": ["model", "split", "batch", "ilo_cpu_ms", "per_image_ms", "per_image_vs_batch1", "floor_per_image_ms", "ratio", "ratio_mean"],
+    "projection": ["device", "size", "batch", "radius_frac", "sort_ms", "ilo_proj_ms", "speedup", "max_rel_err"],
+    "memory": ["model", "split", "batch", "ilo_peak_mib", "floor_peak_mib", "ilo_gpu_mib", "floor_gpu_mib", "operator_mib", "dense_matrix_gib"],
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == _MEMORY_CHILD:
+        print(json.dumps(_memory_child(json.loads(argv[1]))))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps, splits and repeats (a smoke run)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.csv", help="CSV to write")
+    parser.add_argument("--sections", nargs="+", choices=list(TABLE_COLUMNS), default=list(TABLE_COLUMNS))
+    parser.add_argument("--repeats", type=int, default=None, help="rounds per measurement (default 3, quick 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for ILO and the floor (default 1)")
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    repeats = args.repeats or (1 if args.quick else 3)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*")  # Lightning's advice does not apply here
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only (no GPU)"
+    print(f"torch {torch.__version__}, pytorch-lightning {pl.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{device}, {repeats} round(s){' (quick)' if args.quick else ''}", flush=True)
+    rows: List[Dict[str, Any]] = []
+    tables = []
+    for section in args.sections:
+        print(f"== {section}", flush=True)
+        t0 = time.perf_counter()
+        if section == "overhead":
+            got = overhead(args.quick, repeats)
+        elif section == "throughput":
+            got = throughput(args.quick, repeats)
+        elif section == "projection":
+            got = projection(args.quick, repeats)
+        else:
+            got = memory(args.quick, args.threads)
+        rows += got
+        tables.append(f"### {section}\n\n" + _table(got, TABLE_COLUMNS[section]))
+        print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print("\n" + "\n\n".join(tables))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fields: List[str] = ["section"]
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(args.out, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
