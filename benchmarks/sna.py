@@ -61,7 +61,7 @@ def main() -> None:
     for method, stages in (("CSGM", csgm), ("ILO", ilo)):
         for sna in (False, True):
             t = time.perf_counter()
-            res = solve(G, op, y, stages, target=x, seeds=seeds, ids=ids, sna=sna)
+            res = solve(G, op, y, stages, target=x, seeds=seeds, ids=ids, sna=sna, sphere=cfg.get("sphere", False))
             dt = time.perf_counter() - t
             m = image_metrics(res.images, x)
             for b, pid in enumerate(ids):
