@@ -1,0 +1,243 @@
+"""Smoke and unit tests of the quality benchmark (``benchmarks/quality.py``, ``benchmarks/baselines.py``).
+
+One image, the configs' own grid point, a few steps: every method runs and
+writes its CSV rows, the report is written, and a second run resumes without
+recomputing. Plus the classical baselines' own properties and the errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    """Import a module of ``benchmarks/`` (a folder of scripts, not a package)."""
+    bench = str(ROOT / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+quality = _load("quality")
+baselines = _load("baselines")
+
+from ilo_pl.modules.generators import DCGANGenerator  # noqa: E402
+from ilo_pl.operators import CompressedSensing, Inpainting, PartialCirculant  # noqa: E402
+
+
+def _face(folder: Path) -> Path:
+    """A smooth synthetic 64x64 'face' PNG (no data files needed)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    img = np.stack([0.3 + 0.5 * xx, 0.2 + 0.6 * yy, 0.5 + 0.3 * np.sin(6 * xx * yy)], -1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(folder / "synthetic.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def generator():
+    # Random weights: the code path is what is tested, not the quality.
+    return DCGANGenerator(weights="random")
+
+
+def _rows(path: Path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_quick_run_every_method_writes_rows_and_report(tmp_path, generator, monkeypatch):
+    monkeypatch.setattr(baselines, "TV_STEPS", 5)  # the CS baseline's iterations: a smoke run
+    images = _face(tmp_path / "images")
+    out = tmp_path / "results"
+    s = quality.BenchmarkSettings(
+        images=images, out=out, tasks=["inpainting_random"], methods=quality.METHODS,
+        quick=True, limit=1, steps_scale=0.01,
+    )
+    csv_path = quality.run_benchmark(s, generator)
+    # The classical baseline of every other task, on the same code path.
+    s_cls = quality.BenchmarkSettings(
+        images=images, out=out, tasks=["inpainting_box", "denoising", "superres", "compressed_sensing"],
+        methods=("classical",), quick=True, limit=1, steps_scale=0.01,
+    )
+    quality.run_benchmark(s_cls, generator)
+    rows = _rows(csv_path)
+    got = {(r["task"], r["method"]) for r in rows}
+    for m in ("csgm", "pulse", "ilo", "ilo_r0.5", "ilo_r2", "ilo_best3", "biharmonic"):
+        assert ("inpainting_random", m) in got, m
+    for task, m in [("inpainting_box", "biharmonic"), ("denoising", "bm3d"), ("superres", "bicubic"),
+                    ("compressed_sensing", "tv_lsq")]:
+        assert (task, m) in got, (task, m)
+    assert len(rows) == len(got)  # one image: one row per (task, method)
+    for r in rows:
+        assert r["image"] == "synthetic" and r["run"] == "quick"
+        assert float(r["true_mse"]) >= 0 and np.isfinite(float(r["psnr"]))
+        if r["task"].startswith("inpainting"):
+            # Pasting the observed pixels back can only help.
+            assert float(r["true_mse_pasted"]) <= float(r["true_mse"]) + 1e-6
+        else:
+            assert r["true_mse_pasted"] == ""
+    # The configs' schedule is what ran: CSGM/PULSE get ILO's total steps.
+    steps = {r["method"]: r["steps"] for r in rows if r["task"] == "inpainting_random"}
+    assert steps["csgm"] == steps["pulse"] == steps["ilo"]
+    # Best-of-3 takes the sweep member with the lowest measurement loss.
+    sweep = {r["method"]: float(r["measurement_loss"]) for r in rows
+             if r["task"] == "inpainting_random" and r["method"] in ("ilo", "ilo_r0.5", "ilo_r2")}
+    best = next(r for r in rows if r["method"] == "ilo_best3")
+    assert best["selected"] == min(sweep, key=sweep.get) and best["protocol"] == "secondary"
+
+    # A second run finds every row done and adds none (resume).
+    quality.run_benchmark(s, generator)
+    assert len(_rows(csv_path)) == len(rows)
+
+    written = quality.write_report(csv_path, out)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+    table = (out / "quality_quick_table.md").read_text()
+    assert "Inpainting, random mask" in table and "biharmonic" in table
+
+
+def test_best_of_selects_by_measurement_loss_not_truth():
+    rows = [
+        {"method": "ilo", "image": "a", "measurement_loss": "0.3", "true_mse": "0.01", "seconds": "1"},
+        {"method": "ilo_r2", "image": "a", "measurement_loss": "0.1", "true_mse": "0.50", "seconds": "1"},
+        {"method": "ilo_r0.5", "image": "a", "measurement_loss": "0.2", "true_mse": "0.02", "seconds": "1"},
+    ]
+    (best,) = quality.best_of_rows(rows, ["ilo", "ilo_r0.5", "ilo_r2"], "ilo_best3")
+    assert best["selected"] == "ilo_r2" and best["true_mse"] == "0.50" and best["method"] == "ilo_best3"
+    # An image missing a sweep member gets no best-of row.
+    assert quality.best_of_rows(rows[:2], ["ilo", "ilo_r0.5", "ilo_r2"], "ilo_best3") == []
+
+
+def test_config_schedule_and_methods_follow_the_yaml():
+    cfg = quality.load_task_config("inpainting_random", ROOT / "configs")
+    plans = quality.method_plans(cfg, 1.0)
+    stages, kw = plans["ilo"]
+    assert [(s.split, s.steps) for s in stages] == [(s.split, s.steps) for s in cfg.stages]
+    (csgm,) = plans["csgm"][0]
+    assert csgm.split == cfg.stages[0].split and csgm.steps == cfg.total_steps
+    assert plans["pulse"][1]["sphere"] is True and plans["csgm"][1]["sphere"] is False
+    r2 = plans["ilo_r2"][0]
+    for a, b in zip(r2, stages):
+        for k, v in b.radius.items():
+            assert a.radius[k] == pytest.approx(2 * v)
+
+
+class _NoSphere(DCGANGenerator):
+    """A generator that declares no sphere variable (as third-party generators may)."""
+
+    def sphere_variables(self, split: int):
+        return {}
+
+
+def test_latent_sphere_is_added_per_instance():
+    gen, other = _NoSphere(weights="random"), _NoSphere(weights="random")
+    assert quality.ensure_latent_sphere(gen) is True
+    assert gen.sphere_variables(0) == {"h": (1, 2, 3)}
+    assert gen.sphere_variables(2) == {}
+    assert other.sphere_variables(0) == {}  # the class and other instances are untouched
+    assert quality.ensure_latent_sphere(gen) is False  # now it has one
+    # A generator with its own sphere keeps it.
+    own = DCGANGenerator(weights="random")
+    declared = own.sphere_variables(0)
+    assert quality.ensure_latent_sphere(own) is (declared == {})
+
+
+def test_grid_and_aliases():
+    assert quality.expand_tasks(["inpainting"]) == ["inpainting_random", "inpainting_box"]
+    assert quality.expand_tasks(["all"]) == list(quality.TASKS)
+    assert quality.grid_levels("superres", 4, 64) == [2, 4, 8]
+    assert quality.grid_levels("superres", 4, 1024) == [4, 8, 16, 32]
+    assert quality.grid_levels("inpainting_box", [38, 55, 14, 49], 64) == [[38, 55, 14, 49]]
+    assert quality.level_label("inpainting_box", [38, 55, 14, 49]) == "box[38,55,14,49]"
+
+
+def test_errors(tmp_path, generator):
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        quality.expand_tasks(["nope"])
+    s = quality.BenchmarkSettings(images=tmp_path / "missing", out=tmp_path, tasks=["denoising"])
+    with pytest.raises(FileNotFoundError, match="image folder .* does not exist"):
+        quality.run_benchmark(s, generator)
+    s = quality.BenchmarkSettings(images=tmp_path, out=tmp_path, tasks=["denoising"], methods=("magic",))
+    with pytest.raises(ValueError, match="unknown methods"):
+        quality.run_benchmark(s, generator)
+    with pytest.raises(FileNotFoundError, match="pass --configs"):
+        quality.load_task_config("denoising", tmp_path)
+    with pytest.raises(FileNotFoundError, match="run the benchmark first"):
+        quality.write_report(tmp_path / "none.csv", tmp_path)
+    with pytest.raises(ValueError, match="no classical baseline"):
+        baselines.classical_baseline("deblur", None, torch.zeros(1, 3, 4, 4), 1, (3, 4, 4))
+    with pytest.raises(TypeError, match="LinearOperator"):
+        baselines.tv_least_squares(torch.nn.Identity(), torch.zeros(1, 3), (3, 1, 1))
+    with pytest.raises(ValueError, match="does not fit"):
+        baselines.biharmonic_inpaint(torch.zeros(1, 3, 8, 8), torch.ones(1, 1, 4, 4))
+
+
+# ----------------------------------------------------------------------------- baselines
+def test_tv_gradient_adjoint_float64():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, generator=g)
+    p = torch.randn(2, 2, 3, 5, 7, dtype=torch.float64, generator=g)
+    lhs = (baselines._grad(x) * p).sum()
+    rhs = (x * baselines._grad_adjoint(p)).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-12, atol=1e-12)
+
+
+def test_tv_least_squares_batch_equals_per_sample_and_fits():
+    shape = (3, 8, 8)
+    ops = [PartialCirculant(shape, 96, seed=s) for s in (1, 2)]
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, *shape, generator=g) * 1.6 - 0.8
+    batched = PartialCirculant.stack(ops)
+    y = batched.A(x)
+    both = baselines.tv_least_squares(batched, y, shape, weight=1e-3, steps=200)
+    for i, op in enumerate(ops):
+        alone = baselines.tv_least_squares(op, y[i : i + 1], shape, weight=1e-3, steps=200)
+        assert torch.allclose(both[i : i + 1], alone, atol=1e-5)
+    assert both.abs().max() <= 1
+    # Fully sampled and a tiny TV weight: close to the truth.
+    op = CompressedSensing(ratio=1.0, shared=True).build(shape, 0)
+    full = baselines.tv_least_squares(op, op.A(x), shape, weight=1e-4, steps=300)
+    assert (full - x).pow(2).mean() < 1e-3
+
+
+def test_biharmonic_keeps_observed_pixels_and_fills_missing():
+    yy, xx = torch.meshgrid(torch.linspace(-0.5, 0.5, 16), torch.linspace(-0.5, 0.5, 16), indexing="ij")
+    x = torch.stack([xx, yy, xx * yy]).unsqueeze(0).repeat(2, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(2, 1, 16, 16, generator=g) < 0.3).float()
+    op = Inpainting(mask)
+    out = baselines.biharmonic_inpaint(op.A(x), op.mask)
+    obs = mask.expand_as(x).bool()
+    assert torch.allclose(out[obs], x[obs], atol=1e-6)
+    # A smooth image is recovered far better than the zero fill.
+    assert (out - x).pow(2).mean() < 0.05 * (op.A(x) - x).pow(2).mean()
+    # Batch == per-sample.
+    one = baselines.biharmonic_inpaint(op.A(x)[1:], mask[1:])
+    assert torch.allclose(out[1:], one)
+
+
+def test_bm3d_denoises():
+    yy, xx = torch.meshgrid(torch.linspace(-0.6, 0.6, 32), torch.linspace(-0.6, 0.6, 32), indexing="ij")
+    x = torch.stack([xx, yy, 0.5 * xx]).unsqueeze(0)
+    g = torch.Generator().manual_seed(0)
+    y = (x + 2 * 25 / 255 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    out = baselines.bm3d_denoise(y, 25)
+    assert out.shape == x.shape
+    assert (out - x).pow(2).mean() < 0.3 * (y - x).pow(2).mean()
+    assert torch.equal(baselines.bm3d_denoise(y, 0), y)
