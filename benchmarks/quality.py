@@ -58,7 +58,7 @@ if str(_HERE) not in sys.path:  # run as a script: make the sibling module impor
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from baselines import BASELINE_NAMES, baseline_name, classical_baseline  # noqa: E402
+from baselines import baseline_name, classical_baseline  # noqa: E402
 
 from ilo_pl.data import InverseProblemDataModule  # noqa: E402
 from ilo_pl.metrics import image_metrics  # noqa: E402
@@ -590,7 +590,7 @@ def summarize(rows: List[Dict[str, str]], metric: str = "true_mse") -> Dict[Tupl
     """``(task, level, method) -> {n, mean, std, sem}`` of ``metric`` over images.
 
     Classical baselines appear under the method ``classical`` (their own name
-    is in :data:`BASELINE_NAMES`).
+    is in ``baselines.BASELINE_NAMES``).
     """
     groups: Dict[Tuple[str, str, str], List[float]] = {}
     for r in rows:
@@ -630,16 +630,23 @@ def plot_results(rows: List[Dict[str, str]], path: Path, title: str = "") -> Pat
     import matplotlib.ticker
 
     stats = summarize(rows)
+    pasted = summarize(rows, "true_mse_pasted")
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    panels = [(t, stats, TITLES[t]) for t in tasks]
+    if "inpainting_random" in tasks:
+        # The classical baseline keeps the observed pixels; compare with the outputs that do too.
+        merged = dict(stats)
+        merged.update({k: v for k, v in pasted.items() if k[0] == "inpainting_random"})
+        panels.append(("inpainting_random", merged, "Inpainting, random mask, observed pixels pasted"))
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
     axes = axes.ravel()
-    for ax, task in zip(axes, tasks):
+    for ax, (task, st_, panel_title) in zip(axes, panels):
         levels = _levels(rows, task)
         methods = [m for m in ("csgm", "pulse", "ilo", "ilo_best3", "classical")
-                   if any((task, lab, m) in stats for lab in levels)]
+                   if any((task, lab, m) in st_ for lab in levels)]
         if task == "inpainting_box":
             for i, m in enumerate(methods):
-                s = stats.get((task, levels[0], m))
+                s = st_.get((task, levels[0], m))
                 if s:
                     st = _STYLE[m]
                     ax.bar(i, s["mean"], yerr=s["sem"], color=st["color"], alpha=st.get("alpha", 0.9), capsize=4)
@@ -648,12 +655,15 @@ def plot_results(rows: List[Dict[str, str]], path: Path, title: str = "") -> Pat
                                 for m in methods], rotation=30, ha="right", fontsize=8)
         else:
             for m in methods:
-                pts = [(lab, stats[(task, lab, m)]) for lab in levels if (task, lab, m) in stats]
+                # A zero error (a fully observed image returned as is) has no place on a log axis.
+                pts = [(lab, st_[(task, lab, m)]) for lab in levels
+                       if (task, lab, m) in st_ and st_[(task, lab, m)]["mean"] > 0]
                 xs = [_level_value(task, lab) for lab, _ in pts]
                 ys = [s["mean"] for _, s in pts]
-                err = [s["sem"] for _, s in pts]
+                err = [min(s["sem"], 0.999 * s["mean"]) for _, s in pts]
                 label = _baseline_of(task) if m == "classical" else LABELS[m]
-                ax.errorbar(xs, ys, yerr=err, label=label, capsize=3, markersize=5, **_STYLE[m])
+                ax.errorbar(xs, ys, yerr=[err, [s["sem"] for _, s in pts]], label=label, capsize=3,
+                            markersize=5, **_STYLE[m])
             ax.set_xscale("log", base=2 if task == "superres" else 10)
             ax.set_xticks(sorted(set(_level_value(task, lab) for lab in levels)))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
@@ -662,9 +672,9 @@ def plot_results(rows: List[Dict[str, str]], path: Path, title: str = "") -> Pat
             ax.legend(fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("true MSE ([-1, 1] scale)")
-        ax.set_title(TITLES[task], fontsize=10)
+        ax.set_title(panel_title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-    for ax in axes[len(tasks):]:
+    for ax in axes[len(panels):]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=11)
