@@ -146,6 +146,23 @@ def save_image(image: Tensor, path: PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def ensure_writable_dir(path: PathLike, what: str, option: str) -> Path:
+    """Create ``path`` (and parents) if needed and check it can be written.
+
+    Raises:
+        PermissionError: ``"cannot create the <what> <path>: ...; choose another <option>"``
+            or ``"the <what> <path> is not writable; ..."``.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"cannot create the {what} {path}: {exc}; choose another {option}") from exc
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"the {what} {path} is not writable; choose another {option}")
+    return path
+
+
 def new_run_dir(root: PathLike, prefix: str = "run") -> Path:
     """Create and return ``root/<prefix>_NNN`` with the next free number.
 
@@ -155,14 +172,7 @@ def new_run_dir(root: PathLike, prefix: str = "run") -> Path:
     Raises:
         PermissionError: naming the folder, if ``root`` cannot be written.
     """
-    root = Path(root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PermissionError(f"cannot create the output folder {root}: {exc}; choose another --output_dir") from exc
-    if not os.access(root, os.W_OK):
-        raise PermissionError(f"the output folder {root} is not writable; choose another output folder")
-    n = 0
+    root = ensure_writable_dir(root, "output folder", "--output.output_dir")
     existing = [p.name for p in root.glob(f"{prefix}_*")]
     nums = [int(x.rsplit("_", 1)[1]) for x in existing if x.rsplit("_", 1)[1].isdigit()]
     n = max(nums) + 1 if nums else 0

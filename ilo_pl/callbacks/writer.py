@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from ilo_pl.io import new_run_dir, save_image
+from ilo_pl.io import ensure_writable_dir, new_run_dir, save_image
 from ilo_pl.metrics import image_metrics
 from ilo_pl.problem import ProblemResult
 from ilo_pl.resume import CSV_FIELDS, prepare_resume, read_csv_rows, write_csv
@@ -204,21 +204,8 @@ class ResultWriter(_ResultHook):
 
 
 def make_run_dir(path: Union[str, Path]) -> Path:
-    """Create ``path`` (and parents) if needed.
-
-    Raises:
-        PermissionError: naming the folder, if it cannot be created or written.
-    """
-    import os
-
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PermissionError(f"cannot create the run folder {path}: {exc}; choose another --output.run_dir") from exc
-    if not os.access(path, os.W_OK):
-        raise PermissionError(f"the run folder {path} is not writable; choose another --output.run_dir")
-    return path
+    """Create the run folder ``path`` if needed (a ``PermissionError`` names it if it cannot be written)."""
+    return ensure_writable_dir(path, "run folder", "--output.run_dir")
 
 
 def merge_csvs(run_dir: Path) -> Path:
