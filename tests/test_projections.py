@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ilo_pl.projections import (
+    L1Workspace,
     _l1_threshold,
     _theta_sort,
     project_l1_ball,
@@ -387,6 +388,52 @@ def test_inplace_half_param_and_errors():
         project_l1_ball_(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long), 1.0)
     with pytest.raises(ValueError, match=r"radius must be a scalar or have shape \[2\]"):
         project_l1_ball_(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(4))
+
+
+def test_workspace_warm_start_is_exact_along_a_drifting_trajectory():
+    """Carrying a workspace (buffers + last thresholds) across steps changes no result."""
+    g = torch.Generator().manual_seed(21)
+    anchor = torch.randn(5, 4, 32, 32, generator=g, dtype=torch.float64)
+    dev = torch.randn(5, 4, 32, 32, generator=g, dtype=torch.float64)
+    radius = torch.tensor([5.0, 50.0, 400.0, 1e5, 0.0], dtype=torch.float64)  # row 3 inside
+    ws, param = L1Workspace(), anchor + dev
+    for step in range(8):
+        # an optimizer-like step: small moves, and once a big jump (the guess is then far off)
+        param += torch.randn(param.shape, generator=g, dtype=torch.float64) * (3.0 if step == 4 else 1e-3)
+        cold, warm = param.clone(), param.clone()
+        project_l1_ball_(cold, anchor, radius)
+        project_l1_ball_(warm, anchor, radius, ws)
+        torch.testing.assert_close(warm, cold, rtol=0, atol=1e-12)
+        ref = anchor + project_l1_ball_sort((param - anchor).flatten(1), radius).view_as(anchor)
+        torch.testing.assert_close(warm, ref, rtol=0, atol=1e-12)
+        assert torch.equal(warm[4], anchor[4])  # radius 0: exactly the anchor
+        param = warm
+
+
+@pytest.mark.parametrize("guess", [0.0, 1e-9, 0.7, 1e6, float("inf")])
+def test_workspace_with_any_stale_guess_is_exact(guess):
+    g = torch.Generator().manual_seed(22)
+    anchor = torch.zeros(3, 5000, dtype=torch.float64)
+    param = torch.randn(3, 5000, generator=g, dtype=torch.float64)
+    r = param.abs().sum(1) * torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64)
+    ws = L1Workspace()
+    ws.buffers((3, 5000), torch.float64, param.device)
+    ws.theta = torch.full((3,), guess, dtype=torch.float64)
+    want = project_l1_ball_sort(param, r)
+    project_l1_ball_(param, anchor, r, ws)
+    torch.testing.assert_close(param, want, rtol=0, atol=1e-12)
+
+
+def test_workspace_reuses_buffers_and_resets_on_new_shapes():
+    ws = L1Workspace()
+    a = ws.buffers((2, 10), torch.float32, torch.device("cpu"))
+    ws.theta = torch.ones(2)
+    assert all(x.data_ptr() == y.data_ptr() for x, y in zip(a, ws.buffers((2, 10), torch.float32, torch.device("cpu"))))
+    assert ws.theta is not None
+    b = ws.buffers((3, 10), torch.float32, torch.device("cpu"))
+    assert b[0].shape == (3, 10) and ws.theta is None  # another variable: no warm start from the old one
+    ws.buffers((3, 10), torch.float64, torch.device("cpu"))
+    assert ws.theta is None
 
 
 # ---------------------------------------------------------------- sphere

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict
 import pytorch_lightning as pl
 import torch
 
-from ilo_pl.projections import project_l1_ball_, project_sphere_
+from ilo_pl.projections import L1Workspace, project_l1_ball_, project_sphere_
 
 
 class _StepHookCallback(pl.Callback):
@@ -83,9 +83,22 @@ class L1BallProjection(_StepHookCallback):
     The module provides ``l1_constraints()`` (see the module docstring).
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        # One workspace per constrained tensor (buffers + the last thresholds, the
+        # next step's warm start); keyed by identity, dropped with the optimizer.
+        self._workspaces: Dict[int, L1Workspace] = {}
+
+    def _attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._workspaces.clear()  # a new optimizer means new variables (a new stage)
+        super()._attach(trainer, pl_module)
+
     def project(self, pl_module: Any) -> None:
         for param, anchor, radius in pl_module.l1_constraints():
-            project_l1_ball_(param.data, anchor, radius)
+            ws = self._workspaces.get(id(param))
+            if ws is None or ws.anchor is not anchor:
+                ws = self._workspaces[id(param)] = L1Workspace(anchor)
+            project_l1_ball_(param.data, anchor, radius, ws)
 
 
 class SphereProjection(_StepHookCallback):
