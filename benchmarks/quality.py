@@ -167,7 +167,7 @@ class TaskConfig:
 
 
 #: ``model`` keys passed on to ``ILOModule`` (``generator``/``stages`` are handled apart).
-_MODULE_KEYS = ("sna", "sphere", "rampup", "rampdown", "project_to_range", "range_steps", "range_lr", "loss_weights")
+_MODULE_KEYS = ("sna", "sna_samples", "sphere", "rampup", "rampdown", "project_to_range", "range_steps", "range_lr", "loss_weights")
 
 
 def load_task_config(task: str, config_dir: Path) -> TaskConfig:

@@ -253,6 +253,54 @@ def test_per_stage_sna_overrides_the_module_switch(gen):
     assert not torch.equal(plain.images, on.images)
 
 
+def test_sna_mean_of_draws_is_minimised_at_the_truth(gen):
+    """Under clipped noise, the averaged SNA loss is minimised at the truth; one draw and plain MSE are biased.
+
+    A dark pixel x = -0.7 at sigma 100: plain MSE against y = clip(x + n) is
+    minimised at E[y] (pulled to mid-grey), the single-draw SNA loss past x
+    (towards the clipping bound), the mean of 16 draws at x.
+    """
+    from ilo_pl.operators import GaussianNoise
+
+    op, x, n = GaussianNoise(100.0), -0.7, 100000
+    torch.manual_seed(0)
+    y = op.noise(torch.full((1, 1, 1, n), x))
+    grid = torch.linspace(-1.0, -0.45, 56)  # steps of 0.01
+    image = grid.view(-1, 1, 1, 1).expand(-1, 1, 1, n)
+
+    def argmin(loss):
+        return float(grid[loss.argmin()])
+
+    plain = argmin((image - y).pow(2).mean((1, 2, 3)))
+    est = {}
+    for k in (1, 16):
+        module = ILOModule(gen, _stages(), sna=True, sna_samples=k)
+        est[k] = argmin((module._sna_measure(op, image) - y).pow(2).mean((1, 2, 3)))
+    # Exact minimisers (closed form): K=16 -0.724 (residual pull Var(clip(g + n)) / 16),
+    # K=1 -1.0 (the bound), plain MSE E[clip(x + n)] = -0.519; the rest is Monte Carlo error.
+    assert abs(est[16] - x) <= 0.06, est
+    assert est[1] <= x - 0.25, est
+    assert plain >= x + 0.12, plain
+
+
+def test_sna_samples_average_fresh_draws(gen):
+    from ilo_pl.operators import GaussianNoise
+
+    op = GaussianNoise(50.0, clip=False)
+    image = torch.zeros(2, 3, 8, 8)
+    one = ILOModule(gen, _stages(), sna=True, sna_samples=1)
+    many = ILOModule(gen, _stages(), sna=True, sna_samples=16)
+    torch.manual_seed(3)
+    a = one._sna_measure(op, image)
+    torch.manual_seed(3)
+    assert torch.equal(a, op.noise(op.A(image)))  # one draw is the paper's SNA: op(x)
+    spread = torch.stack([many._sna_measure(op, image) for _ in range(20)]).std()
+    assert abs(float(spread) / op.std - 0.25) < 0.03  # std of a mean of 16 draws: std / 4
+    for bad in (0, -2, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="sna_samples must be an integer >= 1"):
+            ILOModule(gen, _stages(), sna=True, sna_samples=bad)
+
+
 def test_projection_hook_skips_steps_a_grad_scaler_skips():
     """A step a mixed-precision GradScaler skips (inf gradients) projects nothing."""
     from types import SimpleNamespace

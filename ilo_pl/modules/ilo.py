@@ -65,7 +65,18 @@ class ILOModule(pl.LightningModule):
             ``loss_weights``; default ``{"mse": 1.0}``.
         sna: Stochastic Noise Addition: fresh measurement noise (the
             operator's own noise model) on the generated image's measurement at
-            every step.
+            every step; the loss compares the observation with the mean of
+            ``sna_samples`` such noisy measurements.
+        sna_samples: noise draws averaged per step under SNA. One draw is the
+            paper's SNA; with clipped noise (images) its expected loss is
+            minimised by an image pushed *past* the truth towards the clipping
+            bounds, because the spread of ``clip(G + n)`` shrinks there. The
+            mean of many draws matches the observation's expectation
+            ``E[clip(x + n)]`` instead, which is minimised at the truth (plain
+            MSE is minimised at ``E[clip(x + n)]``, biased towards mid-grey).
+            16 draws: +0.7 dB over no SNA at sigma 50 on the benchmark faces
+            (``docs/results.md``); the draws cost noise sampling only, not
+            generator passes.
         sphere: keep the generator's sphere variables (``sphere_variables``)
             on their sphere after every step (PULSE-style).
         rampup: fraction of each stage with a linear learning-rate ramp-up.
@@ -90,6 +101,7 @@ class ILOModule(pl.LightningModule):
         loss_weights: Optional[Dict[str, float]] = None,
         sna: bool = False,
         sphere: bool = False,
+        sna_samples: int = 16,
         rampup: float = 0.05,
         rampdown: float = 0.25,
         project_to_range: bool = False,
@@ -118,6 +130,9 @@ class ILOModule(pl.LightningModule):
                     f"({sorted(self.losses)}); add them to `losses` or remove the weights"
                 )
         self.sna = sna
+        if isinstance(sna_samples, bool) or not isinstance(sna_samples, int) or sna_samples < 1:
+            raise ValueError(f"sna_samples must be an integer >= 1 (1 = the paper's single draw); got {sna_samples!r}")
+        self.sna_samples = int(sna_samples)
         self.sphere = sphere
         self.rampup, self.rampdown = rampup, rampdown
         self.project_to_range_enabled = project_to_range
@@ -338,7 +353,7 @@ class ILOModule(pl.LightningModule):
         image = self.generator.render(state, stage.split)
         op, y = batch.operator, batch.observation
         sna = self.sna if stage.sna is None else stage.sna
-        measured = op(image) if sna else op.A(image)
+        measured = self._sna_measure(op, image) if sna else op.A(image)
         err = op.measurement_error(measured, y)
         ctx = LossContext(image=image, measured=measured, observation=y, operator=op,
                           state=state, groups=groups, split=stage.split, measurement_error=err)
@@ -362,6 +377,18 @@ class ILOModule(pl.LightningModule):
         if self._problem_step == self.steps_per_problem * self._accumulate():
             self.last_result = self._finish(batch)
         return loss
+
+    def _sna_measure(self, op: Any, image: Tensor) -> Tensor:
+        """The SNA measurement: the mean of ``sna_samples`` fresh noisy measurements of ``image``.
+
+        ``A`` runs once; only the noise is drawn ``sna_samples`` times (a
+        Python loop over draws, never over samples).
+        """
+        ax = op.A(image)
+        measured = op.noise(ax)
+        for _ in range(self.sna_samples - 1):  # over noise draws, not samples
+            measured = measured + op.noise(ax)
+        return measured / self.sna_samples if self.sna_samples > 1 else measured
 
     @torch.no_grad()
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
