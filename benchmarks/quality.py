@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib
 import json
 import logging
@@ -217,21 +218,17 @@ def make_spec(cfg: TaskConfig, level: Any) -> OperatorSpec:
 
 
 def scaled_stages(stages: Sequence[Stage], steps_scale: float = 1.0, radius_scale: float = 1.0) -> List[Stage]:
-    """A copy of ``stages`` with steps and finite radii scaled."""
-    out = []
-    for s in stages:
-        radius = {k: (r * radius_scale if math.isfinite(r) else r) for k, r in s.radius.items()}
-        out.append(
-            Stage(
-                split=s.split,
-                steps=max(1, int(round(s.steps * steps_scale))),
-                lr=s.lr,
-                free=list(s.free),
-                radius=radius,
-                loss_weights=None if s.loss_weights is None else dict(s.loss_weights),
-            )
+    """A copy of ``stages`` with steps and finite radii scaled (every other field kept, e.g. ``sna``)."""
+    return [
+        dataclasses.replace(
+            s,
+            steps=max(1, int(round(s.steps * steps_scale))),
+            free=list(s.free),
+            radius={k: (r * radius_scale if math.isfinite(r) else r) for k, r in s.radius.items()},
+            loss_weights=None if s.loss_weights is None else dict(s.loss_weights),
         )
-    return out
+        for s in stages
+    ]
 
 
 def method_plans(cfg: TaskConfig, steps_scale: float) -> Dict[str, Tuple[List[Stage], Dict[str, Any]]]:
@@ -240,7 +237,8 @@ def method_plans(cfg: TaskConfig, steps_scale: float) -> Dict[str, Tuple[List[St
     total = sum(s.steps for s in ilo)
     first = ilo[0]
     base = {k: v for k, v in cfg.module_kwargs.items() if k != "sphere"}
-    # CSGM and PULSE: the first stage alone for the whole budget.
+    # CSGM and PULSE: the first stage alone for the whole budget, with the module's
+    # options (so with SNA where the config turns it on: the paper's "CSGM + SNA").
     single = [Stage(split=first.split, steps=total, lr=first.lr, free=list(first.free), radius=dict(first.radius))]
     plans = {
         "csgm": (single, {**base, "sphere": False}),

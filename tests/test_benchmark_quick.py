@@ -136,6 +136,12 @@ def test_config_schedule_and_methods_follow_the_yaml():
     for a, b in zip(r2, stages):
         for k, v in b.radius.items():
             assert a.radius[k] == pytest.approx(2 * v)
+    # per-stage switches survive scaling: denoising runs SNA in its ILO stages only
+    den = quality.load_task_config("denoising", ROOT / "configs")
+    dplans = quality.method_plans(den, 0.5)
+    for name in ("ilo", "ilo_r0.5", "ilo_r2"):
+        assert [s.sna for s in dplans[name][0]] == [s.sna for s in den.stages] == [False, None, None, None, None]
+        assert dplans[name][1]["sna"] is True and dplans[name][1]["sna_samples"] == 16
 
 
 class _NoSphere(DCGANGenerator):
