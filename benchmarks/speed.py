@@ -15,6 +15,10 @@ Sections (all by default):
   of the 64x64 DCGAN (batch 1 and 16), of the tiny StyleGAN-2 fixture and at
   the resolution-block splits of a randomly initialised 256x256 StyleGAN-2
   (batch 1); plus the DCGAN's default schedule (the configs' splits 0, 1, 2).
+  For the DCGAN the same step also runs in a bare ``LightningModule`` (no
+  ILO code; :class:`BareLightning`) under the same trainer settings:
+  ``ratio_bare`` is Lightning's own loop against the floor, ``ilo_vs_bare``
+  (= ``ratio / ratio_bare``) what ilo-pl adds on top of Lightning.
 * ``throughput`` -- per-image step time of the DCGAN at batch 1, 4, 16, 64.
 * ``projection`` -- the exact l1 projection against the size of one sample
   (8k to 2M entries): the sort-based method (Duchi et al. 2008) and ilo-pl's,
@@ -222,6 +226,70 @@ def time_solve(
     return out
 
 
+class BareLightning(pl.LightningModule):
+    """The floor's step run by Lightning with no ILO code: Lightning's own per-step cost.
+
+    Same trainer settings as :func:`ilo_pl.api.solve`, the same G2 forward,
+    loss, backward and Adam step, no callbacks, no projection, no schedule, no
+    tracking, no logging. Offers what :class:`StepTimer` reads
+    (``stage_index``, ``stages``, ``generator``, ``current_state``, ``variables``).
+    """
+
+    def __init__(self, gen: SplitGenerator, state: Dict[str, torch.Tensor], stage: Stage) -> None:
+        super().__init__()
+        self.generator, self.stages, self.stage_index = gen, [stage], 0
+        groups = gen.groups(stage.split)
+        self.variables = torch.nn.ParameterDict(
+            {k: torch.nn.Parameter(v.detach().clone()) for k, v in state.items() if stage.is_free(k, groups[k])}
+        )
+        self._fixed = {k: v.detach().clone() for k, v in state.items() if k not in self.variables}
+        self._moved: Optional[Tuple[Any, Any]] = None
+
+    def current_state(self) -> Dict[str, torch.Tensor]:
+        return {**self._fixed, **dict(self.variables.items())}
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if self._moved is None or self._moved[0] is not batch:  # once, as ILOModule does
+            self._moved = (batch, batch.to(device))
+        return self._moved[1]
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        image = self.generator.render(self.current_state(), self.stages[0].split)
+        return batch.operator.measurement_error(batch.operator.A(image), batch.observation).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(list(self.variables.values()), lr=self.stages[0].lr)
+
+
+def time_bare_lightning(gen: SplitGenerator, stage: Stage, batch: int, warmup: int = 2) -> Dict[int, Dict[str, List[float]]]:
+    """Like :func:`time_solve`, for :class:`BareLightning` (``ilo`` entries hold its step times)."""
+    from torch.utils.data import DataLoader
+
+    from ilo_pl.api import default_trainer_kwargs
+    from ilo_pl.data import _RepeatSampler, _identity
+    from ilo_pl.problem import ProblemBatch
+
+    op, y = make_problem(gen, batch)
+    state = gen.init_variables(batch, torch.Generator().manual_seed(0))
+    state = gen.advance(state, 0, stage.split) if stage.split else state
+    pb = ProblemBatch(ids=[str(i) for i in range(batch)], observation=y, operator=op,
+                      seeds=list(range(batch)), target=None, indices=list(range(batch)))
+    timer = StepTimer()
+    kw = default_trainer_kwargs()
+    kw["callbacks"] = [timer]
+    loader = DataLoader([pb], sampler=_RepeatSampler(1, stage.steps), batch_size=None, collate_fn=_identity)
+    pl.Trainer(**kw).fit(BareLightning(gen, state, stage), train_dataloaders=loader)
+    out: Dict[int, Dict[str, List[float]]] = {}
+    for kind, rows in (("ilo", timer.ilo), ("floor", timer.floor)):
+        for i, (_, wall, cpu) in enumerate(rows):
+            if i < warmup:
+                continue
+            acc = out.setdefault(0, {"ilo": [], "ilo_cpu": [], "floor": [], "floor_cpu": []})
+            acc[kind].append(wall)
+            acc[kind + "_cpu"].append(cpu)
+    return out
+
+
 def _med_ms(xs: Sequence[float]) -> float:
     return statistics.median(xs) * 1e3 if xs else float("nan")
 
@@ -267,6 +335,7 @@ def overhead(quick: bool, repeats: int) -> List[Dict[str, Any]]:
         ("sg2-256", [0, 5, 11] if quick else [0, 1, 3, 5, 7, 9, 11], 1, 4 if quick else 7, 1),
     ]
     pooled: Dict[tuple, Dict[int, Dict[str, List[float]]]] = {}
+    bare: Dict[tuple, Dict[int, Dict[str, List[float]]]] = {}
     gens: Dict[str, SplitGenerator] = {}
     sched = dcgan_schedule(0.1 if quick else 0.25)
     for r in range(repeats):
@@ -277,13 +346,20 @@ def overhead(quick: bool, repeats: int) -> List[Dict[str, Any]]:
             for split in splits:
                 stages, kw = stages_for(name, split, steps)
                 _pool(pooled.setdefault((name, str(split), batch), {}), time_solve(gen, stages, batch, warmup, **kw))
+                if name == "dcgan":  # Lightning's own share: the same step in a bare LightningModule
+                    _pool(bare.setdefault((name, str(split), batch), {}), time_bare_lightning(gen, stages[0], batch, warmup))
         for batch in (1, 16):
             _pool(pooled.setdefault(("dcgan", "schedule 0-1-2", batch), {}), time_solve(gens["dcgan"], sched, batch, 2))
         print(f"  overhead round {r + 1}/{repeats} done", flush=True)
     rows = []
     for (name, split, batch), acc in pooled.items():
         weights = [s.steps for s in sched] if split.startswith("schedule") else None
-        rows.append(dict(section="overhead", model=name, split=split, batch=batch, **_summary(acc, weights)))
+        row = dict(section="overhead", model=name, split=split, batch=batch, **_summary(acc, weights))
+        if (name, split, batch) in bare:
+            b = _summary(bare[(name, split, batch)])
+            # bare / its own interleaved floor; ILO's share = ILO ratio / bare ratio
+            row.update(bare_cpu_ms=b["ilo_cpu_ms"], ratio_bare=b["ratio"], ilo_vs_bare=round(row["ratio"] / b["ratio"], 3))
+        rows.append(row)
     return rows
 
 
@@ -425,7 +501,7 @@ def _table(rows: List[Dict[str, Any]], cols: Sequence[str]) -> str:
 
 
 TABLE_COLUMNS = {
-    "overhead": ["model", "split", "batch", "ilo_cpu_ms", "floor_cpu_ms", "ratio", "ratio_mean", "ilo_ms", "floor_ms", "ratio_wall", "steps"],
+    "overhead": ["model", "split", "batch", "ilo_cpu_ms", "floor_cpu_ms", "ratio", "ratio_mean", "ratio_bare", "ilo_vs_bare", "ilo_ms", "floor_ms", "ratio_wall", "steps"],
     "throughput": ["model", "split", "batch", "ilo_cpu_ms", "per_image_ms", "per_image_vs_batch1", "floor_per_image_ms", "ratio", "ratio_mean"],
     "projection": ["device", "size", "batch", "radius_frac", "sort_ms", "ilo_proj_ms", "speedup", "max_rel_err"],
     "memory": ["model", "split", "batch", "ilo_peak_mib", "floor_peak_mib", "ilo_gpu_mib", "floor_gpu_mib", "operator_mib", "dense_matrix_gib"],

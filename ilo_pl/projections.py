@@ -312,6 +312,16 @@ class L1Workspace:
         self.anchor = anchor
         self.theta: Optional[Tensor] = None
         self._bufs: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        self._radius: Optional[Tuple[tuple, Tensor]] = None
+
+    def radius(self, radius: Radius, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``radius`` as a validated ``[batch]`` tensor; a number is converted once, not every step."""
+        if isinstance(radius, Tensor):
+            return _as_radius(radius, batch, torch.empty(0, dtype=dtype, device=device))
+        key = (float(radius), batch, dtype, device)
+        if self._radius is None or self._radius[0] != key:
+            self._radius = (key, _as_radius(radius, batch, torch.empty(0, dtype=dtype, device=device)))
+        return self._radius[1]
 
     def buffers(self, shape: Tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
         """Three ``shape`` buffers, reused while shape, dtype and device stay the same."""
@@ -358,10 +368,11 @@ def project_l1_ball_(param: Tensor, anchor: Tensor, radius: Radius, workspace: O
     b = param.shape[0]
     n = param[0].numel() if b else 0
     work = _work_dtype(param.dtype)
-    r = _as_radius(radius, b, torch.empty(0, dtype=work, device=param.device))
     if b == 0 or n == 0:
+        _as_radius(radius, b, torch.empty(0, dtype=work, device=param.device))  # still validated
         return
     ws = workspace if workspace is not None else L1Workspace()
+    r = ws.radius(radius, b, work, param.device)
     dev, u, buf = ws.buffers((b, n), work, param.device)
     flat = param.reshape(b, n)
     centre = anchor.reshape(b, n).to(device=param.device, dtype=work)

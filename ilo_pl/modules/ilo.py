@@ -31,6 +31,9 @@ from ilo_pl.problem import ProblemBatch, ProblemResult, Solution
 from ilo_pl.stages import INF, Stage, check_stages, ramp_lr, stage_losses
 
 
+_PLAIN = (int, float, str, bool, type(None))
+
+
 def _maybe_any(mask: Tensor) -> bool:
     """``mask.any()`` on the CPU, where reading it is free; ``True`` elsewhere (no host sync per step)."""
     return bool(mask.any()) if mask.device.type == "cpu" else True
@@ -156,6 +159,16 @@ class ILOModule(pl.LightningModule):
         self._groups: Dict[str, str] = {}
         self._weighted: List[Tuple[str, float]] = []
         self.last_result: Optional[ProblemResult] = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Fast path for plain attributes that already exist (counters, flags, and the hook
+        # name Lightning sets ~25 times per step): nn.Module.__setattr__ runs several
+        # isinstance checks first. Names of parameters, buffers and submodules never live
+        # in __dict__, so they still take the full path.
+        if type(value) in _PLAIN and name in self.__dict__:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -421,8 +434,9 @@ class ILOModule(pl.LightningModule):
         In place with Python scalars: no host-to-device copy per step (building
         ``torch.tensor([stage, step], device=cuda)`` would be one, and a stream sync).
         """
-        self._fail_at[:, 0].masked_fill_(newly, self._stage)
-        self._fail_at[:, 1].masked_fill_(newly, step)
+        if _maybe_any(newly):
+            self._fail_at[:, 0].masked_fill_(newly, self._stage)
+            self._fail_at[:, 1].masked_fill_(newly, step)
 
     @torch.no_grad()
     def _track(
