@@ -14,7 +14,8 @@ Sections (all by default):
   backward and Adam step on the same batch (the *floor*), at every split layer
   of the 64x64 DCGAN (batch 1 and 16), of the tiny StyleGAN-2 fixture and at
   the resolution-block splits of a randomly initialised 256x256 StyleGAN-2
-  (batch 1); plus the DCGAN's default schedule (the configs' splits 0, 1, 2).
+  (batch 1); plus the shipped DCGAN schedule (``configs/inpainting_box.yaml``:
+  splits 0 to 4, steps scaled down).
   For the DCGAN the same step also runs in a bare ``LightningModule`` (no
   ILO code; :class:`BareLightning`) under the same trainer settings:
   ``ratio_bare`` is Lightning's own loop against the floor, ``ilo_vs_bare``
@@ -80,8 +81,8 @@ FIXTURE = ROOT.parent / "shared" / "fixtures" / "stylegan2_rosinality_tiny.pt"
 #: l1 radius of the DCGAN state in single-split measurements: small enough that
 #: the projection is active on (nearly) every step, the expensive case.
 DCGAN_STATE_RADIUS = 100.0
-#: The configs' DCGAN schedule (configs/inpainting_box.yaml), steps scaled by ``scale``.
-DCGAN_SCHEDULE = [(0, 200, {}), (1, 100, {"state": 500.0}), (2, 100, {"state": 300.0})]
+#: The config whose DCGAN stage schedule the "schedule" rows run (steps scaled).
+SCHEDULE_CONFIG = ROOT / "configs" / "inpainting_box.yaml"
 #: StyleGAN-2 radii per group (the paper's first-stage values; state: its second stage's).
 SG2_RADII = {"latent": 300.0, "noise": 300.0, "state": 500.0}
 
@@ -115,12 +116,16 @@ def stages_for(name: str, split: int, steps: int) -> Tuple[List[Stage], Dict[str
     return [Stage(split=split, steps=steps, lr=0.05, free=["state", "latent", "noise"], radius=radius)], {"sphere": True}
 
 
-def dcgan_schedule(scale: float) -> List[Stage]:
-    """The configs' three-stage DCGAN schedule with steps scaled by ``scale``."""
-    return [
-        Stage(split=k, steps=max(4, int(n * scale)), lr=0.1, free=["latent" if k == 0 else "state"], radius=r)
-        for k, n, r in DCGAN_SCHEDULE
-    ]
+def dcgan_schedule(scale: float) -> Tuple[List[Stage], Dict[str, Any]]:
+    """The shipped DCGAN schedule (``SCHEDULE_CONFIG``) with steps scaled by ``scale``, and its module options."""
+    import dataclasses
+
+    import yaml
+
+    model = yaml.safe_load(SCHEDULE_CONFIG.read_text())["model"]
+    stages = [Stage(**s) for s in model["stages"]]
+    stages = [dataclasses.replace(s, steps=max(4, int(s.steps * scale))) for s in stages]
+    return stages, {k: model[k] for k in ("sphere",) if k in model}
 
 
 def make_problem(gen: SplitGenerator, batch: int, seed: int = 0) -> Tuple[Operator, torch.Tensor]:
@@ -337,7 +342,8 @@ def overhead(quick: bool, repeats: int) -> List[Dict[str, Any]]:
     pooled: Dict[tuple, Dict[int, Dict[str, List[float]]]] = {}
     bare: Dict[tuple, Dict[int, Dict[str, List[float]]]] = {}
     gens: Dict[str, SplitGenerator] = {}
-    sched = dcgan_schedule(0.1 if quick else 0.25)
+    sched, sched_kw = dcgan_schedule(0.1 if quick else 0.25)
+    sched_name = "schedule " + "-".join(str(st.split) for st in sched)
     for r in range(repeats):
         for name, splits, batch, steps, warmup in configs:
             if name == "sg2-256" and r > 0:
@@ -349,7 +355,7 @@ def overhead(quick: bool, repeats: int) -> List[Dict[str, Any]]:
                 if name == "dcgan":  # Lightning's own share: the same step in a bare LightningModule
                     _pool(bare.setdefault((name, str(split), batch), {}), time_bare_lightning(gen, stages[0], batch, warmup))
         for batch in (1, 16):
-            _pool(pooled.setdefault(("dcgan", "schedule 0-1-2", batch), {}), time_solve(gens["dcgan"], sched, batch, 2))
+            _pool(pooled.setdefault(("dcgan", sched_name, batch), {}), time_solve(gens["dcgan"], sched, batch, 2, **sched_kw))
         print(f"  overhead round {r + 1}/{repeats} done", flush=True)
     rows = []
     for (name, split, batch), acc in pooled.items():
@@ -396,7 +402,8 @@ def projection(quick: bool, repeats: int) -> List[Dict[str, Any]]:
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     sizes = pb.QUICK_SIZES if quick else pb.SIZES
-    print(f"{'dev':>5} {'n':>5} {'batch':>5} {'r/|v|':>6} {'sort ms':>10} {'ilo ms':>10} {'speedup':>9} {'rel err':>9}")
+    print(f"{'dev':>5} {'n':>5} {'batch':>5} {'r/|v|':>6} {'sort ms':>10} {'ilo ms':>10} {'speedup':>9} "
+          f"{'warm ms':>10} {'speedup':>9} {'rel err':>9}")
     rows = pb.run(sizes, max(3, repeats * (1 if quick else 3)), devices)
     # "ilo_ms" there is the projection's time: renamed so the CSV column is not the ILO step's.
     return [dict(section="projection", **{("ilo_proj_ms" if k == "ilo_ms" else k): v for k, v in r.items()}) for r in rows]
@@ -503,7 +510,7 @@ def _table(rows: List[Dict[str, Any]], cols: Sequence[str]) -> str:
 TABLE_COLUMNS = {
     "overhead": ["model", "split", "batch", "ilo_cpu_ms", "floor_cpu_ms", "ratio", "ratio_mean", "ratio_bare", "ilo_vs_bare", "ilo_ms", "floor_ms", "ratio_wall", "steps"],
     "throughput": ["model", "split", "batch", "ilo_cpu_ms", "per_image_ms", "per_image_vs_batch1", "floor_per_image_ms", "ratio", "ratio_mean"],
-    "projection": ["device", "size", "batch", "radius_frac", "sort_ms", "ilo_proj_ms", "speedup", "max_rel_err"],
+    "projection": ["device", "size", "batch", "radius_frac", "sort_ms", "ilo_proj_ms", "speedup", "inplace_warm_ms", "speedup_warm", "max_rel_err"],
     "memory": ["model", "split", "batch", "ilo_peak_mib", "floor_peak_mib", "ilo_gpu_mib", "floor_gpu_mib", "operator_mib", "dense_matrix_gib"],
 }
 
