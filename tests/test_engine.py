@@ -301,6 +301,20 @@ def test_sna_samples_average_fresh_draws(gen):
             ILOModule(gen, _stages(), sna=True, sna_samples=bad)
 
 
+@pytest.mark.parametrize("host_read", [True, False])  # False: the accelerator path (no host sync)
+@pytest.mark.parametrize("pattern", [(1, 1, 1), (0, 0, 0), (1, 0, 1)])
+def test_copy_rows_is_an_exact_masked_copy(host_read, pattern):
+    from ilo_pl.modules.ilo import _copy_rows_
+
+    g = torch.Generator().manual_seed(4)
+    dst, src = torch.randn(3, 2, 5, 5, generator=g), torch.randn(3, 2, 5, 5, generator=g)
+    rows = torch.tensor(pattern, dtype=torch.bool)
+    want = torch.where(rows.view(-1, 1, 1, 1), src, dst)
+    ptr = dst.data_ptr()
+    _copy_rows_(dst, src, rows, host_read=host_read)
+    assert torch.equal(dst, want) and dst.data_ptr() == ptr  # in place
+
+
 def test_projection_hook_skips_steps_a_grad_scaler_skips():
     """A step a mixed-precision GradScaler skips (inf gradients) projects nothing."""
     from types import SimpleNamespace

@@ -39,14 +39,17 @@ def _maybe_any(mask: Tensor) -> bool:
     return bool(mask.any()) if mask.device.type == "cpu" else True
 
 
-def _copy_rows_(dst: Tensor, src: Tensor, rows: Tensor) -> None:
+def _copy_rows_(dst: Tensor, src: Tensor, rows: Tensor, host_read: Optional[bool] = None) -> None:
     """``dst[b] = src[b]`` for the ``[B]`` bool ``rows``, in place and exact.
 
-    On the CPU the mask is read first (free there) so that the usual cases, all
-    rows or none, are a plain copy or nothing: ``torch.where`` costs ~7 copies
-    there. On accelerators one ``torch.where`` without a host sync.
+    With ``host_read`` (default: on the CPU, where reading the mask is free)
+    the mask is read first so that the usual cases, all rows or none, are a
+    plain copy or nothing: ``torch.where`` costs ~7 copies on the CPU. Without
+    it (accelerators) one ``torch.where`` and no host sync.
     """
-    if rows.device.type == "cpu":
+    if host_read is None:
+        host_read = rows.device.type == "cpu"
+    if host_read:
         n = int(rows.sum())
         if n == 0:
             return
