@@ -64,7 +64,6 @@ def main() -> None:
     for method, stages in (("CSGM", csgm), ("ILO", ilo)):
         for sna in (False, True):
             t = time.perf_counter()
-            torch.manual_seed(args.seed)  # SNA draws from the global generator
             run = stages if sna else [Stage(**{**s.__dict__, "sna": None}) for s in stages]
             res = solve(G, op, y, run, target=x, seeds=seeds, ids=ids, sna=sna,
                         sna_samples=cfg.get("sna_samples", 16), sphere=cfg.get("sphere", False))

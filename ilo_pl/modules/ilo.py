@@ -34,6 +34,11 @@ from ilo_pl.stages import INF, Stage, check_stages, ramp_lr, stage_losses
 _PLAIN = (int, float, str, bool, type(None))
 
 
+def _sna_seed(seed: int) -> int:
+    """The seed of a problem's SNA noise stream: one LCG step away from the problem's own seeds."""
+    return (seed * 6364136223846793005 + 1442695040888963407) % 2**63
+
+
 def _maybe_any(mask: Tensor) -> bool:
     """``mask.any()`` on the CPU, where reading it is free; ``True`` elsewhere (no host sync per step)."""
     return bool(mask.any()) if mask.device.type == "cpu" else True
@@ -72,7 +77,10 @@ class ILOModule(pl.LightningModule):
         sna: Stochastic Noise Addition: fresh measurement noise (the
             operator's own noise model) on the generated image's measurement at
             every step; the loss compares the observation with the mean of
-            ``sna_samples`` such noisy measurements.
+            ``sna_samples`` such noisy measurements. The noise comes from one
+            generator per problem, seeded from the problem's seed (never the
+            global RNG), so SNA results are reproducible and independent of
+            batch-mates.
         sna_samples: noise draws averaged per step under SNA. One draw is the
             paper's SNA; with clipped noise (images) its expected loss is
             minimised by an image pushed *past* the truth towards the clipping
@@ -158,6 +166,7 @@ class ILOModule(pl.LightningModule):
         self._stage_step = 0
         self._problem_step = 0
         self._batch_cache: Optional[Tuple[int, ProblemBatch]] = None
+        self._sna_generators: List[torch.Generator] = []  # per problem, set when a problem starts
         # Per-stage constants of the step, set by _install (not rebuilt every step).
         self._groups: Dict[str, str] = {}
         self._weighted: List[Tuple[str, float]] = []
@@ -226,6 +235,11 @@ class ILOModule(pl.LightningModule):
             self._stage_best: List[Dict[str, Any]] = []
             # (stage, step) of each sample's first non-finite loss; -1 while healthy.
             self._fail_at = torch.full((len(batch), 2), -1, dtype=torch.long, device=self.device)
+            # SNA's noise: one stream per problem, from its seed, so that a problem's result
+            # depends neither on its batch-mates nor on what ran before (resume, batch size).
+            self._sna_generators = [
+                torch.Generator(device=self.device).manual_seed(_sna_seed(int(s))) for s in batch.seeds
+            ]
         else:
             prev = self._stage_best[index - 1]
             with torch.no_grad():
@@ -397,14 +411,19 @@ class ILOModule(pl.LightningModule):
     def _sna_measure(self, op: Any, image: Tensor) -> Tensor:
         """The SNA measurement: the mean of ``sna_samples`` fresh noisy measurements of ``image``.
 
-        ``A`` runs once; only the noise is drawn ``sna_samples`` times (a
-        Python loop over draws, never over samples).
+        ``A`` runs once. Each problem draws its noise from its own generator
+        (seeded from its seed when the problem starts), all of its draws in one
+        call on a ``[sna_samples, ...]`` view of its measurement. That is one
+        call per problem per step, the only per-problem loop of a step: PyTorch
+        has no batched per-row random streams, and a single stream for the
+        batch would make each result depend on the batch's composition.
         """
         ax = op.A(image)
-        measured = op.noise(ax)
-        for _ in range(self.sna_samples - 1):  # over noise draws, not samples
-            measured = measured + op.noise(ax)
-        return measured / self.sna_samples if self.sna_samples > 1 else measured
+        k = self.sna_samples
+        return torch.cat([
+            op.noise(ax[b : b + 1].expand(k, *ax.shape[1:]), g).mean(0, keepdim=True)
+            for b, g in enumerate(self._sna_generators)
+        ])
 
     @torch.no_grad()
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
