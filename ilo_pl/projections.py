@@ -221,29 +221,30 @@ def _fallback_threshold(u: Tensor, lo: Tensor, r: Tensor) -> Tensor:
     return _theta_sort(_compact(u, u > lo[:, None]), r)
 
 
-def _rows_outside(norm1: Tensor, r: Tensor) -> Tuple[Tensor, bool, bool]:
-    """``([B] outside mask, any outside, all outside)`` from the rows' l1 norms, with one host read.
+def _rows_outside(norm1: Tensor, r: Tensor) -> Tuple[Tensor, bool, bool, bool]:
+    """``([B] outside mask, any outside, all outside, any outside with radius 0)``, with one host read.
 
     Raises:
         ValueError: a row with a finite radius has a non-finite norm (inf/NaN entries or overflow).
     """
     outside = norm1 > r
     bad = ~torch.isfinite(norm1) & torch.isfinite(r)
-    any_outside, all_outside, any_bad = torch.stack([outside.any(), outside.all(), bad.any()]).tolist()
+    flags = torch.stack([outside.any(), outside.all(), (outside & (r == 0)).any(), bad.any()]).tolist()
+    any_outside, all_outside, any_zero, any_bad = flags
     if any_bad:
         rows = bad.nonzero().flatten().tolist()
         raise ValueError(
             f"rows {rows} of the vector to project hold inf/NaN (or overflow), so their "
             "l1 projection is undefined; check the optimisation for divergence"
         )
-    return outside, bool(any_outside), bool(all_outside)
+    return outside, bool(any_outside), bool(all_outside), bool(any_zero)
 
 
 def _project_rows(v: Tensor, r: Tensor) -> Tuple[Tensor, Tensor]:
     """Projection of ``v`` ([B, n], work dtype) and the ``[B]`` mask of rows that were outside."""
     u = v.abs()
     norm1 = u.sum(1)
-    outside, any_outside, _ = _rows_outside(norm1.detach(), r.detach())
+    outside, any_outside, _, _ = _rows_outside(norm1.detach(), r.detach())
     if not any_outside:  # early out: all rows inside (callers copy if needed)
         return v, outside
     todo = outside & (r > 0)
@@ -392,14 +393,13 @@ def project_l1_ball_(param: Tensor, anchor: Tensor, radius: Radius, workspace: O
     torch.sub(flat, centre, out=dev)
     torch.abs(dev, out=u)
     norm1 = u.sum(1)
-    outside, any_outside, all_outside = _rows_outside(norm1, r)
+    outside, any_outside, all_outside, any_zero = _rows_outside(norm1, r)
     if not any_outside:
         return
     todo = outside & (r > 0)
     theta = _l1_threshold(u, r, todo, norm1, guess=ws.theta, buf=buf)
-    zero_r = outside & (r == 0)
-    if bool(zero_r.any()):  # radius 0: theta = max|v| gives exact zeros
-        theta = torch.where(zero_r, u.amax(1), theta)
+    if any_zero:  # radius 0: theta = max|v| gives exact zeros
+        theta = torch.where(outside & (r == 0), u.amax(1), theta)
     ws.theta = theta if ws.theta is None else torch.where(todo, theta, ws.theta)
     t = theta[:, None]
     # Soft threshold dev - clip(dev, -theta, theta): exact zeros where |dev| <= theta,
