@@ -216,6 +216,11 @@ def time_solve(
     op, y = make_problem(gen, batch)
     timer = StepTimer(with_floor)
     solve(gen, op, y, list(stages), callbacks=[timer], **module_kw)
+    return _by_stage(timer, warmup)
+
+
+def _by_stage(timer: "StepTimer", warmup: int) -> Dict[int, Dict[str, List[float]]]:
+    """A timer's step times per stage, without each stage's first ``warmup`` steps (nor its set-up step)."""
     out: Dict[int, Dict[str, List[float]]] = {}
     for kind, rows in (("ilo", timer.ilo), ("floor", timer.floor)):
         seen: Dict[int, int] = {}
@@ -235,7 +240,7 @@ class BareLightning(pl.LightningModule):
     """The floor's step run by Lightning with no ILO code: Lightning's own per-step cost.
 
     Same trainer settings as :func:`ilo_pl.api.solve`, the same G2 forward,
-    loss, backward and Adam step, no callbacks, no projection, no schedule, no
+    loss, backward and Adam step; no callbacks but the timer, no projection, no schedule, no
     tracking, no logging. Offers what :class:`StepTimer` reads
     (``stage_index``, ``stages``, ``generator``, ``current_state``, ``variables``).
     """
@@ -284,15 +289,7 @@ def time_bare_lightning(gen: SplitGenerator, stage: Stage, batch: int, warmup: i
     kw["callbacks"] = [timer]
     loader = DataLoader([pb], sampler=_RepeatSampler(1, stage.steps), batch_size=None, collate_fn=_identity)
     pl.Trainer(**kw).fit(BareLightning(gen, state, stage), train_dataloaders=loader)
-    out: Dict[int, Dict[str, List[float]]] = {}
-    for kind, rows in (("ilo", timer.ilo), ("floor", timer.floor)):
-        for i, (_, wall, cpu) in enumerate(rows):
-            if i < warmup:
-                continue
-            acc = out.setdefault(0, {"ilo": [], "ilo_cpu": [], "floor": [], "floor_cpu": []})
-            acc[kind].append(wall)
-            acc[kind + "_cpu"].append(cpu)
-    return out
+    return _by_stage(timer, warmup)
 
 
 def _med_ms(xs: Sequence[float]) -> float:
