@@ -52,7 +52,7 @@ def _as_radius(radius: Radius, batch: int, like: Tensor) -> Tensor:
     else:
         r = torch.tensor(float(radius), device=like.device, dtype=like.dtype)
     if r.dim() == 0:
-        r = r.expand(batch)
+        r = r.expand(batch).contiguous()
     if r.shape != (batch,):
         raise ValueError(f"radius must be a scalar or have shape [{batch}]; got {tuple(r.shape)}")
     if bool(((r < 0) | torch.isnan(r)).any()):
@@ -232,11 +232,7 @@ def _rows_outside(norm1: Tensor, r: Tensor) -> Tuple[Tensor, bool, bool, bool]:
     flags = torch.stack([outside.any(), outside.all(), (outside & (r == 0)).any(), bad.any()]).tolist()
     any_outside, all_outside, any_zero, any_bad = flags
     if any_bad:
-        rows = bad.nonzero().flatten().tolist()
-        raise ValueError(
-            f"rows {rows} of the vector to project hold inf/NaN (or overflow), so their "
-            "l1 projection is undefined; check the optimisation for divergence"
-        )
+        _raise_non_finite(bad.nonzero().flatten().tolist())
     return outside, bool(any_outside), bool(all_outside), bool(any_zero)
 
 
@@ -386,6 +382,9 @@ def project_l1_ball_(param: Tensor, anchor: Tensor, radius: Radius, workspace: O
         _as_radius(radius, b, torch.empty(0, dtype=work, device=param.device))  # still validated
         return
     ws = workspace if workspace is not None else L1Workspace()
+    if _use_cpu_kernel(param):
+        _project_l1_ball_cpu_(param, anchor, radius, ws, b, n)
+        return
     r = ws.radius(radius, b, work, param.device)
     dev, u, buf = ws.buffers((b, n), work, param.device)
     flat = param.reshape(b, n)
@@ -417,6 +416,53 @@ def project_l1_ball_(param: Tensor, anchor: Tensor, radius: Radius, workspace: O
         flat.copy_(new)
     else:
         param.copy_(new.view(param.shape))
+
+
+def _use_cpu_kernel(param: Tensor) -> bool:
+    """Whether :func:`project_l1_ball_` takes the compiled CPU kernel for ``param``.
+
+    The kernel (:mod:`ilo_pl.ops._cpu`) handles contiguous float32/float64 CPU
+    tensors; anything else, a machine where it cannot be built, or
+    ``ILO_PL_OPS=native`` takes the pure-PyTorch path below (same result up
+    to float rounding).
+    """
+    if param.device.type != "cpu" or param.dtype not in (torch.float32, torch.float64) or not param.is_contiguous():
+        return False
+    from ilo_pl.ops._cpu import l1_projection_kernel
+
+    return l1_projection_kernel() is not None
+
+
+def _project_l1_ball_cpu_(param: Tensor, anchor: Tensor, radius: Radius, ws: L1Workspace, b: int, n: int) -> None:
+    """:func:`project_l1_ball_` through the compiled CPU kernel: one call, one pass to check, one to write.
+
+    The kernel packs the entries that can be active (those above 3/4 of the
+    previous step's threshold, kept in ``ws``) in the pass that computes the
+    norms, runs Newton's method on those only, and re-packs from a proven
+    lower bound when the guess was off, so the result is exact from any
+    guess. Sums are in float64.
+    """
+    from ilo_pl.ops._cpu import l1_projection_kernel
+
+    op = l1_projection_kernel()
+    r = ws.radius(radius, b, torch.float64, param.device).contiguous()
+    (scratch,) = ws.buffers((b, n), param.dtype, param.device)[:1]
+    theta = ws.theta
+    if theta is None or theta.dtype != torch.float64 or theta.shape != (b,):
+        theta = ws.theta = (
+            torch.full((b,), math.nan, dtype=torch.float64) if theta is None else theta.to(torch.float64).contiguous()
+        )
+    centre = anchor.reshape(b, n).to(device=param.device, dtype=param.dtype).contiguous()
+    codes = op(param.view(b, n), centre, r, theta, scratch).tolist()
+    if 3 in codes:
+        _raise_non_finite([i for i, c in enumerate(codes) if c == 3])
+
+
+def _raise_non_finite(rows: Sequence[int]) -> None:
+    raise ValueError(
+        f"rows {list(rows)} of the vector to project hold inf/NaN (or overflow), so their "
+        "l1 projection is undefined; check the optimisation for divergence"
+    )
 
 
 @torch.no_grad()

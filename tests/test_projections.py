@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from ilo_pl.ops import _cpu
+from ilo_pl.ops._cpu import l1_projection_kernel
 from ilo_pl.projections import (
     L1Workspace,
     _l1_threshold,
@@ -20,6 +22,16 @@ from ilo_pl.projections import (
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 METHODS = [project_l1_ball, project_l1_ball_sort]
+
+
+@pytest.fixture(params=["kernel", "native"])
+def inplace_path(request, monkeypatch):
+    """Runs a test of :func:`project_l1_ball_` on the compiled CPU kernel and on the pure-PyTorch path."""
+    if request.param == "native":
+        monkeypatch.setattr("ilo_pl.projections._use_cpu_kernel", lambda param: False)
+    elif l1_projection_kernel() is None:
+        pytest.skip("the CPU projection kernel cannot be built here (see test_cpu_kernel_builds_with_a_compiler)")
+    return request.param
 
 
 def brute_force_l1(v: torch.Tensor, r: float) -> torch.Tensor:
@@ -340,7 +352,7 @@ def test_non_finite_rows_raise():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_project_l1_ball_inplace_around_anchor(dtype):
+def test_project_l1_ball_inplace_around_anchor(dtype, inplace_path):
     g = torch.Generator().manual_seed(9)
     anchor = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
     param = anchor + torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
@@ -357,7 +369,7 @@ def test_project_l1_ball_inplace_around_anchor(dtype):
     torch.testing.assert_close(param, want)
 
 
-def test_inplace_leaves_inside_samples_bit_identical_despite_rounding():
+def test_inplace_leaves_inside_samples_bit_identical_despite_rounding(inplace_path):
     # (p - a) + a != p in float32 here, so writing every sample back would move it.
     anchor = torch.tensor([[1.0, 1.0]])
     param = torch.tensor([[1e-8, 3e-8]])
@@ -390,7 +402,7 @@ def test_inplace_half_param_and_errors():
         project_l1_ball_(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(4))
 
 
-def test_workspace_warm_start_is_exact_along_a_drifting_trajectory():
+def test_workspace_warm_start_is_exact_along_a_drifting_trajectory(inplace_path):
     """Carrying a workspace (buffers + last thresholds) across steps changes no result."""
     g = torch.Generator().manual_seed(21)
     anchor = torch.randn(5, 4, 32, 32, generator=g, dtype=torch.float64)
@@ -411,7 +423,7 @@ def test_workspace_warm_start_is_exact_along_a_drifting_trajectory():
 
 
 @pytest.mark.parametrize("guess", [0.0, 1e-9, 0.7, 1e6, float("inf")])
-def test_workspace_with_any_stale_guess_is_exact(guess):
+def test_workspace_with_any_stale_guess_is_exact(guess, inplace_path):
     g = torch.Generator().manual_seed(22)
     anchor = torch.zeros(3, 5000, dtype=torch.float64)
     param = torch.randn(3, 5000, generator=g, dtype=torch.float64)
@@ -492,3 +504,139 @@ def test_benchmark_script_smoke(tmp_path):
     rows = list(csv.DictReader(open(out)))
     assert {r["batch"] for r in rows} == {"1", "16"}
     assert all(float(r["speedup"]) > 0 and float(r["max_rel_err"]) < 1e-5 for r in rows)
+
+
+# ---------------------------------------------------------------- the compiled CPU kernel
+
+
+def test_cpu_kernel_builds_with_a_compiler():
+    """Where a C++ compiler and ninja exist, the kernel must build (else CPU runs silently lose ~10x)."""
+    import shutil
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine: the pure-PyTorch projection is used")
+    if _cpu.native_only():
+        pytest.skip("ILO_PL_OPS=native is set")
+    assert l1_projection_kernel() is not None
+
+
+def _kernel_or_skip():
+    op = l1_projection_kernel()
+    if op is None:
+        pytest.skip("the CPU projection kernel cannot be built here")
+    return op
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 2047, 2048, 2049, 70001])
+@pytest.mark.parametrize("guess_factor", [None, 0.0, 0.3, 0.9, 1.0, 1.2, 1.34, 2.0, 1e3])
+def test_kernel_matches_sort_reference_for_any_size_and_guess(dtype, n, guess_factor, monkeypatch):
+    """Sizes around the SIMD width and the summation block; guesses below, at and above the threshold.
+
+    A guess above 4/3 of the threshold puts the packing cut-off above it (a
+    re-pack); 1e3 leaves no entry above the guess at all.
+    """
+    _kernel_or_skip()
+    g = torch.Generator().manual_seed(n)
+    anchor = torch.randn(4, n, generator=g, dtype=dtype)
+    dev = torch.randn(4, n, generator=g, dtype=dtype) * torch.tensor([1.0, 1e-3, 50.0, 1.0], dtype=dtype)[:, None]
+    radius = dev.abs().sum(1) * torch.tensor([0.02, 0.5, 0.9, 0.999], dtype=dtype)
+    want = anchor + project_l1_ball_sort(dev, radius)
+    ws = L1Workspace()
+    if guess_factor is not None:
+        monkeypatch.setattr("ilo_pl.projections._use_cpu_kernel", lambda param: False)
+        probe = anchor + dev
+        project_l1_ball_(probe, anchor, radius, ws)  # the exact thresholds, from the eager path
+        monkeypatch.undo()
+        ws.theta = ws.theta.double() * guess_factor
+    param = anchor + dev
+    project_l1_ball_(param, anchor, radius, ws)
+    tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6 * float(dev.abs().max()))
+    torch.testing.assert_close(param, want, **tol)
+    # the thresholds it keeps are exact too (they start the next step)
+    theta = _theta_sort(dev.double().abs(), radius.double())  # of the same data, in float64
+    scale = (1e-7 if dtype == torch.float32 else 1e-14) * float(dev.abs().amax())  # cancellation in sum - r
+    torch.testing.assert_close(ws.theta.double(), theta, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=scale)
+
+
+def test_kernel_equals_native_path_on_a_batch_and_per_sample(monkeypatch):
+    _kernel_or_skip()
+    g = torch.Generator().manual_seed(3)
+    anchor = torch.randn(6, 3, 40, 40, generator=g, dtype=torch.float64)
+    param = anchor + torch.randn(6, 3, 40, 40, generator=g, dtype=torch.float64)
+    radius = torch.tensor([1.0, 100.0, 1e4, math.inf, 0.0, 2000.0], dtype=torch.float64)
+    kernel = param.clone()
+    project_l1_ball_(kernel, anchor, radius)
+    for i in range(6):  # batch equals per sample
+        one = param[i : i + 1].clone()
+        project_l1_ball_(one, anchor[i : i + 1], radius[i : i + 1])
+        assert torch.equal(one, kernel[i : i + 1])
+    monkeypatch.setattr("ilo_pl.projections._use_cpu_kernel", lambda param: False)
+    native = param.clone()
+    project_l1_ball_(native, anchor, radius)
+    torch.testing.assert_close(kernel, native, rtol=0, atol=1e-12)
+    assert torch.equal(kernel[3], param[3]) and torch.equal(kernel[4], anchor[4])
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_kernel_non_finite_row_raises_and_writes_nothing(bad):
+    _kernel_or_skip()
+    anchor = torch.zeros(3, 100)
+    param = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
+    param[2, 5] = bad
+    before = param.clone()
+    with pytest.raises(ValueError, match=r"rows \[2\] .* inf/NaN"):
+        project_l1_ball_(param, anchor, 1.0)
+    assert torch.equal(torch.nan_to_num(param), torch.nan_to_num(before))  # row 0 and 1 were outside, yet untouched
+    project_l1_ball_(param, anchor, torch.tensor([1.0, 1.0, math.inf]))  # no constraint on the bad row: fine
+    assert torch.equal(torch.nan_to_num(param[2]), torch.nan_to_num(before[2]))
+    torch.testing.assert_close(param[:2].abs().sum(1), torch.ones(2))
+
+
+def test_kernel_rejects_what_it_does_not_handle():
+    op = _kernel_or_skip()
+    x = torch.zeros(2, 8)
+    r = torch.ones(2, dtype=torch.float64)
+    th = torch.full((2,), math.nan, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(torch.zeros(8, 2).t(), x, r, th, x.clone())
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        op(x.half(), x.half(), r, th, x.half())
+    with pytest.raises(RuntimeError, match="radius must be"):
+        op(x, x, r.float(), th, x.clone())
+    # and the public function routes such tensors to the native path instead
+    param = torch.randn(8, 2).t()  # not contiguous
+    project_l1_ball_(param, torch.zeros(2, 8), 0.5)
+    torch.testing.assert_close(param.abs().sum(1), torch.full((2,), 0.5))
+
+
+def test_kernel_build_failure_falls_back_with_one_warning(monkeypatch, caplog):
+    import logging
+
+    import torch.utils.cpp_extension as cpp
+
+    def broken_load(*args, **kwargs):
+        raise RuntimeError("Error building extension 'ilo_pl_cpu_ops'")
+
+    monkeypatch.setattr(cpp, "load", broken_load)
+    monkeypatch.delenv("ILO_PL_OPS", raising=False)
+    saved = (_cpu._op, _cpu._failed)
+    _cpu._reset_for_tests()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ilo_pl.ops._cpu"):
+            assert l1_projection_kernel() is None
+            param = torch.randn(2, 50)
+            project_l1_ball_(param, torch.zeros(2, 50), 1.0)  # the native path still projects
+            assert l1_projection_kernel() is None
+        warnings = [r for r in caplog.records if r.name == "ilo_pl.ops._cpu" and r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "Error building extension" in warnings[0].getMessage()
+        torch.testing.assert_close(param.abs().sum(1), torch.ones(2))
+    finally:
+        _cpu._op, _cpu._failed = saved
+
+
+def test_native_env_skips_the_kernel(monkeypatch):
+    monkeypatch.setenv("ILO_PL_OPS", "native")
+    from ilo_pl.projections import _use_cpu_kernel
+
+    assert l1_projection_kernel() is None and not _use_cpu_kernel(torch.zeros(2, 3))

@@ -1,0 +1,106 @@
+"""Just-in-time build of ilo-pl's CPU kernel: the in-place l1-ball projection.
+
+The kernel (``csrc/l1_projection_cpu.cpp``) is compiled once per machine with
+``torch.utils.cpp_extension.load`` (ninja and a C++ compiler; about 10-20 s)
+the first time a projection runs on CPU tensors, and cached by PyTorch under
+``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR`` moves it). It is
+compiled for the SIMD level PyTorch itself detected on this CPU
+(``torch.backends.cpu.get_cpu_capability()``: AVX512, AVX2 or the portable
+default), and that level is part of the build's name, so a home directory
+shared by machines of different CPUs never runs a build on a CPU without its
+instructions.
+
+If the build fails (no compiler, no ninja), one ``logging.warning`` says why
+and :func:`ilo_pl.projections.project_l1_ball_` keeps its pure-PyTorch path
+(exact too, slower on the CPU). ``ILO_PL_OPS=native`` skips the build.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ilo_pl.ops._cuda import native_only
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).resolve().parent / "csrc" / "l1_projection_cpu.cpp"
+
+#: Compiler flags per SIMD level PyTorch reports (its own dispatch levels).
+_ISA_FLAGS = {
+    "avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
+    "avx2": ["-mavx2", "-mfma"],
+}
+
+_lock = threading.Lock()
+_op: Optional[Callable[..., torch.Tensor]] = None
+_failed = False
+
+
+def _isa() -> str:
+    try:
+        level = str(torch.backends.cpu.get_cpu_capability()).lower()
+    except Exception:  # noqa: BLE001 - an old or exotic build: use portable code
+        return "default"
+    return level if level in _ISA_FLAGS else "default"
+
+
+def l1_projection_kernel() -> Optional[Callable[..., torch.Tensor]]:
+    """The compiled ``ilo_pl_cpu::l1_project_`` op, built on first use; ``None`` if unavailable.
+
+    Signature: ``l1_project_(param [B, n], anchor [B, n], radius [B] float64,
+    theta [B] float64 (in: guesses, NaN for none; out: thresholds of the rows
+    projected), scratch [B, n]) -> status [B] int8`` (0 inside, untouched;
+    1 projected; 2 radius 0, set to the anchor; 3 non-finite norm, and then no
+    row was written). ``param``, ``anchor`` and the scratch are contiguous CPU
+    tensors of one dtype, float32 or float64.
+    """
+    global _op, _failed
+    if native_only():
+        return None
+    if _op is not None or _failed:
+        return _op
+    with _lock:
+        if _op is not None or _failed:
+            return _op
+        isa = _isa()
+        try:
+            # cpp_extension warns at import on machines without CUDA; irrelevant for a CPU build.
+            ext_logger = logging.getLogger("torch.utils.cpp_extension")
+            level = ext_logger.level
+            ext_logger.setLevel(logging.ERROR)
+            try:
+                from torch.utils.cpp_extension import load
+
+                logger.info("ilo_pl: building the CPU l1-projection kernel (%s; once per machine)", isa)
+                load(
+                    name=f"ilo_pl_cpu_ops_{isa}",
+                    sources=[str(_SOURCE)],
+                    extra_cflags=["-O3", "-fopenmp-simd", *_ISA_FLAGS.get(isa, [])],
+                    is_python_module=False,
+                    verbose=False,
+                )
+            finally:
+                ext_logger.setLevel(level)
+            _op = torch.ops.ilo_pl_cpu.l1_project_
+        except Exception as err:  # noqa: BLE001 - any build failure means: fall back
+            _failed = True
+            lines = str(err).strip().splitlines()
+            logger.warning(
+                "ilo_pl.ops: could not build the CPU l1-projection kernel (%s: %s); using the "
+                "pure-PyTorch projection instead (exact, slower). Install a C++ compiler and ninja "
+                "to get it, or set ILO_PL_OPS=native to skip the attempt.",
+                type(err).__name__,
+                lines[-1] if lines else "",
+            )
+    return _op
+
+
+def _reset_for_tests() -> None:
+    """Forget the build state (tests only)."""
+    global _op, _failed
+    _op, _failed = None, False
