@@ -11,7 +11,10 @@ repeat by repeat so that all see the same machine load): sort-based, ilo-pl's
 as the engine calls it every step (an ``L1Workspace`` carried across calls,
 after a small random step of the variable, whose add is timed too),
 the speed-up measured in the same run, and the largest deviation between the
-two results relative to the largest entry. PyTorch's default thread count is
+two results relative to the largest entry. On the CPU the in-place call runs
+the compiled kernel (:mod:`ilo_pl.ops._cpu`); ``native_warm_ms`` times the
+same call on the pure-PyTorch path (what runs where the kernel cannot be
+built, and on GPUs), and ``kernel_vs_native`` is their ratio. PyTorch's default thread count is
 used (not changed here). On an oversubscribed CPU (more busy processes than
 cores), OpenMP's default spin-waiting makes every parallel op stall; run with
 ``OMP_WAIT_POLICY=passive`` there (see docs/projections.md).
@@ -20,13 +23,14 @@ cores), OpenMP's default spin-waiting makes every parallel op stall; run with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterator, List
 
 import torch
 
@@ -61,6 +65,19 @@ def _time_pair_ms(
     return [statistics.median(t) for t in times]
 
 
+@contextlib.contextmanager
+def _native_path() -> Iterator[None]:
+    """Route :func:`project_l1_ball_` to its pure-PyTorch path (no compiled CPU kernel) inside the block."""
+    import ilo_pl.projections as projections
+
+    saved = projections._use_cpu_kernel
+    projections._use_cpu_kernel = lambda param: False
+    try:
+        yield
+    finally:
+        projections._use_cpu_kernel = saved
+
+
 def _label(n: int) -> str:
     return f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}k"
 
@@ -87,8 +104,17 @@ def run(sizes: List[int], repeats: int, devices: List[torch.device]) -> List[Dic
                         param.add_(step)
                         project_l1_ball_(param, anchor, r, ws)
 
-                    t_sort, t_fast, t_warm = _time_pair_ms(
-                        [lambda: project_l1_ball_sort(v, r), lambda: project_l1_ball(v, r), warm], repeats, device
+                    param_n, ws_n = param.clone(), L1Workspace()
+
+                    def native_warm() -> None:
+                        param_n.add_(step)
+                        with _native_path():
+                            project_l1_ball_(param_n, anchor, r, ws_n)
+
+                    t_sort, t_fast, t_warm, t_native = _time_pair_ms(
+                        [lambda: project_l1_ball_sort(v, r), lambda: project_l1_ball(v, r), warm, native_warm],
+                        repeats,
+                        device,
                     )
                     ref = project_l1_ball_sort(v.double(), r.double())
                     err = float(((project_l1_ball(v, r).double() - ref).abs().max() / ref.abs().max()).item())
@@ -104,6 +130,8 @@ def run(sizes: List[int], repeats: int, devices: List[torch.device]) -> List[Dic
                             speedup=round(t_sort / t_fast, 2),
                             inplace_warm_ms=round(t_warm, 3),
                             speedup_warm=round(t_sort / t_warm, 2),
+                            native_warm_ms=round(t_native, 3),
+                            kernel_vs_native=round(t_native / t_warm, 2),
                             max_rel_err=f"{err:.1e}",
                         )
                     )
@@ -111,7 +139,7 @@ def run(sizes: List[int], repeats: int, devices: List[torch.device]) -> List[Dic
                     print(
                         f"{r_['device']:>5} {r_['size']:>5} {batch:>5} {frac:>6} "
                         f"{t_sort:>10.2f} {t_fast:>10.2f} {t_sort / t_fast:>8.1f}x {t_warm:>10.2f} "
-                        f"{t_sort / t_warm:>8.1f}x {r_['max_rel_err']:>9}",
+                        f"{t_sort / t_warm:>8.1f}x {t_native:>10.2f} {t_native / t_warm:>8.1f}x {r_['max_rel_err']:>9}",
                         flush=True,
                     )
     return rows
@@ -134,7 +162,7 @@ def main(argv: List[str] | None = None) -> int:
         f"float32, median of {repeats}"
     )
     print(f"{'dev':>5} {'n':>5} {'batch':>5} {'r/|v|':>6} {'sort ms':>10} {'ilo ms':>10} {'speedup':>9} "
-          f"{'warm ms':>10} {'speedup':>9} {'rel err':>9}")
+          f"{'warm ms':>10} {'speedup':>9} {'native ms':>10} {'kern/nat':>9} {'rel err':>9}")
     rows = run(sizes, repeats, devices)
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)

@@ -213,6 +213,59 @@ def test_best_iterate_is_returned(gen):
     assert torch.allclose(gen.render(sol.state, sol.split), res.images, atol=1e-6)
 
 
+@pytest.mark.parametrize("host_reads", [True, False], ids=["cpu-host-reads", "device-path"])
+def test_best_iterate_tracking_matches_brute_force(gen, host_reads, monkeypatch):
+    """Each sample's result is its lowest-error iterate over every step of every stage.
+
+    A large learning rate makes the errors go up and down, at different steps
+    for the two samples, so all three cases of the tracking run: every sample
+    improves, none does, some do. ``device-path`` runs the bookkeeping an
+    accelerator uses (no host reads) on the CPU.
+    """
+    monkeypatch.setattr("ilo_pl.modules.ilo._host_reads_free", lambda t: host_reads)
+    seen, modules = [], []
+    track = ILOModule._track
+
+    def recording(self, batch, image, err, per_sample, state, sna):  # noqa: ANN001, ANN202
+        modules[:] = [self]
+        seen.append((self._stage, err.detach().clone(), {k: v.detach().clone() for k, v in state.items()}))
+        return track(self, batch, image, err, per_sample, state, sna)
+
+    monkeypatch.setattr(ILOModule, "_track", recording)
+    g = torch.Generator().manual_seed(8)
+    x = torch.cat([draw_from_generator(gen, g, split=0) for _ in range(2)])
+    op = Inpainting.stack([RandomMask(0.5).build(gen.image_shape, s) for s in (3, 4)])
+    stages = [Stage(split=0, steps=8, lr=0.6, free=["latent"]),
+              Stage(split=2, steps=8, lr=0.6, free=["state"], radius={"state": 300.0})]
+    res = solve(gen, op, op(x), stages)
+    errs = torch.stack([e for _, e, _ in seen])  # [steps, B]
+    # Steps where both, none, or one of the samples beat its best so far in the stage.
+    kinds, best = set(), None
+    for i, (stage, e, _) in enumerate(seen):
+        if i == 0 or stage != seen[i - 1][0]:
+            best = torch.full_like(e, math.inf)
+        better = e < best
+        kinds.add(int(better.sum()))
+        best = torch.minimum(best, e)
+    assert kinds == {0, 1, 2}, f"this problem should exercise every case of the tracking; got {kinds}"
+    # every stage's best iterate (the start of the next stage, and a candidate result)
+    stage_of = torch.tensor([st for st, _, _ in seen])
+    for s_idx, tracked in enumerate(modules[0]._stage_best):
+        rows = (stage_of == s_idx).nonzero().flatten()
+        for b in range(2):
+            t = int(rows[errs[rows, b].argmin()])
+            assert tracked["loss"][b] == errs[t, b]
+            for k in modules[0].variables.keys():
+                assert torch.equal(tracked["state"][k][b], seen[t][2][k][b]), (s_idx, b, k)
+    for b in range(2):
+        t = int(errs[:, b].argmin())
+        stage, _, state = seen[t]
+        assert res.measurement_loss[b] == errs[t, b]
+        assert res.solutions[b].stage == stage
+        for k, v in res.solutions[b].state.items():
+            assert torch.equal(v, state[k][b : b + 1]), (b, k)
+
+
 def test_solve_rejects_mismatched_observation(gen):
     op = BoxMask([0, 3, 0, 3]).build(gen.image_shape, 0)
     with pytest.raises(ValueError, match="NaN or inf"):
@@ -365,3 +418,35 @@ def test_projection_hook_skips_steps_a_grad_scaler_skips():
     scaler.step(opt)  # a real step: projected once
     assert cb.calls == 1
     assert param.detach().abs().sum().item() == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("host_reads", [True, False], ids=["cpu-host-reads", "device-path"])
+def test_track_keeps_each_rows_best_through_all_none_and_some_improving(gen, host_reads, monkeypatch):
+    """``_track`` on a scripted error sequence: every row keeps the state and image of its own best step."""
+    modules = []
+    track = ILOModule._track
+
+    def grab(self, *args):  # noqa: ANN001, ANN202
+        modules[:] = [self]
+        return track(self, *args)
+
+    monkeypatch.setattr(ILOModule, "_track", grab)
+    x = torch.cat([draw_from_generator(gen, torch.Generator().manual_seed(s), split=0) for s in (1, 2)])
+    solve(gen, Identity(), x, [Stage(split=2, steps=2, lr=0.1, free=["state"])])
+    module = modules[0]
+    monkeypatch.setattr("ilo_pl.modules.ilo._host_reads_free", lambda t: host_reads)
+    (name,) = list(module.variables.keys())
+    shape = module.variables[name].shape
+    module._stage_best.append({"loss": torch.full((2,), math.inf), "image": None,
+                               "state": {name: torch.zeros(shape)}})
+    script = [([1.0, 1.0], 1.0), ([0.5, 2.0], 2.0), ([3.0, 0.7], 3.0), ([5.0, 5.0], 4.0), ([0.4, math.nan], 5.0)]
+    for errs, value in script:
+        state = {name: torch.full(shape, value)}
+        image = torch.full((2, 3, 64, 64), value)
+        err = torch.tensor(errs)
+        module._track(None, image, err, err.clone(), state, False)
+    best = module._stage_best[-1]
+    assert torch.equal(best["loss"], torch.tensor([0.4, 0.7]))
+    assert best["state"][name][0].unique().tolist() == [5.0] and best["state"][name][1].unique().tolist() == [3.0]
+    assert best["image"][0].unique().tolist() == [5.0] and best["image"][1].unique().tolist() == [3.0]
+    assert module._fail_at[1].tolist() != [-1, -1] and module._fail_at[0].tolist() == [-1, -1]  # the NaN row failed

@@ -344,8 +344,11 @@ def alone_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.parametrize("host_reads", [True, False], ids=["cpu-host-reads", "device-path"])
 @pytest.mark.parametrize("mode", ["loss", "grad"])
-def test_nan_in_one_sample_marks_it_failed_and_spares_its_batch_mate(mode, alone_run, tmp_path):
+def test_nan_in_one_sample_marks_it_failed_and_spares_its_batch_mate(mode, host_reads, alone_run, tmp_path, monkeypatch):
+    # device-path: the bookkeeping an accelerator runs (no host reads), exercised on the CPU
+    monkeypatch.setattr("ilo_pl.modules.ilo._host_reads_free", lambda t: host_reads)
     _solve_samples(tmp_path / "pair", batch_size=2, mode=mode)
     rows = {r["id"]: r for r in _csv(tmp_path / "pair")}
     assert "non-finite loss or gradient (NaN/inf) at stage 0, step 2" in rows["astronaut"]["failed"]

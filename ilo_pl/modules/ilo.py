@@ -39,9 +39,18 @@ def _sna_seed(seed: int) -> int:
     return (seed * 6364136223846793005 + 1442695040888963407) % 2**63
 
 
+def _host_reads_free(t: Tensor) -> bool:
+    """Whether reading ``t``'s values on the host costs no device sync (it lives on the CPU).
+
+    The per-step bookkeeping reads small masks on the host there, to skip work
+    in the usual cases; on accelerators it stays on the device instead.
+    """
+    return t.device.type == "cpu"
+
+
 def _maybe_any(mask: Tensor) -> bool:
     """``mask.any()`` on the CPU, where reading it is free; ``True`` elsewhere (no host sync per step)."""
-    return bool(mask.any()) if mask.device.type == "cpu" else True
+    return bool(mask.any()) if _host_reads_free(mask) else True
 
 
 def _copy_rows_(dst: Tensor, src: Tensor, rows: Tensor, host_read: Optional[bool] = None) -> None:
@@ -53,7 +62,7 @@ def _copy_rows_(dst: Tensor, src: Tensor, rows: Tensor, host_read: Optional[bool
     it (accelerators) one ``torch.where`` and no host sync.
     """
     if host_read is None:
-        host_read = rows.device.type == "cpu"
+        host_read = _host_reads_free(rows)
     if host_read:
         n = int(rows.sum())
         if n == 0:
@@ -235,6 +244,9 @@ class ILOModule(pl.LightningModule):
             self._stage_best: List[Dict[str, Any]] = []
             # (stage, step) of each sample's first non-finite loss; -1 while healthy.
             self._fail_at = torch.full((len(batch), 2), -1, dtype=torch.long, device=self.device)
+            # Host-side "some sample failed" flag, kept on the CPU only (reading there is
+            # free): lets the healthy case skip the per-step failure bookkeeping.
+            self._host_failed = False
             # SNA's noise: one stream per problem, from its seed, so that a problem's result
             # depends neither on its batch-mates nor on what ran before (resume, batch size).
             self._sna_generators = [
@@ -387,16 +399,19 @@ class ILOModule(pl.LightningModule):
         err = op.measurement_error(measured, y)
         ctx = LossContext(image=image, measured=measured, observation=y, operator=op,
                           state=state, groups=groups, split=stage.split, measurement_error=err)
-        per_sample = image.new_zeros(len(batch), dtype=torch.float32)
+        per_sample: Optional[Tensor] = None
         logs = {}
         for name, weight in self._weighted:
             term = self.losses[name](ctx).float()
-            per_sample = per_sample + weight * term
+            weighted = term if weight == 1.0 else weight * term
+            per_sample = weighted if per_sample is None else per_sample + weighted
             logs[name] = term
-        self._track(batch, image, err, per_sample, state, sna)
-        finite = torch.isfinite(per_sample)
+        if per_sample is None:
+            per_sample = image.new_zeros(len(batch), dtype=torch.float32)
+        all_finite = self._track(batch, image, err, per_sample, state, sna)
         # Sum over samples (never average): a sample's step is the same in any batch.
-        loss = torch.where(finite, per_sample, torch.zeros_like(per_sample)).sum()
+        # A non-finite sample contributes nothing (it keeps its last finite iterate).
+        loss = per_sample.sum() if all_finite else torch.where(torch.isfinite(per_sample), per_sample, 0.0).sum()
         self._stage_step += 1
         self._problem_step += 1
         if self._problem_step % self.log_every == 0:
@@ -435,14 +450,18 @@ class ILOModule(pl.LightningModule):
             return
         params = [p for p in self.variables.values() if p.grad is not None]
         scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
-        if scaler is None:  # with a GradScaler, inf gradients are fp16 overflow: it skips the step itself
-            bad = torch.zeros(self._fail_at.shape[0], dtype=torch.bool, device=self._fail_at.device)
-            for p in params:
-                # A row's sum is finite iff all its entries are (inf and NaN propagate; an
-                # overflow of finite entries beyond 3e38 is divergence anyway): one read
-                # pass, no temporary, unlike isfinite(g) or abs().amax().
-                bad |= ~torch.isfinite(p.grad.flatten(1).sum(1))
-            self._mark_failed(bad & (self._fail_at[:, 0] < 0), self._stage_step - 1)
+        if scaler is None and params:  # with a GradScaler, inf gradients are fp16 overflow: it skips the step itself
+            # A row's sum is finite iff all its entries are (inf and NaN propagate, inf - inf
+            # is NaN; an overflow of finite entries beyond 3e38 is divergence anyway): one
+            # read pass per gradient, no temporary of its size, unlike isfinite(g).
+            total = params[0].grad.flatten(1).sum(1, dtype=torch.float32)
+            for p in params[1:]:
+                total = total + p.grad.flatten(1).sum(1, dtype=torch.float32)
+            # On the CPU one host read of the grand total settles the usual all-finite case.
+            if not _host_reads_free(total) or not math.isfinite(float(total.sum())):
+                self._mark_failed(~torch.isfinite(total) & (self._fail_at[:, 0] < 0), self._stage_step - 1)
+        if _host_reads_free(self._fail_at) and not self._host_failed:
+            return  # every sample healthy: no gradient to zero
         failed = self._fail_at[:, 0] >= 0
         if not _maybe_any(failed):
             return
@@ -459,29 +478,56 @@ class ILOModule(pl.LightningModule):
         if _maybe_any(newly):
             self._fail_at[:, 0].masked_fill_(newly, self._stage)
             self._fail_at[:, 1].masked_fill_(newly, step)
+            if _host_reads_free(newly):
+                self._host_failed = True
 
     @torch.no_grad()
     def _track(
         self, batch: ProblemBatch, image: Tensor, err: Tensor, per_sample: Tensor, state: Dict[str, Tensor], sna: bool
-    ) -> None:
-        """Keep each sample's best iterate of the stage by measurement error."""
+    ) -> Optional[bool]:
+        """Keep each sample's best iterate of the stage by measurement error.
+
+        Returns whether every sample's loss is finite where that is known
+        without a host sync (the CPU), else ``None``.
+        """
         if sna:  # rank iterates by the noiseless measurement, not by the noise drawn
             err = batch.operator.measurement_error(batch.operator.A(image), batch.observation)
         err = err.detach().float()
         best = self._stage_best[-1]
-        finite = torch.isfinite(err) & torch.isfinite(per_sample.detach())
-        # Recorded on the device without a host sync; read once at the end.
-        self._mark_failed(~finite & (self._fail_at[:, 0] < 0), self._stage_step)
-        improved = finite & (err < best["loss"]) if self.selection == "best" else finite
-        best["loss"] = torch.where(improved, err, best["loss"])
-        # In place (the entries are the stage's own copies): no allocation per step.
-        for name, value in state.items():
-            _copy_rows_(best["state"][name], value.detach(), improved)
-        img = image.detach().float()
-        if best["image"] is None:
-            best["image"] = img.clone()  # own copy: later steps update it in place
+        all_finite: Optional[bool] = None
+        if _host_reads_free(err):
+            # One host read (free on the CPU) turns the usual cases into no-ops or plain
+            # copies. err + loss is finite iff both are (an overflow past 3e38 is divergence).
+            checks = torch.stack([err + per_sample.detach(), (err < best["loss"]).float()]).tolist()
+            finite_rows = [math.isfinite(v) for v in checks[0]]
+            all_finite = all(finite_rows)
+            better = [f and (i > 0 or self.selection != "best") for f, i in zip(finite_rows, checks[1])]
+            if not all_finite:
+                self._mark_failed(~torch.tensor(finite_rows) & (self._fail_at[:, 0] < 0), self._stage_step)
+            if not any(better):
+                return all_finite
+            if all(better):
+                # The loss and the image are fresh tensors each step, never written to:
+                # keep references. The variables change in place: copy those.
+                best["loss"] = err
+                for name in self.variables.keys():  # fixed entries never change within a stage
+                    best["state"][name].copy_(state[name].detach())
+                best["image"] = image.detach().float()
+                return all_finite
+            improved = torch.tensor(better)
         else:
-            _copy_rows_(best["image"], img, improved)
+            finite = torch.isfinite(err) & torch.isfinite(per_sample.detach())
+            improved = finite & (err < best["loss"]) if self.selection == "best" else finite
+            # Recorded on the device without a host sync; read once at the end.
+            self._mark_failed(~finite & (self._fail_at[:, 0] < 0), self._stage_step)
+        best["loss"] = torch.where(improved, err, best["loss"])
+        # The state entries are the stage's own copies: updated in place, no allocation.
+        for name in self.variables.keys():  # fixed entries never change within a stage
+            _copy_rows_(best["state"][name], state[name].detach(), improved)
+        img = image.detach().float()
+        # Out of place: best["image"] may be a step's own render (kept by reference above).
+        best["image"] = img.clone() if best["image"] is None else torch.where(improved.view(-1, *([1] * (img.dim() - 1))), img, best["image"])
+        return all_finite
 
     @torch.no_grad()
     def _finish(self, batch: ProblemBatch) -> ProblemResult:
