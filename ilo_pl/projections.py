@@ -304,12 +304,14 @@ class L1Workspace:
 
     Passing the same workspace to :func:`project_l1_ball_` at every optimizer
     step (as :class:`~ilo_pl.callbacks.L1BallProjection` does, one per
-    constrained parameter) saves the allocation of three ``[B, n]`` buffers
-    per step and starts the threshold search at the previous step's
-    thresholds: no strided-sample sort, and about one Newton step fewer (an
-    optimizer step still moves many entries across the threshold, so 4-5
-    steps remain typical). It never changes the result: the search is exact
-    from any start.
+    constrained parameter) saves the allocation of ``[B, n]`` buffers per
+    step (one on the compiled CPU kernel's path, three on the pure-PyTorch
+    path) and starts the threshold search at the previous step's thresholds.
+    On the pure-PyTorch path that skips the strided-sample sort and about one
+    Newton step (4-5 steps remain typical: an optimizer step moves many
+    entries across the threshold); the CPU kernel packs only the entries
+    above 3/4 of the previous threshold and solves on those. It never
+    changes the result: both searches are exact from any start.
 
     Args:
         anchor: the ball's centre this workspace serves, if any (kept only so
@@ -319,7 +321,7 @@ class L1Workspace:
     def __init__(self, anchor: Optional[Tensor] = None) -> None:
         self.anchor = anchor
         self.theta: Optional[Tensor] = None
-        self._bufs: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        self._bufs: Optional[Tuple[Tensor, ...]] = None
         self._radius: Optional[Tuple[tuple, Tensor]] = None
 
     def radius(self, radius: Radius, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -331,13 +333,23 @@ class L1Workspace:
             self._radius = (key, _as_radius(radius, batch, torch.empty(0, dtype=dtype, device=device)))
         return self._radius[1]
 
-    def buffers(self, shape: Tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
-        """Three ``shape`` buffers, reused while shape, dtype and device stay the same."""
+    def buffers(
+        self, shape: Tuple[int, int], dtype: torch.dtype, device: torch.device, count: int = 3
+    ) -> Tuple[Tensor, ...]:
+        """``count`` buffers of ``shape``, reused while shape, dtype and device stay the same.
+
+        A new shape, dtype or device means another variable: the buffers are
+        reallocated and the warm start is dropped. Asking for more buffers of
+        the same kind only adds the missing ones.
+        """
         bufs = self._bufs
         if bufs is None or bufs[0].shape != shape or bufs[0].dtype != dtype or bufs[0].device != device:
-            bufs = self._bufs = tuple(torch.empty(shape, dtype=dtype, device=device) for _ in range(3))  # type: ignore[assignment]
+            bufs = ()
             self.theta = None
-        return bufs  # type: ignore[return-value]
+        if len(bufs) < count:
+            bufs = bufs + tuple(torch.empty(shape, dtype=dtype, device=device) for _ in range(count - len(bufs)))
+        self._bufs = bufs  # type: ignore[assignment]
+        return bufs[:count]
 
 
 @torch.no_grad()
@@ -446,7 +458,7 @@ def _project_l1_ball_cpu_(param: Tensor, anchor: Tensor, radius: Radius, ws: L1W
 
     op = l1_projection_kernel()
     r = ws.radius(radius, b, torch.float64, param.device).contiguous()
-    (scratch,) = ws.buffers((b, n), param.dtype, param.device)[:1]
+    (scratch,) = ws.buffers((b, n), param.dtype, param.device, count=1)
     theta = ws.theta
     if theta is None or theta.dtype != torch.float64 or theta.shape != (b,):
         theta = ws.theta = (

@@ -446,6 +446,12 @@ def test_workspace_reuses_buffers_and_resets_on_new_shapes():
     assert b[0].shape == (3, 10) and ws.theta is None  # another variable: no warm start from the old one
     ws.buffers((3, 10), torch.float64, torch.device("cpu"))
     assert ws.theta is None
+    # asking for more buffers of the same kind adds them and keeps the warm start
+    one = ws.buffers((3, 10), torch.float64, torch.device("cpu"), count=1)
+    ws.theta = torch.ones(3)
+    three = ws.buffers((3, 10), torch.float64, torch.device("cpu"), count=3)
+    assert len(one) == 1 and len(three) == 3 and three[0].data_ptr() == one[0].data_ptr()
+    assert ws.theta is not None
 
 
 # ---------------------------------------------------------------- sphere
