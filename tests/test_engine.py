@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from ilo_pl.api import default_trainer_kwargs, solve
-from ilo_pl.callbacks import L1BallProjection, StageTransition
+from ilo_pl.callbacks import L1BallProjection, SphereProjection, StageTransition
 from ilo_pl.data import GeneratorSamples, InverseProblemDataModule, draw_from_generator
 from ilo_pl.metrics import image_metrics
 from ilo_pl.modules import ILOModule
@@ -450,3 +450,11 @@ def test_track_keeps_each_rows_best_through_all_none_and_some_improving(gen, hos
     assert best["state"][name][0].unique().tolist() == [5.0] and best["state"][name][1].unique().tolist() == [3.0]
     assert best["image"][0].unique().tolist() == [5.0] and best["image"][1].unique().tolist() == [3.0]
     assert module._fail_at[1].tolist() != [-1, -1] and module._fail_at[0].tolist() == [-1, -1]  # the NaN row failed
+
+
+def test_configure_callbacks_adds_the_sphere_projection_only_with_sphere_constraints(gen):
+    stages = _stages()
+    plain = [type(c) for c in ILOModule(gen, stages).configure_callbacks()]
+    assert plain == [StageTransition, L1BallProjection]
+    with_sphere = [type(c) for c in ILOModule(gen, stages, sphere=True).configure_callbacks()]
+    assert with_sphere == [StageTransition, SphereProjection, L1BallProjection]

@@ -346,12 +346,14 @@ class ILOModule(pl.LightningModule):
 
     def configure_callbacks(self) -> List[pl.Callback]:
         # The callbacks ILO cannot run without; a trainer's own instances of
-        # these types are replaced by these (Lightning's rule).
-        return [
-            StageTransition(project_to_range=self.project_to_range_enabled),
-            SphereProjection(),
-            L1BallProjection(),
-        ]
+        # these types are replaced by these (Lightning's rule). Without sphere
+        # constraints (``sphere=False``) SphereProjection would be a no-op that
+        # Lightning still calls at every hook of every step: left out.
+        callbacks: List[pl.Callback] = [StageTransition(project_to_range=self.project_to_range_enabled)]
+        if self.sphere:
+            callbacks.append(SphereProjection())
+        callbacks.append(L1BallProjection())
+        return callbacks
 
     # -------------------------------------------------------------- optimisation
     def current_state(self) -> Dict[str, Tensor]:
