@@ -50,3 +50,17 @@ def test_bare_lightning_and_ilo_steps_are_timed_with_interleaved_floor_steps():
         assert all(t > 0 for t in acc["ilo"] + acc["floor"])
     row = speed._summary(bare)
     assert row["steps"] == 4 and row["ratio"] > 0
+
+
+def test_floor_placement_script_runs(capsys):
+    _speed()
+    spec = importlib.util.spec_from_file_location("floor_placement", ROOT / "benchmarks" / "floor_placement.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main(["--split", "4", "--batch", "1", "--loops", "2", "--steps", "3"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the script pins one thread
+    out = capsys.readouterr().out
+    assert out.count("ms/step") == 2 and "max/min" in out
