@@ -23,6 +23,7 @@ replace ``configure_optimizers`` silently.)
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -197,8 +198,37 @@ def regenerate_main(argv: List[str]) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at the time (test capture, redirection)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # set by StreamHandler.__init__; the live sys.stderr wins
+        pass
+
+
+def show_info_messages() -> None:
+    """Print ilo-pl's INFO log lines (resuming a run, one-time kernel builds) to stderr.
+
+    Python shows only warnings from loggers nobody configured; the command
+    line wants these notes too, like its other ``ilo-pl: ...`` lines. Idempotent.
+    """
+    log = logging.getLogger("ilo_pl")
+    if not any(getattr(h, "_ilo_pl_cli", False) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("ilo-pl: %(message)s"))
+        handler._ilo_pl_cli = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+
+
 def main(args: Optional[List[str]] = None) -> None:
     """Entry point of the ``ilo-pl`` console script."""
+    show_info_messages()
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "regenerate":
         regenerate_main(argv[1:])

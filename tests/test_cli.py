@@ -110,3 +110,22 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_cli_shows_ilo_pl_info_messages_once(capsys):
+    """Notes such as 'resuming ...' or the one-time kernel build reach the terminal, once each."""
+    import logging
+
+    from ilo_pl.cli import show_info_messages
+
+    log = logging.getLogger("ilo_pl")
+    saved = (list(log.handlers), log.level)
+    try:
+        show_info_messages()
+        show_info_messages()  # idempotent: one handler
+        logging.getLogger("ilo_pl.resume").info("resuming %s", "runs/run_003")
+        err = capsys.readouterr().err
+        assert err.count("ilo-pl: resuming runs/run_003") == 1
+    finally:
+        log.handlers[:] = saved[0]
+        log.setLevel(saved[1])

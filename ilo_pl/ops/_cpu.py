@@ -76,7 +76,7 @@ def l1_projection_kernel() -> Optional[Callable[..., torch.Tensor]]:
             try:
                 from torch.utils.cpp_extension import load
 
-                logger.info("ilo_pl: building the CPU l1-projection kernel (%s; once per machine)", isa)
+                logger.info("building the CPU l1-projection kernel (%s; once per machine, 10-20 s)", isa)
                 load(
                     name=f"ilo_pl_cpu_ops_{isa}",
                     sources=[str(_SOURCE)],
