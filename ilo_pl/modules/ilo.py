@@ -497,18 +497,20 @@ class ILOModule(pl.LightningModule):
         err = err.detach().float()
         best = self._stage_best[-1]
         all_finite: Optional[bool] = None
+        # err + loss is finite iff both are (an overflow past 3e38 is divergence anyway).
+        finite = torch.isfinite(err + per_sample.detach())
+        improved = finite & (err < best["loss"]) if self.selection == "best" else finite
         if _host_reads_free(err):
-            # One host read (free on the CPU) turns the usual cases into no-ops or plain
-            # copies. err + loss is finite iff both are (an overflow past 3e38 is divergence).
-            checks = torch.stack([err + per_sample.detach(), (err < best["loss"]).float()]).tolist()
-            finite_rows = [math.isfinite(v) for v in checks[0]]
-            all_finite = all(finite_rows)
-            better = [f and (i > 0 or self.selection != "best") for f, i in zip(finite_rows, checks[1])]
+            # One host read of two counts (free on the CPU) turns the usual cases into
+            # no-ops or plain copies; no per-sample Python work.
+            n_finite, n_improved = torch.stack([finite.sum(), improved.sum()]).tolist()
+            b = finite.numel()
+            all_finite = n_finite == b
             if not all_finite:
-                self._mark_failed(~torch.tensor(finite_rows) & (self._fail_at[:, 0] < 0), self._stage_step)
-            if not any(better):
+                self._mark_failed(~finite & (self._fail_at[:, 0] < 0), self._stage_step)
+            if n_improved == 0:
                 return all_finite
-            if all(better):
+            if n_improved == b:
                 # The loss and the image are fresh tensors each step, never written to:
                 # keep references. The variables change in place: copy those.
                 best["loss"] = err
@@ -516,10 +518,7 @@ class ILOModule(pl.LightningModule):
                     best["state"][name].copy_(state[name].detach())
                 best["image"] = image.detach().float()
                 return all_finite
-            improved = torch.tensor(better)
         else:
-            finite = torch.isfinite(err) & torch.isfinite(per_sample.detach())
-            improved = finite & (err < best["loss"]) if self.selection == "best" else finite
             # Recorded on the device without a host sync; read once at the end.
             self._mark_failed(~finite & (self._fail_at[:, 0] < 0), self._stage_step)
         best["loss"] = torch.where(improved, err, best["loss"])
