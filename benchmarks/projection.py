@@ -78,6 +78,13 @@ def _native_path() -> Iterator[None]:
         projections._use_cpu_kernel = saved
 
 
+#: The header of the printed table (``run`` prints one line per configuration under it).
+HEADER = (
+    f"{'dev':>5} {'n':>5} {'batch':>5} {'r/|v|':>6} {'sort ms':>10} {'ilo ms':>10} {'speedup':>9} "
+    f"{'warm ms':>10} {'speedup':>9} {'native ms':>10} {'kern/nat':>9} {'rel err':>9}"
+)
+
+
 def _label(n: int) -> str:
     return f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}k"
 
@@ -161,8 +168,7 @@ def main(argv: List[str] | None = None) -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, OMP_WAIT_POLICY={wait}, "
         f"float32, median of {repeats}"
     )
-    print(f"{'dev':>5} {'n':>5} {'batch':>5} {'r/|v|':>6} {'sort ms':>10} {'ilo ms':>10} {'speedup':>9} "
-          f"{'warm ms':>10} {'speedup':>9} {'native ms':>10} {'kern/nat':>9} {'rel err':>9}")
+    print(HEADER)
     rows = run(sizes, repeats, devices)
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)

@@ -399,8 +399,7 @@ def projection(quick: bool, repeats: int) -> List[Dict[str, Any]]:
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     sizes = pb.QUICK_SIZES if quick else pb.SIZES
-    print(f"{'dev':>5} {'n':>5} {'batch':>5} {'r/|v|':>6} {'sort ms':>10} {'ilo ms':>10} {'speedup':>9} "
-          f"{'warm ms':>10} {'speedup':>9} {'native ms':>10} {'kern/nat':>9} {'rel err':>9}")
+    print(pb.HEADER)
     rows = pb.run(sizes, max(3, repeats * (1 if quick else 3)), devices)
     # "ilo_ms" there is the projection's time: renamed so the CSV column is not the ILO step's.
     return [dict(section="projection", **{("ilo_proj_ms" if k == "ilo_ms" else k): v for k, v in r.items()}) for r in rows]

@@ -452,7 +452,7 @@ def _project_l1_ball_cpu_(param: Tensor, anchor: Tensor, radius: Radius, ws: L1W
     previous step's threshold, kept in ``ws``) in the pass that computes the
     norms, runs Newton's method on those only, and re-packs from a proven
     lower bound when the guess was off, so the result is exact from any
-    guess. Sums are in float64.
+    guess. Sums over the candidates are in float64.
     """
     from ilo_pl.ops._cpu import l1_projection_kernel
 
@@ -465,9 +465,9 @@ def _project_l1_ball_cpu_(param: Tensor, anchor: Tensor, radius: Radius, ws: L1W
             torch.full((b,), math.nan, dtype=torch.float64) if theta is None else theta.to(torch.float64).contiguous()
         )
     centre = anchor.reshape(b, n).to(device=param.device, dtype=param.dtype).contiguous()
-    codes = op(param.view(b, n), centre, r, theta, scratch).tolist()
-    if 3 in codes:
-        _raise_non_finite([i for i, c in enumerate(codes) if c == 3])
+    status = op(param.view(b, n), centre, r, theta, scratch)  # per row: 0 inside ... 3 non-finite
+    if int(status.max()) == 3:  # then the kernel wrote nothing
+        _raise_non_finite(status.eq(3).nonzero().flatten().tolist())
 
 
 def _raise_non_finite(rows: Sequence[int]) -> None:

@@ -7,19 +7,23 @@
 //
 // Why a kernel: the eager PyTorch path makes ~5 full passes over the row per
 // Newton step (~4 steps even warm-started) and pays op dispatch per pass. Here:
-//   phase 1 (all rows): one pass computes ||d||_1 and packs the candidates
-//     {|d_i| > t0} into a scratch row, with t0 = theta_guess / 2 (the previous
-//     step's threshold, halved: usually a lower bound of the new one);
-//   phase 2 (rows outside): Michelot's iteration on the packed candidates only
-//     (typically a few percent of the row); if its first step shows that t0 was
-//     not a lower bound (f(t0) < 0), the row is re-packed from a Newton lower
-//     bound, so the result is exact from any guess; then one write pass.
+//   phase 1 (all rows): one pass computes ||d||_1, f at the previous step's
+//     threshold g (the sum and count of |d_i| > g), and packs the candidates
+//     {|d_i| > t0}, t0 = (1 - kMargin) * g, into a scratch row;
+//   phase 2 (rows outside): Newton's method on the packed candidates only
+//     (typically a few percent of the row), from the Newton step off g, which
+//     is a lower bound of theta on either side of the root (f is convex), then
+//     Michelot's iteration until the active set stops shrinking. While every
+//     iterate stays >= t0 the candidates hold every entry that can be active;
+//     an iterate below t0 re-packs the row from it (a proven lower bound), so
+//     the result is exact from any guess. Then one write pass.
 // No row is written before every row's norm was checked finite (phase 1), so a
 // bad row raises in Python with param untouched.
 //
-// Sums are accumulated in double. Status per row: 0 inside (untouched),
-// 1 projected, 2 radius 0 (set to the anchor), 3 non-finite norm (nothing
-// written anywhere).
+// Sums over candidates are accumulated in double; the norm and f at the guess
+// blockwise (the input precision within kBlock entries, double across). Status
+// per row: 0 inside (untouched), 1 projected, 2 radius 0 (set to the anchor),
+// 3 non-finite norm (nothing written anywhere).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
