@@ -646,3 +646,11 @@ def test_native_env_skips_the_kernel(monkeypatch):
     from ilo_pl.projections import _use_cpu_kernel
 
     assert l1_projection_kernel() is None and not _use_cpu_kernel(torch.zeros(2, 3))
+
+
+def test_kernel_build_is_announced_only_without_a_cached_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert not _cpu._has_cached_build("ilo_pl_cpu_ops_test")
+    (tmp_path / "ilo_pl_cpu_ops_test").mkdir(exist_ok=True)
+    (tmp_path / "ilo_pl_cpu_ops_test" / "ilo_pl_cpu_ops_test.so").write_bytes(b"")
+    assert _cpu._has_cached_build("ilo_pl_cpu_ops_test")

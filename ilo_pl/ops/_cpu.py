@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -49,6 +50,17 @@ def _isa() -> str:
     return level if level in _ISA_FLAGS else "default"
 
 
+def _has_cached_build(name: str) -> bool:
+    """Whether PyTorch's extension cache already holds a built library for ``name``."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        build = Path(_get_build_directory(name, verbose=False))
+        return any(build.glob(f"{name}*.so")) or any(build.glob(f"{name}*.pyd"))
+    except Exception:  # noqa: BLE001 - a private helper: if it moved, just announce the build
+        return False
+
+
 def l1_projection_kernel() -> Optional[Callable[..., torch.Tensor]]:
     """The compiled ``ilo_pl_cpu::l1_project_`` op, built on first use; ``None`` if unavailable.
 
@@ -76,14 +88,21 @@ def l1_projection_kernel() -> Optional[Callable[..., torch.Tensor]]:
             try:
                 from torch.utils.cpp_extension import load
 
-                logger.info("building the CPU l1-projection kernel (%s; once per machine, 10-20 s)", isa)
+                name = f"ilo_pl_cpu_ops_{isa}"
+                announced = not _has_cached_build(name)
+                if announced:  # explain the pause of the first run
+                    logger.info("building the CPU l1-projection kernel (%s; once per machine, 10-20 s)", isa)
+                start = time.perf_counter()
                 load(
-                    name=f"ilo_pl_cpu_ops_{isa}",
+                    name=name,
                     sources=[str(_SOURCE)],
                     extra_cflags=["-O3", "-fopenmp-simd", *_ISA_FLAGS.get(isa, [])],
                     is_python_module=False,
                     verbose=False,
                 )
+                took = time.perf_counter() - start
+                if not announced and took > 3.0:  # a rebuild (changed sources or flags)
+                    logger.info("rebuilt the CPU l1-projection kernel (%s) in %.0f s", isa, took)
             finally:
                 ext_logger.setLevel(level)
             _op = torch.ops.ilo_pl_cpu.l1_project_
