@@ -186,6 +186,29 @@ def sg2():
     return StyleGAN2Generator.from_checkpoint(TINY, mean_latent_samples=256)
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_geodesic_loss_is_float32_and_alive_under_autocast(device):
+    # Rows almost equal (as after a Gaussian-fit initialisation): in bf16/fp16 their cosines
+    # round to 1, where the angle is 0 and acos' infinite; the term must match float32.
+    from ilo_pl.losses.base import GeodesicLoss
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1, 1, 512, generator=g).repeat(2, 6, 1) + 1e-3 * torch.randn(2, 6, 512, generator=g)
+    w = w.to(device).requires_grad_(True)
+    img = torch.zeros(2, 3, 4, 4, device=device)
+    ctx = LossContext(image=img, measured=img, observation=img, operator=None, state={"latent": w},
+                      groups={"latent": "latent"}, split=0, measurement_error=torch.zeros(2, device=device))
+    ref = GeodesicLoss()(ctx)
+    (want,) = torch.autograd.grad(ref.sum(), w)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast(device, dtype=dtype):
+            got = GeodesicLoss()(ctx)
+        (grad,) = torch.autograd.grad(got.sum(), w)
+        assert got.dtype == torch.float32 and (got > 0).all()
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(grad, want)
+
+
 def test_stylegan2_ops_compute_in_float32_under_bf16_autocast(sg2, monkeypatch):
     import ilo_pl.modules.generators.stylegan2 as sg2_mod
     import ilo_pl.ops.fused_act as fused_act

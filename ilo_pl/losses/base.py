@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ilo_pl.operators.base import Operator
+from ilo_pl.ops._cuda import no_autocast
 
 
 @dataclass
@@ -74,9 +75,13 @@ class GeodesicLoss(LossTerm):
             w = ctx.state[name]
             if group != "latent" or w.dim() != 3 or w.shape[1] < 2:
                 continue
-            u = torch.nn.functional.normalize(w.float(), dim=-1)
-            cos = (u @ u.transpose(1, 2)).clamp(-1 + 1e-7, 1 - 1e-7)
-            angle = torch.acos(cos)
+            # float32 with autocast off: in float16/bfloat16 the matmul rounds cosines near 1
+            # to exactly 1, where the angle is 0 (the term silently vanishes) and acos' is
+            # infinite (16-mixed: NaN gradients, so the GradScaler skips every step).
+            with no_autocast(w):
+                u = torch.nn.functional.normalize(w.float(), dim=-1)
+                cos = (u @ u.transpose(1, 2)).clamp(-1 + 1e-7, 1 - 1e-7)
+                angle = torch.acos(cos)
             iu = torch.triu_indices(w.shape[1], w.shape[1], offset=1, device=w.device)
             total = total + angle[:, iu[0], iu[1]].pow(2).sum(1)
         return total
