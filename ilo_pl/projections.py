@@ -313,13 +313,26 @@ class L1Workspace:
     above 3/4 of the previous threshold and solves on those. It never
     changes the result: both searches are exact from any start.
 
+    With ``host_reads=False`` (what :class:`~ilo_pl.callbacks.L1BallProjection`
+    uses on accelerators) the projection never reads a value back to the
+    host, so it does not stall the device's queue: Newton's method needs
+    host-side convergence tests (several per step), so that path computes
+    Duchi et al.'s sort-based threshold for every sample instead (exact, one
+    segmented sort; GPUs sort fast) and keeps samples inside their ball by
+    ``torch.where``. Raising on inf/NaN samples would need a read too: such a
+    sample is left as it is, and its loss turns non-finite at the next step,
+    where the engine marks it as failed.
+
     Args:
         anchor: the ball's centre this workspace serves, if any (kept only so
             a caller can tell a workspace of a stale variable from a fresh one).
+        host_reads: whether the projection may read values back to the host
+            (early exits, the convergence test, the inf/NaN check that raises).
     """
 
-    def __init__(self, anchor: Optional[Tensor] = None) -> None:
+    def __init__(self, anchor: Optional[Tensor] = None, host_reads: bool = True) -> None:
         self.anchor = anchor
+        self.host_reads = bool(host_reads)
         self.theta: Optional[Tensor] = None
         self._bufs: Optional[Tuple[Tensor, ...]] = None
         self._radius: Optional[Tuple[tuple, Tensor]] = None
@@ -394,6 +407,9 @@ def project_l1_ball_(param: Tensor, anchor: Tensor, radius: Radius, workspace: O
         _as_radius(radius, b, torch.empty(0, dtype=work, device=param.device))  # still validated
         return
     ws = workspace if workspace is not None else L1Workspace()
+    if not ws.host_reads:
+        _project_l1_ball_no_reads_(param, anchor, ws.radius(radius, b, work, param.device), ws, b, n)
+        return
     if _use_cpu_kernel(param):
         _project_l1_ball_cpu_(param, anchor, radius, ws, b, n)
         return
@@ -425,6 +441,33 @@ def project_l1_ball_(param: Tensor, anchor: Tensor, radius: Radius, workspace: O
     dev.add_(centre)  # the projected point; rows inside keep param's own bits below
     new = torch.where(outside[:, None], dev, flat)
     if inplace:
+        flat.copy_(new)
+    else:
+        param.copy_(new.view(param.shape))
+
+
+def _project_l1_ball_no_reads_(param: Tensor, anchor: Tensor, r: Tensor, ws: L1Workspace, b: int, n: int) -> None:
+    """:func:`project_l1_ball_` without a single host read (``L1Workspace(host_reads=False)``).
+
+    Every sample gets Duchi et al.'s exact threshold (a segmented sort, so
+    no iteration whose end the host must test); samples inside their ball
+    (and inf/NaN ones, whose norm compares false) keep their own bits through
+    ``torch.where``. Radius 0 needs no special case: the sort-based threshold
+    is then ``max |d|``, which maps the sample onto its anchor.
+    """
+    work = _work_dtype(param.dtype)
+    dev, u = ws.buffers((b, n), work, param.device, count=2)
+    flat = param.reshape(b, n)
+    centre = anchor.reshape(b, n).to(device=param.device, dtype=work)
+    torch.sub(flat, centre, out=dev)
+    torch.abs(dev, out=u)
+    outside = u.sum(1) > r
+    theta = _theta_sort(u, torch.where(outside, r, torch.zeros_like(r)))
+    t = torch.where(outside, theta, torch.zeros_like(theta))[:, None]
+    torch.maximum(torch.minimum(dev, t, out=u), -t, out=u)
+    dev.sub_(u).add_(centre)  # the projected point
+    new = torch.where(outside[:, None], dev, flat)
+    if flat.data_ptr() == param.data_ptr() and param.is_contiguous():
         flat.copy_(new)
     else:
         param.copy_(new.view(param.shape))

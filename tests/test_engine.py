@@ -10,6 +10,7 @@ import torch
 
 from ilo_pl.api import default_trainer_kwargs, solve
 from ilo_pl.callbacks import L1BallProjection, SphereProjection, StageTransition
+from ilo_pl.projections import project_l1_ball_sort
 from ilo_pl.data import GeneratorSamples, InverseProblemDataModule, draw_from_generator
 from ilo_pl.metrics import image_metrics
 from ilo_pl.modules import ILOModule
@@ -418,6 +419,25 @@ def test_projection_hook_skips_steps_a_grad_scaler_skips():
     scaler.step(opt)  # a real step: projected once
     assert cb.calls == 1
     assert param.detach().abs().sum().item() == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("host_reads", [None, True, False])
+def test_l1_projection_callback_host_reads_choice(host_reads):
+    """Default: host reads for CPU tensors (kernel, raising on NaN); ``False``: the read-free path, same result."""
+    g = torch.Generator().manual_seed(3)
+    param = torch.nn.Parameter(torch.randn(3, 40, generator=g) * 5)
+    anchor = torch.zeros(3, 40)
+    want = anchor + project_l1_ball_sort(param.detach(), torch.tensor([1.0, 2.0, 1e6]))
+
+    class Module:  # the protocol's one method
+        def l1_constraints(self):
+            return [(param, anchor, torch.tensor([1.0, 2.0, 1e6]))]
+
+    cb = L1BallProjection(host_reads=host_reads)
+    cb.project(Module())
+    (ws,) = cb._workspaces.values()
+    assert ws.host_reads is (True if host_reads is None else host_reads)  # a CPU tensor
+    torch.testing.assert_close(param.detach(), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("host_reads", [True, False], ids=["cpu-host-reads", "device-path"])

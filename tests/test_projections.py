@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ilo_pl import projections
 from ilo_pl.ops import _cpu
 from ilo_pl.ops._cpu import l1_projection_kernel
 from ilo_pl.projections import (
@@ -24,11 +25,19 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 METHODS = [project_l1_ball, project_l1_ball_sort]
 
 
-@pytest.fixture(params=["kernel", "native"])
+@pytest.fixture(params=["kernel", "native", "no_reads"])
 def inplace_path(request, monkeypatch):
-    """Runs a test of :func:`project_l1_ball_` on the compiled CPU kernel and on the pure-PyTorch path."""
+    """Runs a test of :func:`project_l1_ball_` on the compiled CPU kernel, the pure-PyTorch path and the
+    path without host reads (``L1Workspace(host_reads=False)``, what accelerators use)."""
     if request.param == "native":
         monkeypatch.setattr("ilo_pl.projections._use_cpu_kernel", lambda param: False)
+    elif request.param == "no_reads":
+        init = projections.L1Workspace.__init__
+
+        def no_reads(self, anchor=None, host_reads=True):  # noqa: ANN001, ANN202
+            init(self, anchor, host_reads=False)
+
+        monkeypatch.setattr(projections.L1Workspace, "__init__", no_reads)
     elif l1_projection_kernel() is None:
         pytest.skip("the CPU projection kernel cannot be built here (see test_cpu_kernel_builds_with_a_compiler)")
     return request.param

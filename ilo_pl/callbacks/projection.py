@@ -24,7 +24,7 @@ Spheres are projected before l1 balls when both are present (register
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -81,10 +81,18 @@ class L1BallProjection(_StepHookCallback):
 
     The projection is the exact Euclidean one (see :func:`ilo_pl.projections.project_l1_ball`).
     The module provides ``l1_constraints()`` (see the module docstring).
+
+    Args:
+        host_reads: whether the projection may read values back to the host
+            (see :class:`~ilo_pl.projections.L1Workspace`). Default: yes for
+            CPU tensors (the compiled kernel; an inf/NaN sample raises), no on
+            accelerators, where a read would stall the device's queue every
+            step (an inf/NaN sample is left for the engine's failure masking).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host_reads: Optional[bool] = None) -> None:
         super().__init__()
+        self.host_reads = host_reads
         # One workspace per constrained tensor (buffers + the last thresholds, the
         # next step's warm start); keyed by identity, dropped with the optimizer.
         self._workspaces: Dict[int, L1Workspace] = {}
@@ -97,7 +105,8 @@ class L1BallProjection(_StepHookCallback):
         for param, anchor, radius in pl_module.l1_constraints():
             ws = self._workspaces.get(id(param))
             if ws is None or ws.anchor is not anchor:
-                ws = self._workspaces[id(param)] = L1Workspace(anchor)
+                reads = param.device.type == "cpu" if self.host_reads is None else self.host_reads
+                ws = self._workspaces[id(param)] = L1Workspace(anchor, host_reads=reads)
             project_l1_ball_(param.data, anchor, radius, ws)
 
 
