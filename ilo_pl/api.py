@@ -42,7 +42,7 @@ def default_trainer_kwargs() -> Dict[str, Any]:
 
 def quiet_lightning() -> None:
     """Silence Lightning's advice that does not apply to ILO (workers, log interval)."""
-    for pattern in (".*does not have many workers.*", ".*module\(s\) in eval mode.*", ".*overridden `transfer_batch_to_device`.*", ".*log_every_n_steps.*", ".*LeafSpec.*", ".*treespec.*"):
+    for pattern in (".*does not have many workers.*", r".*module\(s\) in eval mode.*", ".*overridden `transfer_batch_to_device`.*", ".*log_every_n_steps.*", ".*LeafSpec.*", ".*treespec.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -100,7 +100,14 @@ def solve(
         [batch], sampler=_RepeatSampler(1, module.steps_per_problem * kw.get("accumulate_grad_batches", 1)),
         batch_size=None, collate_fn=_identity,
     )
-    trainer.fit(module, train_dataloaders=loader)
+    home = next(iter(generator.buffers()), next(iter(generator.parameters()), None))
+    try:
+        trainer.fit(module, train_dataloaders=loader)
+    finally:
+        # Lightning moves the module (and so the caller's generator) to the CPU when a GPU
+        # fit ends: give the generator back on the device it came on.
+        if home is not None:
+            generator.to(home.device)
     if not collector.results:
         raise RuntimeError("the solve ended before its last step (was max_steps or max_time set?)")
     return collector.results[-1]
