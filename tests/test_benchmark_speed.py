@@ -64,3 +64,61 @@ def test_floor_placement_script_runs(capsys):
         torch.set_num_threads(threads)  # the script pins one thread
     out = capsys.readouterr().out
     assert out.count("ms/step") == 2 and "max/min" in out
+
+
+def test_block_timing_keeps_one_entry_per_timed_step_and_a_floor_block():
+    speed = _speed()
+    torch.manual_seed(0)
+    gen = speed.make_generator("dcgan")
+    stages, kw = speed.stages_for("dcgan", 2, 7)
+    bench = speed.Bench(timing="block")
+    got = speed.time_solve(gen, stages, 2, warmup=2, bench=bench, **kw)
+    acc = got[0]
+    # steps 2..5 of 7 are timed as one block (index 2 up to the start of the last step): 4 entries
+    assert len(acc["ilo"]) == len(acc["floor"]) == 4
+    assert len(set(acc["ilo"])) == 1 and acc["ilo"][0] > 0 and acc["floor"][0] > 0
+    bare = speed.time_bare_lightning(gen, stages[0], batch=2, warmup=2, bench=bench)
+    assert len(bare[0]["ilo"]) == 4
+    row = speed._summary(got, clock="wall")
+    assert row["clock"] == "wall" and row["steps"] == 4 and row["ratio"] == row["ratio_wall"]
+
+
+def test_block_timing_rejects_too_short_stages():
+    speed = _speed()
+    gen = speed.make_generator("dcgan")
+    stages, kw = speed.stages_for("dcgan", 1, 3)
+    import pytest
+
+    with pytest.raises(ValueError, match="at least warmup"):
+        speed.time_solve(gen, stages, 1, warmup=2, bench=speed.Bench(timing="block"), **kw)
+
+
+def test_solve_section_runs_the_shipped_schedule(tmp_path, monkeypatch):
+    speed = _speed()
+    cfg = yaml.safe_load(speed.SG2_SOLVE_CONFIG.read_text())
+    cfg["model"]["losses"]["lpips"]["init_args"]["resize"] = None  # 32x32 images: no upsampling (fast)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(speed, "SG2_SOLVE_CONFIG", path)
+    threads = torch.get_num_threads()
+    try:
+        rows = speed.solve_time(True, speed.CPU, size=32)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["precision"] for r in rows] == ["32-true", "bf16-mixed"]
+    for r in rows:
+        # --quick scales the 300/200/200/100 steps by 0.02, at least 4 per stage
+        assert r["steps"] == 6 + 4 + 4 + 4 and r["schedule"] == "0-1-3-5" and r["failed"] == 0
+        assert r["total_s"] >= r["loop_s"] > 0 and r["ms_per_step"] > 0
+        assert r["loss"] == r["loss"]  # finite, not NaN
+
+
+def test_cuda_device_needs_a_gpu(capsys):
+    speed = _speed()
+    if torch.cuda.is_available():
+        return
+    import pytest
+
+    with pytest.raises(SystemExit):
+        speed.main(["--device", "cuda", "--sections", "overhead"])
+    assert "no CUDA device" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU: the CUDA paths' tests and the speed benchmark's GPU rows.
+#
+#   bash scripts/gpu_checks.sh [tests] [bench] [bench-rest] [suite]     (default: tests bench bench-rest)
+#
+#   tests       build the CUDA kernels and run every test that needs a GPU (tests/test_gpu.py and the
+#               GPU cases of the other files); they are skipped on machines without one
+#   bench       benchmarks/speed.py --device cuda: whole 1024x1024 StyleGAN-2 solves and the
+#               overhead rows (ILO step / floor step per split)
+#   bench-rest  the throughput, projection and memory sections on the GPU
+#   suite       the whole test suite with the GPU visible (solves then run on it: accelerator "auto")
+#
+# Run it from the repository root in an environment with ilo-pl's dependencies (scripts/bootstrap.sh)
+# and a CUDA toolkit for the kernels. Results go to $OUT (default benchmarks/out/gpu): one CSV per
+# benchmark part and the logs. Exit status: the number of parts that failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-benchmarks/out/gpu}
+mkdir -p "$OUT"
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(tests bench bench-rest)
+export PYTHONUNBUFFERED=1
+"$PY" - <<'EOF' || exit 1
+import torch
+if not torch.cuda.is_available():
+    raise SystemExit("gpu_checks: no CUDA device is visible to PyTorch")
+p = torch.cuda.get_device_properties(0)
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), {p.name}, {p.total_memory / 2**30:.0f} GiB, "
+      f"{p.multi_processor_count} SMs")
+EOF
+failed=0
+for part in "${parts[@]}"; do
+  echo "=== $part ($(date +%T))"
+  case "$part" in
+    tests)
+      "$PY" -m pytest -q -rs -p no:cacheprovider \
+        tests/test_gpu.py \
+        tests/test_ops.py::test_cuda_kernels_match_native \
+        tests/test_precision.py::test_16_mixed_on_gpu_keeps_float32_and_constraints \
+        tests/test_classifier.py::test_robust_classifier_runs_on_the_device_of_its_inputs \
+        "tests/test_projections.py::test_large_random_matches_sort_reference" 2>&1 | tee "$OUT/tests.log" ;;
+    bench)  # one CSV per section, so that a run cut short keeps what it finished
+      "$PY" benchmarks/speed.py --device cuda --sections solve \
+        --out "$OUT/speed_gpu_solve.csv" 2>&1 | tee "$OUT/bench_solve.log" &&
+      "$PY" benchmarks/speed.py --device cuda --sections overhead --repeats "${REPEATS:-1}" \
+        --out "$OUT/speed_gpu_overhead.csv" 2>&1 | tee "$OUT/bench_overhead.log" ;;
+    bench-rest)
+      "$PY" benchmarks/speed.py --device cuda --sections throughput projection --repeats "${REPEATS:-1}" \
+        --out "$OUT/speed_gpu_rest.csv" 2>&1 | tee "$OUT/bench_rest.log" &&
+      "$PY" benchmarks/speed.py --device cuda --sections memory \
+        --out "$OUT/speed_gpu_memory.csv" 2>&1 | tee "$OUT/bench_memory.log" ;;
+    suite)
+      "$PY" -m pytest -q -p no:cacheprovider -x 2>&1 | tee "$OUT/suite.log" ;;
+    *)
+      echo "unknown part $part (tests, bench, bench-rest, suite)"; false ;;
+  esac
+  rc=$?
+  [ $rc -ne 0 ] && { echo "=== $part FAILED (exit $rc)"; failed=$((failed + 1)); }
+done
+echo "=== done ($(date +%T)), $failed part(s) failed"
+exit $failed

@@ -1,0 +1,139 @@
+"""End-to-end checks of the CUDA paths (skipped without a CUDA GPU).
+
+On a GPU the engine takes its accelerator path (no host reads per step:
+best-iterate tracking and failure masking by ``torch.where``), the l1
+projection its pure-PyTorch batched search, and StyleGAN-2 its compiled
+``upfirdn2d``/``fused_leaky_relu`` kernels. Each test runs the same work on
+the CPU and compares. The helpers take the device as an argument so that the
+comparisons themselves can be exercised on the CPU (``_check_*("cpu")``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ilo_pl.api import solve
+from ilo_pl.modules.generators import DCGANGenerator
+from ilo_pl.operators import RandomMask
+from ilo_pl.projections import L1Workspace, project_l1_ball_, project_l1_ball_sort
+from ilo_pl.stages import Stage
+
+TINY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stylegan2_rosinality_tiny.pt"
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+DCGAN_STAGES = [
+    Stage(split=0, steps=8, lr=0.05, free=["latent"]),
+    Stage(split=1, steps=8, lr=0.05, free=["state", "latent"], radius={"state": 20.0}),
+    Stage(split=2, steps=8, lr=0.05, free=["state", "latent"], radius={"state": 20.0}),
+]
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [-1, 1]."""
+    mse = ((a.float().cpu() - b.float().cpu()) ** 2).mean().clamp_min(1e-20)
+    return float(-10 * torch.log10(mse / 4))
+
+
+def _check_dcgan_solve(device: str) -> None:
+    """A DCGAN ILO solve on ``device`` follows the CPU solve and its solutions regenerate its images."""
+    torch.manual_seed(0)
+    gen = DCGANGenerator()
+    with torch.no_grad():
+        x = gen.render(gen.init_variables(2, torch.Generator().manual_seed(3)), 0)
+    op = RandomMask(0.5).build(gen.image_shape, 0)
+    y = op(x)
+    acc = "gpu" if device == "cuda" else "cpu"
+    ref = solve(gen, op, y, DCGAN_STAGES, trainer_kwargs={"accelerator": "cpu"})
+    got = solve(gen.to(device), op, y, DCGAN_STAGES, trainer_kwargs={"accelerator": acc})
+    assert next(gen.parameters()).device.type == device  # solve() gives the generator back where it was
+    assert got.failed == [None, None]
+    assert torch.isfinite(got.images).all() and torch.isfinite(got.measurement_loss).all()
+    # Float rounding differs between devices; 24 Adam steps keep the trajectories close.
+    assert _psnr(got.images, ref.images) > 35, _psnr(got.images, ref.images)
+    torch.testing.assert_close(got.measurement_loss.cpu(), ref.measurement_loss.cpu(), rtol=0.05, atol=1e-4)
+    for b, sol in enumerate(got.solutions):
+        with torch.no_grad():
+            again = gen.render({k: v.to(device) for k, v in sol.state.items()}, sol.split)
+        torch.testing.assert_close(again.cpu(), got.images[b : b + 1].cpu(), atol=1e-4, rtol=1e-4)
+
+
+def _check_inplace_projection(device: str) -> None:
+    """The in-place projection with a warm workspace on ``device`` equals the sort reference."""
+    g = torch.Generator().manual_seed(5)
+    anchor = torch.randn(4, 64, 32, 32, generator=g)
+    param = anchor + torch.randn(4, 64, 32, 32, generator=g)
+    radius = (param - anchor).abs().flatten(1).sum(1) * torch.tensor([0.01, 0.3, 0.9, 1.5])
+    ws, p = L1Workspace(), param.to(device)
+    a, r = anchor.to(device), radius.to(device)
+    for step in range(3):  # warm starts along a drifting trajectory
+        p += 1e-3 * torch.randn(p.shape, generator=g).to(device)
+        want = a + project_l1_ball_sort((p - a).flatten(1).double(), r.double()).view_as(p).float()
+        before = p.clone()
+        project_l1_ball_(p, a, r, ws)
+        torch.testing.assert_close(p, want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(p[3], before[3])  # inside: untouched, bit for bit
+
+
+def _check_stylegan2(device: str) -> None:
+    """The tiny StyleGAN-2 on ``device``: same images as on the CPU, G2(G1(z)) == G(z), a 16-mixed solve."""
+    from ilo_pl.modules.generators.stylegan2 import StyleGAN2Generator
+
+    if not TINY.is_file():
+        pytest.fail(f"missing fixture {TINY}: the shared fixtures must be at ../shared/fixtures")
+    cpu = StyleGAN2Generator.from_checkpoint(TINY, mean_latent_samples=256)
+    gen = StyleGAN2Generator.from_checkpoint(TINY, mean_latent_samples=256).to(device)
+    state = cpu.init_variables(2, torch.Generator().manual_seed(4))
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # cuDNN's default TF32 convolutions differ from the CPU by ~1e-3
+    try:
+        with torch.no_grad():
+            want = cpu.render(state, 0)
+            full = gen.render({k: v.to(device) for k, v in state.items()}, 0)
+            torch.testing.assert_close(full.cpu(), want, atol=2e-4, rtol=1e-4)
+            for split in range(1, gen.num_splits + 1):  # the RGB skip crosses every split
+                deep = gen.advance({k: v.to(device) for k, v in state.items()}, 0, split)
+                torch.testing.assert_close(gen.render(deep, split), full, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    op = RandomMask(0.5).build(gen.image_shape, 0)
+    y = op(want[:1])
+    stages = [
+        Stage(split=0, steps=6, lr=0.05, free=["latent", "noise"], radius={"latent": 5.0}),
+        Stage(split=2, steps=6, lr=0.05, free=["latent", "state", "noise"], radius={"latent": 5.0, "state": 5.0}),
+    ]
+    precision = "16-mixed" if device == "cuda" else "bf16-mixed"
+    acc = "gpu" if device == "cuda" else "cpu"
+    res = solve(gen, op, y, stages, sphere=True, trainer_kwargs={"precision": precision, "accelerator": acc})
+    assert res.failed == [None]
+    assert torch.isfinite(res.images).all() and torch.isfinite(res.measurement_loss).all()
+
+
+@needs_gpu
+def test_dcgan_solve_on_gpu_matches_cpu() -> None:
+    _check_dcgan_solve("cuda")
+
+
+@needs_gpu
+def test_inplace_projection_on_gpu_matches_sort_reference() -> None:
+    _check_inplace_projection("cuda")
+
+
+@needs_gpu
+def test_stylegan2_on_gpu_uses_the_cuda_kernels_and_matches_cpu() -> None:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    from ilo_pl.ops import _cuda
+
+    if CUDA_HOME is not None and not _cuda.native_only():  # a toolkit is there: the build must work
+        assert _cuda.load_extension() is not None, "the CUDA kernels failed to build (see the warning above)"
+    _check_stylegan2("cuda")
+
+
+def test_gpu_checks_run_on_the_cpu() -> None:
+    """The comparisons above are live code: run them with the CPU as the 'device'."""
+    _check_inplace_projection("cpu")
+    _check_dcgan_solve("cpu")
