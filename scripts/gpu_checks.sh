@@ -11,13 +11,16 @@
 #   suite       the whole test suite with the GPU visible (solves then run on it: accelerator "auto")
 #
 # Run it from the repository root in an environment with ilo-pl's dependencies (scripts/bootstrap.sh)
-# and a CUDA toolkit for the kernels. Results go to $OUT (default benchmarks/out/gpu): one CSV per
-# benchmark part and the logs. Exit status: the number of parts that failed.
+# and a CUDA toolkit for the kernels. Results go to $OUT (default: a new folder
+# benchmarks/out/gpu_<date>_<time>, so earlier results are never overwritten): one CSV per benchmark
+# part and the logs. Exit status: the number of parts that failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-OUT=${OUT:-benchmarks/out/gpu}
-mkdir -p "$OUT"
+if [ -z "${PYTHON:-}" ]; then  # the project's environment if there is one (scripts/bootstrap.sh)
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+PY=$PYTHON
+OUT=${OUT:-benchmarks/out/gpu_$(date +%Y%m%d_%H%M%S)}
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(tests bench bench-rest)
 export PYTHONUNBUFFERED=1
@@ -29,6 +32,7 @@ p = torch.cuda.get_device_properties(0)
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), {p.name}, {p.total_memory / 2**30:.0f} GiB, "
       f"{p.multi_processor_count} SMs")
 EOF
+mkdir -p "$OUT"
 failed=0
 for part in "${parts[@]}"; do
   echo "=== $part ($(date +%T))"
@@ -58,5 +62,5 @@ for part in "${parts[@]}"; do
   rc=$?
   [ $rc -ne 0 ] && { echo "=== $part FAILED (exit $rc)"; failed=$((failed + 1)); }
 done
-echo "=== done ($(date +%T)), $failed part(s) failed"
+echo "=== done ($(date +%T)), $failed part(s) failed; results in $OUT"
 exit $failed

@@ -137,3 +137,18 @@ def test_gpu_checks_run_on_the_cpu() -> None:
     """The comparisons above are live code: run them with the CPU as the 'device'."""
     _check_inplace_projection("cpu")
     _check_dcgan_solve("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where no GPU is visible")
+def test_gpu_checks_script_says_when_there_is_no_gpu(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", str(root / "scripts" / "gpu_checks.sh"), "tests"], capture_output=True, text=True,
+                          env=env, check=False)
+    assert proc.returncode == 1
+    assert "no CUDA device is visible to PyTorch" in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
