@@ -122,3 +122,29 @@ def test_cuda_device_needs_a_gpu(capsys):
     with pytest.raises(SystemExit):
         speed.main(["--device", "cuda", "--sections", "overhead"])
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_op_count_script_counts_more_operators_on_the_device_path(capsys):
+    _speed()
+    spec = importlib.util.spec_from_file_location("op_count", ROOT / "benchmarks" / "op_count.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    try:
+        cpu, floor = mod.count("dcgan", 2, 1, "cpu")
+        dev, floor2 = mod.count("dcgan", 2, 1, "device")
+        assert mod.main(["--split", "1", "--top", "3"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    n_cpu, n_dev, n_floor = (sum(c.by_op.values()) for c in (cpu, dev, floor))
+    assert n_floor == sum(floor2.by_op.values()) > 0  # the floor is the same either way
+    assert n_floor < n_cpu < n_dev  # the device path trades host reads for operators
+    # places name ilo-pl's lines: the read-free projection runs on the device path only
+    assert any("_project_l1_ball_no_reads_" in k for k in dev.by_place)
+    assert not any("_project_l1_ball_no_reads_" in k for k in cpu.by_place)
+    assert "operators per step" in capsys.readouterr().out
+    # the switches the script flips are restored
+    import ilo_pl.modules.ilo as ilo_mod
+
+    assert ilo_mod._host_reads_free(torch.zeros(1)) is True
+

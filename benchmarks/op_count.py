@@ -1,0 +1,151 @@
+"""Diagnostic: how many PyTorch operators one ILO step dispatches, against the floor, and from where.
+
+Usage::
+
+    python benchmarks/op_count.py [--model dcgan|sg2-tiny] [--split K] [--batch B] [--path cpu|device]
+
+On a GPU every operator is a kernel launch or at least a few microseconds of
+host work, and a model as small as the DCGAN is bound by them (see "On a GPU"
+in docs/performance.md), so the number of operators per step predicts the
+engine's overhead there. This script counts them on the CPU, no GPU needed:
+``--path device`` makes the engine take the branch it takes on accelerators
+(no host reads: best-iterate tracking and failure masking by ``torch.where``,
+the l1 projection through ``L1Workspace(host_reads=False)``), by switching
+the same private hooks the tests switch; ``--path cpu`` counts what runs on
+the CPU. Counting uses a ``TorchDispatchMode``, so backward operators count
+too; ten steps of one stage (11-20, one of which logs, as one step in ten
+does in a solve) are counted, the floor's steps likewise after 3
+warm-up steps. Prints ops per step, the extra ops by name and by the line of
+ilo-pl (or the Lightning function) they come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Counter, List, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (str(ROOT), str(ROOT / "benchmarks")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import pytorch_lightning as pl  # noqa: E402
+
+import speed  # noqa: E402
+from ilo_pl.api import solve  # noqa: E402
+
+COUNTED = range(11, 21)  # ten steps: one of them logs (log_every = 10), as in a solve
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts dispatched operators by name and by where they were called from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_op: Counter[str] = collections.Counter()
+        self.by_place: Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.by_op[func.overloadpacket.__name__] += 1
+        self.by_place[_place()] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _place() -> str:
+    """The innermost ilo-pl (or benchmark) frame of the call, else the innermost Lightning function."""
+    lightning = None
+    for fr in reversed(traceback.extract_stack(limit=30)[:-2]):
+        if "/ilo_pl/" in fr.filename or fr.filename.endswith("speed.py"):
+            return f"{Path(fr.filename).name}:{fr.lineno} ({fr.name})"
+        if lightning is None and "pytorch_lightning" in fr.filename:
+            lightning = f"Lightning: {fr.name}"
+    return lightning or "other"
+
+
+class _Window(pl.Callback):
+    """Counts the operators of the steps in ``COUNTED`` (from one step's start to the next's)."""
+
+    def __init__(self) -> None:
+        self.counter = OpCounter()
+        self.step = 0
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.step == COUNTED.start:
+            self.counter.__enter__()
+        if self.step == COUNTED.stop:
+            self.counter.__exit__(None, None, None)
+        self.step += 1
+
+
+def count(model: str, split: int, batch: int, path: str) -> tuple:
+    """``(ILO counter, floor counter)`` for one configuration; counts are totals over ``len(COUNTED)`` steps."""
+    import ilo_pl.modules.ilo as ilo_mod
+    import ilo_pl.projections as projections
+
+    gen = speed.make_generator(model)
+    stages, kw = speed.stages_for(model, split, COUNTED.stop + 3)
+    op, y = speed.make_problem(gen, batch)
+    window = _Window()
+    saved = ilo_mod._host_reads_free, projections.L1Workspace.__init__
+    if path == "device":  # the accelerator branch, as the tests take it on the CPU
+        init = saved[1]
+        ilo_mod._host_reads_free = lambda t: False
+        projections.L1Workspace.__init__ = lambda self, anchor=None, host_reads=True: init(self, anchor, False)
+    try:
+        solve(gen, op, y, stages, callbacks=[window], trainer_kwargs={"accelerator": "cpu"}, **kw)
+    finally:
+        ilo_mod._host_reads_free, projections.L1Workspace.__init__ = saved
+    state = gen.init_variables(batch, torch.Generator().manual_seed(0))
+    state = gen.advance(state, 0, split) if split else state
+    groups = gen.groups(split)
+    floor = speed.FloorStep(gen, state, {k for k in state if stages[0].is_free(k, groups[k])}, split, op, y, stages[0].lr)
+    for _ in range(3):
+        floor()
+    fc = OpCounter()
+    with fc:
+        for _ in COUNTED:
+            floor()
+    return window.counter, fc
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["dcgan", "sg2-tiny"], default="dcgan")
+    parser.add_argument("--split", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--path", choices=["cpu", "device"], default="device",
+                        help="the engine's CPU branch or its accelerator branch (default: device)")
+    parser.add_argument("--top", type=int, default=25, help="rows of the by-op and by-place tables")
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error("--batch must be >= 1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    ilo, floor = count(args.model, args.split, args.batch, args.path)
+    n = len(COUNTED)
+    total_i, total_f = sum(ilo.by_op.values()) / n, sum(floor.by_op.values()) / n
+    print(f"{args.model}, split {args.split}, batch {args.batch}, {args.path} path: operators per step: "
+          f"ILO {total_i:.0f}, floor {total_f:.0f}, extra {total_i - total_f:.0f}")
+    extra = {k: (v - floor.by_op.get(k, 0)) / n for k, v in ilo.by_op.items()}
+    print("\nextra operators by name (per step):")
+    for k, v in sorted(extra.items(), key=lambda kv: -kv[1])[: args.top]:
+        if v > 0:
+            print(f"  {v:6.1f}  {k}")
+    print("\nILO operators by place (per step; Lightning's own include the forward/backward it drives):")
+    for k, v in ilo.by_place.most_common(args.top):
+        print(f"  {v / n:6.1f}  {k}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
