@@ -451,7 +451,7 @@ def _project_l1_ball_no_reads_(param: Tensor, anchor: Tensor, r: Tensor, ws: L1W
 
     Every sample gets Duchi et al.'s exact threshold (a segmented sort, so
     no iteration whose end the host must test); samples inside their ball
-    (and inf/NaN ones, whose norm compares false) keep their own bits through
+    (and inf/NaN ones, masked out by their non-finite norm) keep their own bits through
     ``torch.where``. Radius 0 needs no special case: the sort-based threshold
     is then ``max |d|``, which maps the sample onto its anchor.
     """
@@ -461,7 +461,8 @@ def _project_l1_ball_no_reads_(param: Tensor, anchor: Tensor, r: Tensor, ws: L1W
     centre = anchor.reshape(b, n).to(device=param.device, dtype=work)
     torch.sub(flat, centre, out=dev)
     torch.abs(dev, out=u)
-    outside = u.sum(1) > r
+    norm1 = u.sum(1)
+    outside = (norm1 > r) & torch.isfinite(norm1)  # an inf/NaN sample is left as it is
     theta = _theta_sort(u, torch.where(outside, r, torch.zeros_like(r)))
     t = torch.where(outside, theta, torch.zeros_like(theta))[:, None]
     torch.maximum(torch.minimum(dev, t, out=u), -t, out=u)

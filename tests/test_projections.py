@@ -608,6 +608,19 @@ def test_kernel_non_finite_row_raises_and_writes_nothing(bad):
     torch.testing.assert_close(param[:2].abs().sum(1), torch.ones(2))
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_no_reads_path_leaves_a_non_finite_row_as_it_is(bad):
+    """Without host reads nothing can raise: the bad row stays as it was, the others are projected."""
+    anchor = torch.zeros(3, 100)
+    param = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
+    param[2, 5] = bad
+    before = param.clone()
+    project_l1_ball_(param, anchor, 1.0, L1Workspace(host_reads=False))
+    assert torch.equal(torch.nan_to_num(param[2]), torch.nan_to_num(before[2]))
+    assert torch.isnan(param[2, 5]) if math.isnan(bad) else param[2, 5] == bad
+    torch.testing.assert_close(param[:2], project_l1_ball_sort(before[:2], 1.0))
+
+
 def test_kernel_rejects_what_it_does_not_handle():
     op = _kernel_or_skip()
     x = torch.zeros(2, 8)
