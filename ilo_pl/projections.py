@@ -467,11 +467,10 @@ def _project_l1_ball_no_reads_(param: Tensor, anchor: Tensor, r: Tensor, ws: L1W
     t = torch.where(outside, theta, torch.zeros_like(theta))[:, None]
     torch.maximum(torch.minimum(dev, t, out=u), -t, out=u)
     dev.sub_(u).add_(centre)  # the projected point
-    new = torch.where(outside[:, None], dev, flat)
-    if flat.data_ptr() == param.data_ptr() and param.is_contiguous():
-        flat.copy_(new)
-    else:
-        param.copy_(new.view(param.shape))
+    if flat.dtype == work and flat.data_ptr() == param.data_ptr() and param.is_contiguous():
+        torch.where(outside[:, None], dev, flat, out=flat)  # rows inside keep their own bits
+    else:  # a copy (non-contiguous) or another dtype: rows inside are exact in the work dtype
+        param.copy_(torch.where(outside[:, None], dev, flat).view(param.shape))
 
 
 def _use_cpu_kernel(param: Tensor) -> bool:

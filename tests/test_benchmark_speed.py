@@ -24,6 +24,14 @@ def _speed():
     return sys.modules["speed"]
 
 
+def _script(name: str):
+    """A benchmark script of benchmarks/ loaded as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_schedule_rows_run_the_shipped_config():
     speed = _speed()
     stages, kw = speed.dcgan_schedule(0.1)
@@ -54,9 +62,7 @@ def test_bare_lightning_and_ilo_steps_are_timed_with_interleaved_floor_steps():
 
 def test_floor_placement_script_runs(capsys):
     _speed()
-    spec = importlib.util.spec_from_file_location("floor_placement", ROOT / "benchmarks" / "floor_placement.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script("floor_placement")
     threads = torch.get_num_threads()
     try:
         assert mod.main(["--split", "4", "--batch", "1", "--loops", "2", "--steps", "3"]) == 0
@@ -126,9 +132,7 @@ def test_cuda_device_needs_a_gpu(capsys):
 
 def test_op_count_script_counts_more_operators_on_the_device_path(capsys):
     _speed()
-    spec = importlib.util.spec_from_file_location("op_count", ROOT / "benchmarks" / "op_count.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script("op_count")
     threads = torch.get_num_threads()
     try:
         cpu, floor = mod.count("dcgan", 2, 1, "cpu")

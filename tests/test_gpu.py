@@ -61,13 +61,16 @@ def _check_dcgan_solve(device: str) -> None:
         torch.testing.assert_close(again.cpu(), got.images[b : b + 1].cpu(), atol=1e-4, rtol=1e-4)
 
 
-def _check_inplace_projection(device: str) -> None:
-    """The in-place projection with a warm workspace on ``device`` equals the sort reference."""
+def _check_inplace_projection(device: str, host_reads: bool = True) -> None:
+    """The in-place projection with a warm workspace on ``device`` equals the sort reference.
+
+    ``host_reads=False`` is the path the engine takes on accelerators.
+    """
     g = torch.Generator().manual_seed(5)
     anchor = torch.randn(4, 64, 32, 32, generator=g)
     param = anchor + torch.randn(4, 64, 32, 32, generator=g)
     radius = (param - anchor).abs().flatten(1).sum(1) * torch.tensor([0.01, 0.3, 0.9, 1.5])
-    ws, p = L1Workspace(), param.to(device)
+    ws, p = L1Workspace(host_reads=host_reads), param.to(device)
     a, r = anchor.to(device), radius.to(device)
     for step in range(3):  # warm starts along a drifting trajectory
         p += 1e-3 * torch.randn(p.shape, generator=g).to(device)
@@ -118,8 +121,9 @@ def test_dcgan_solve_on_gpu_matches_cpu() -> None:
 
 
 @needs_gpu
-def test_inplace_projection_on_gpu_matches_sort_reference() -> None:
-    _check_inplace_projection("cuda")
+@pytest.mark.parametrize("host_reads", [True, False])
+def test_inplace_projection_on_gpu_matches_sort_reference(host_reads: bool) -> None:
+    _check_inplace_projection("cuda", host_reads)
 
 
 @needs_gpu
@@ -135,7 +139,8 @@ def test_stylegan2_on_gpu_uses_the_cuda_kernels_and_matches_cpu() -> None:
 
 def test_gpu_checks_run_on_the_cpu() -> None:
     """The comparisons above are live code: run them with the CPU as the 'device'."""
-    _check_inplace_projection("cpu")
+    _check_inplace_projection("cpu", host_reads=True)
+    _check_inplace_projection("cpu", host_reads=False)
     _check_dcgan_solve("cpu")
 
 
