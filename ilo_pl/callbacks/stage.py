@@ -8,10 +8,10 @@ Protocol (what a LightningModule offers to use :class:`StageTransition`):
 * ``begin_stage(batch, index) -> None``: install that stage's variables (for
   ILO: map the previous solution with ``G1`` to the next split, make it the
   new variable and its anchor);
-* optionally ``project_to_range(index) -> None``: before stage ``index``
-  begins, pull the current solution back into the range of the earlier
-  layers (ILO, Algorithm 1, line 5); called only when the callback is built
-  with ``project_to_range=True``;
+* optionally ``project_to_range(batch, index) -> None``: before stage
+  ``index`` begins, pull the current solution back into the range of the
+  earlier layers (ILO, Algorithm 1, line 5); called only when the callback is
+  built with ``project_to_range=True``;
 * ``configure_optimizers()`` returns an optimizer over exactly the current
   variables and marks it with the attribute ``_ilo_owner = id(module)``, so a
   configuration that swapped in another optimizer (e.g. LightningCLI's
@@ -45,7 +45,7 @@ class StageTransition(pl.Callback):
         if index is None:
             return
         if self.project_to_range and index > 0 and hasattr(pl_module, "project_to_range"):
-            pl_module.project_to_range(index)
+            pl_module.project_to_range(batch, index)
         pl_module.begin_stage(batch, index)
         rebuild_optimizers(trainer)
         self.rebuilds += 1

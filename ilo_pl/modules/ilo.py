@@ -28,10 +28,19 @@ from ilo_pl.callbacks.stage import StageTransition
 from ilo_pl.losses.base import LossContext, LossTerm, MSELoss
 from ilo_pl.modules.generators.base import SplitGenerator, State
 from ilo_pl.problem import ProblemBatch, ProblemResult, Solution
+from ilo_pl.modules.generators.range import FeasibleSet, computed_entries
+from ilo_pl.modules.generators.range import project_to_range as range_projection
+from ilo_pl.projections import project_sphere_
 from ilo_pl.stages import INF, Stage, check_stages, ramp_lr, stage_losses
 
 
 _PLAIN = (int, float, str, bool, type(None))
+
+#: Consecutive steps a sample's gradient may be non-finite under a GradScaler (16-mixed)
+#: before it counts as failed: each such step halves the scale, and 24 halvings take
+#: any scale a GradScaler reaches in practice (<= 2**24) below 1, where scaling cannot
+#: overflow float16.
+OVERFLOW_PATIENCE = 24
 
 
 def _sna_seed(seed: int) -> int:
@@ -71,6 +80,11 @@ def _copy_rows_(dst: Tensor, src: Tensor, rows: Tensor, host_read: Optional[bool
             dst.copy_(src)
             return
     torch.where(rows.view(-1, *([1] * (dst.dim() - 1))), src, dst, out=dst)
+
+
+def _where_rows(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``a[i]`` where the ``[B]`` bool ``rows[i]``, else ``b[i]`` (a new tensor)."""
+    return torch.where(rows.view(-1, *([1] * (a.dim() - 1))), a, b)
 
 
 class ILOModule(pl.LightningModule):
@@ -180,6 +194,9 @@ class ILOModule(pl.LightningModule):
         self._groups: Dict[str, str] = {}
         self._weighted: List[Tuple[str, float]] = []
         self.last_result: Optional[ProblemResult] = None
+        self._closed = False  # whether the current stage's final state was scored
+        self._batch: Optional[ProblemBatch] = None
+        self._overflowed: Optional[Tensor] = None  # a row dropped this step (GradScaler)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Fast path for plain attributes that already exist (counters, flags, and the hook
@@ -236,6 +253,13 @@ class ILOModule(pl.LightningModule):
         stage = self.stages[index]
         if index == 0:
             state = self._initial_state(batch)
+            if self.sphere:
+                # Start on the spheres, so that the stage's anchors (its l1 balls' centres)
+                # are feasible: an off-sphere start would be moved by the first projection
+                # and spend much of the stage's l1 radius before any optimisation (an
+                # unnormalised 512-d Gaussian row is ~0.7% off its sphere, per entry).
+                for name, dims in self.generator.sphere_variables(0).items():
+                    project_sphere_(state[name], dims)
             if stage.split > 0:  # a schedule may start deeper than the input
                 with torch.no_grad():
                     state = self.generator.advance(state, 0, stage.split)
@@ -244,6 +268,8 @@ class ILOModule(pl.LightningModule):
             self._stage_best: List[Dict[str, Any]] = []
             # (stage, step) of each sample's first non-finite loss; -1 while healthy.
             self._fail_at = torch.full((len(batch), 2), -1, dtype=torch.long, device=self.device)
+            # Consecutive steps with a non-finite gradient row under a GradScaler (on_after_backward).
+            self._bad_streak = torch.zeros(len(batch), dtype=torch.long, device=self.device)
             # Host-side "some sample failed" flag, kept on the CPU only (reading there is
             # free): lets the healthy case skip the per-step failure bookkeeping.
             self._host_failed = False
@@ -265,8 +291,11 @@ class ILOModule(pl.LightningModule):
                 "loss": torch.full((b,), INF, device=self.device),
                 "state": {k: v.detach().clone() for k, v in state.items()},
                 "image": None,
+                # The stage's feasible set, for project_to_range of a later stage.
+                "feasible": FeasibleSet(list(self.variables.keys()), dict(self._balls), dict(self._sphere_dims)),
             }
         )
+        self._closed = False
 
     def _initial_state(self, batch: ProblemBatch) -> State:
         # One generator per problem: a problem's start does not depend on its batch-mates.
@@ -278,6 +307,8 @@ class ILOModule(pl.LightningModule):
         spheres = self.generator.sphere_variables(stage.split) if self.sphere else {}
         self.variables = nn.ParameterDict()
         self._fixed, self._anchors, self._l1, self._spheres = {}, {}, [], []
+        self._balls: Dict[str, Tuple[Tensor, float]] = {}
+        self._sphere_dims: Dict[str, Tuple[int, ...]] = {}
         for name, value in state.items():
             group = groups[name]
             value = value.detach().to(self.device, torch.float32)
@@ -290,8 +321,10 @@ class ILOModule(pl.LightningModule):
             if math.isfinite(radius):
                 self._anchors[name] = value.clone()
                 self._l1.append((param, self._anchors[name], radius))
+                self._balls[name] = (self._anchors[name], radius)
             if name in spheres:
                 self._spheres.append((param, tuple(spheres[name])))
+                self._sphere_dims[name] = tuple(spheres[name])
         if not self.variables:
             raise ValueError(
                 f"stage at split {stage.split} frees no variable: its `free` {stage.free} matches "
@@ -300,40 +333,47 @@ class ILOModule(pl.LightningModule):
         self._groups = groups
         self._weighted = [(n, w) for n, w in stage_losses(stage, self.loss_weights).items() if w != 0]
 
-    def project_to_range(self, index: int) -> None:
-        """Algorithm 1, line 5: pull the best state of stage ``index - 1`` into the range.
+    def project_to_range(self, batch: ProblemBatch, index: int) -> None:
+        """Algorithm 1, line 5: pull stage ``index - 1``'s solution into the range of the earlier layers.
 
-        Optimises the free entries of stage ``index - 2``'s best state so that
-        ``G1`` of them matches the ``"state"`` entries of stage ``index - 1``'s
-        best state, then replaces the latter by that ``G1`` image.
+        Replaces the activations of stage ``index - 1``'s best state by
+        ``G1(u)``, ``u`` the state inside stage ``index - 2``'s feasible set
+        (its free entries, l1 balls and spheres) that comes closest (see
+        :func:`~ilo_pl.modules.generators.range.project_to_range`). The
+        stage's record then holds the projected state *and* its image and
+        noiseless measurement error, so a solution always renders to its
+        image and its loss is that solution's. A sample whose projection is
+        not finite keeps its unprojected solution.
+
+        Args:
+            batch: the problem batch (its operator and observation score the result).
+            index: the stage about to begin (nothing to do for ``index < 2``).
         """
         if index < 2:
             return
         src, dst = self.stages[index - 2], self.stages[index - 1]
-        if src.split == dst.split:
+        src_rec, dst_rec = self._stage_best[index - 2], self._stage_best[index - 1]
+        target = dst_rec["state"]
+        computed = computed_entries(self.generator, dst.split)
+        if not computed:  # e.g. two CSGM rounds at split 0: no activation to project
             return
-        base = self._stage_best[index - 2]["state"]
-        target = self._stage_best[index - 1]["state"]
-        groups_dst = self.generator.groups(dst.split)
-        groups_src = self.generator.groups(src.split)
-        with torch.enable_grad():
-            free = {k: v.clone().requires_grad_(True) for k, v in base.items() if src.is_free(k, groups_src[k])}
-            if not free:
-                return
-            opt = torch.optim.Adam(list(free.values()), lr=self.range_lr)
-            for _ in range(self.range_steps):
-                opt.zero_grad(set_to_none=True)
-                out = self.generator.advance({**base, **free}, src.split, dst.split)
-                loss = sum(
-                    (out[k] - target[k]).pow(2).flatten(1).mean(1).sum()
-                    for k in out
-                    if groups_dst[k] == "state"
-                )
-                loss.backward()
-                opt.step()
+        merged, _ = range_projection(
+            self.generator, src_rec["state"], src.split, src_rec["feasible"], target, dst.split,
+            steps=self.range_steps, lr=self.range_lr,
+        )
         with torch.no_grad():
-            out = self.generator.advance({**base, **{k: v.detach() for k, v in free.items()}}, src.split, dst.split)
-        self._stage_best[index - 1]["state"] = {k: v.detach() for k, v in out.items()}
+            image = self.generator.render(merged, dst.split).float()
+            op, y = batch.operator, batch.observation
+            err = op.measurement_error(op.A(image), y).detach().float()
+            ok = torch.isfinite(err)
+            for k in computed:
+                ok &= torch.isfinite(merged[k].flatten(1)).all(1)
+            old_image = dst_rec["image"]
+            if old_image is None:
+                old_image = self.generator.render(target, dst.split).float()
+            dst_rec["state"] = {k: _where_rows(ok, v, target[k]) for k, v in merged.items()}
+            dst_rec["image"] = _where_rows(ok, image, old_image)
+            dst_rec["loss"] = torch.where(ok, err, dst_rec["loss"])
 
     # ------------------------------------------------------------ projections
     def l1_constraints(self) -> Iterable[Tuple[nn.Parameter, Tensor, float]]:
@@ -416,14 +456,40 @@ class ILOModule(pl.LightningModule):
         loss = per_sample.sum() if all_finite else torch.where(torch.isfinite(per_sample), per_sample, 0.0).sum()
         self._stage_step += 1
         self._problem_step += 1
+        self._batch = batch  # for optimizer_step's evaluation of the stepped state
         if self._problem_step % self.log_every == 0:
             self.log("loss", loss.detach() / len(batch), prog_bar=True, on_step=True, batch_size=len(batch))
             self.log("stage", float(self._stage), prog_bar=True, on_step=True, batch_size=len(batch))
             for name, term in logs.items():
                 self.log(f"loss/{name}/stage{self._stage}", term.detach().mean(), on_step=True, batch_size=len(batch))
-        if self._problem_step == self.steps_per_problem * self._accumulate():
-            self.last_result = self._finish(batch)
         return loss
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's step (closure, scaler, projections in the step post-hooks), then the stage's bookkeeping.
+
+        ``training_step`` scores the iterate it renders, i.e. the state
+        *before* this step; the state after a stage's last step would go
+        unscored. So when this step ends a stage, that final, projected state
+        is scored here too (one more ``G2`` pass per stage); when it ends the
+        problem, the result is assembled, before any callback's
+        ``on_train_batch_end`` reads ``last_result``.
+        """
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self._back_off_scale()
+        if self._stage < 0 or self._closed:
+            return
+        acc = self._accumulate()
+        if self._stage_step < self.stages[self._stage].steps * acc:
+            return
+        self._closed = True
+        batch = self._batch
+        with torch.no_grad():
+            state = self.current_state()
+            image = self.generator.render(state, self.stages[self._stage].split)
+            err = batch.operator.measurement_error(batch.operator.A(image), batch.observation)
+            self._track(batch, image, err, torch.zeros_like(err, dtype=torch.float32), state, False)
+        if self._problem_step == self.steps_per_problem * acc:
+            self.last_result = self._finish(batch)
 
     def _sna_measure(self, op: Any, image: Tensor) -> Tensor:
         """The SNA measurement: the mean of ``sna_samples`` fresh noisy measurements of ``image``.
@@ -442,26 +508,80 @@ class ILOModule(pl.LightningModule):
             for b, g in enumerate(self._sna_generators)
         ])
 
+    def _scaler(self) -> Any:
+        """The precision plugin's ``GradScaler`` (16-mixed), or ``None``."""
+        return getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+
+    def _grad_rows_finite(self, params: List[Tensor]) -> Tensor:
+        """``[B]`` bool: whether every gradient entry of each sample is finite.
+
+        A row's sum is finite iff all its entries are (inf and NaN propagate,
+        inf - inf is NaN; an overflow of finite entries beyond 3e38 is
+        divergence anyway): one read pass per gradient, no temporary of its size.
+        """
+        total = params[0].grad.flatten(1).sum(1, dtype=torch.float32)
+        for p in params[1:]:
+            total = total + p.grad.flatten(1).sum(1, dtype=torch.float32)
+        return torch.isfinite(total)
+
+    @torch.no_grad()
+    def on_after_backward(self) -> None:
+        # With a GradScaler (16-mixed) one sample's inf/NaN gradient would make the scaler
+        # skip the step for the whole batch, so this runs on the still-scaled gradients,
+        # before the scaler inspects them: the rows of a sample that failed or whose
+        # gradient is non-finite are zeroed (that sample sits this step out, its batch-mates
+        # step as if alone) and the scale backs off after the step (optimizer_step), as the
+        # scaler would have done for an fp16 overflow. A sample non-finite for
+        # OVERFLOW_PATIENCE consecutive steps is marked failed: that many halvings take the
+        # scale below 1, where scaling cannot overflow.
+        if getattr(self, "_fail_at", None) is None or self._scaler() is None:
+            return
+        params = [p for p in self.variables.values() if p.grad is not None]
+        if not params:
+            return
+        bad = ~self._grad_rows_finite(params)
+        self._bad_streak = torch.where(bad, self._bad_streak + 1, 0)
+        healthy = self._fail_at[:, 0] < 0
+        self._mark_failed(bad & healthy & (self._bad_streak >= OVERFLOW_PATIENCE), self._stage_step - 1)
+        any_bad = bad.any()
+        self._overflowed = any_bad if self._overflowed is None else self._overflowed | any_bad
+        drop = bad | ~healthy
+        if not _maybe_any(drop):
+            return
+        for p in params:  # (NaN rows: masked_fill, not mul)
+            p.grad.masked_fill_(drop.view(-1, *([1] * (p.grad.dim() - 1))), 0.0)
+
+    @torch.no_grad()
+    def _back_off_scale(self) -> None:
+        """After a step in which :meth:`on_after_backward` dropped non-finite rows: back the scale off."""
+        flag, self._overflowed = self._overflowed, None
+        scaler = self._scaler()
+        if flag is None or scaler is None:
+            return
+        factor = scaler.get_backoff_factor()
+        if _host_reads_free(flag):
+            if bool(flag):
+                scaler.update(new_scale=scaler.get_scale() * factor)
+            return
+        # The scale tensor itself (private): get_scale() would read it to the host every step.
+        scale = scaler._scale
+        scaler.update(new_scale=torch.where(flag.to(scale.device), scale * factor, scale))
+
     @torch.no_grad()
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # A failed sample (non-finite loss or gradient) keeps its last finite
         # iterate: zero its gradient rows, so NaN never reaches Adam or the
         # projections and its batch-mates go on exactly as if alone. Device
-        # ops only (no host sync).
+        # ops only (no host sync). With a GradScaler this was done before it
+        # unscaled the gradients (on_after_backward).
         if getattr(self, "_fail_at", None) is None:
             return
         params = [p for p in self.variables.values() if p.grad is not None]
-        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
-        if scaler is None and params:  # with a GradScaler, inf gradients are fp16 overflow: it skips the step itself
-            # A row's sum is finite iff all its entries are (inf and NaN propagate, inf - inf
-            # is NaN; an overflow of finite entries beyond 3e38 is divergence anyway): one
-            # read pass per gradient, no temporary of its size, unlike isfinite(g).
-            total = params[0].grad.flatten(1).sum(1, dtype=torch.float32)
-            for p in params[1:]:
-                total = total + p.grad.flatten(1).sum(1, dtype=torch.float32)
-            # On the CPU one host read of the grand total settles the usual all-finite case.
-            if not _host_reads_free(total) or not math.isfinite(float(total.sum())):
-                self._mark_failed(~torch.isfinite(total) & (self._fail_at[:, 0] < 0), self._stage_step - 1)
+        if self._scaler() is None and params:
+            finite = self._grad_rows_finite(params)
+            # On the CPU one host read settles the usual all-finite case.
+            if not _host_reads_free(finite) or not bool(finite.all()):
+                self._mark_failed(~finite & (self._fail_at[:, 0] < 0), self._stage_step - 1)
         if _host_reads_free(self._fail_at) and not self._host_failed:
             return  # every sample healthy: no gradient to zero
         failed = self._fail_at[:, 0] >= 0
