@@ -19,8 +19,9 @@ class Stage:
         steps: optimizer steps in this stage.
         lr: Adam's peak learning rate.
         free: state entries optimised in this stage, as group names (``state``,
-            ``latent``, ``noise``) or entry-name patterns (``noise_[0-4]``,
-            fnmatch syntax). Other entries stay fixed.
+            ``latent``, ``noise``, ``skip``; see
+            :data:`ilo_pl.modules.generators.base.GROUPS`) or entry-name
+            patterns (``noise_[0-4]``, fnmatch syntax). Other entries stay fixed.
         radius: l1 radius of the ball around the stage's starting point, per
             group or entry-name pattern (first match wins, names before
             groups); entries with no radius are unconstrained.
@@ -51,9 +52,17 @@ class Stage:
         return any(p == group or fnmatch.fnmatchcase(name, p) for p in self.free)
 
     def radius_of(self, name: str, group: str) -> float:
-        """The l1 radius for entry ``name`` (inf if none is given)."""
+        """The l1 radius for entry ``name`` (inf if none is given).
+
+        Keys that are group names (:data:`~ilo_pl.modules.generators.base.GROUPS`)
+        apply to the group; any other key is an entry-name pattern, and a
+        matching pattern wins over the group's radius.
+        """
+        # Imported here: ilo_pl.modules imports this module (the engine reads Stage).
+        from ilo_pl.modules.generators.base import GROUPS
+
         for pattern, r in self.radius.items():
-            if pattern not in ("state", "latent", "noise") and fnmatch.fnmatchcase(name, pattern):
+            if pattern not in GROUPS and fnmatch.fnmatchcase(name, pattern):
                 return float(r)
         return float(self.radius.get(group, INF))
 

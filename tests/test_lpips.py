@@ -16,7 +16,9 @@ from ilo_pl.losses.base import LossContext
 from ilo_pl.losses.lpips import LPIPSLoss, backbone_weights_path
 from ilo_pl.operators.base import Identity, LambdaOperator
 from ilo_pl.operators.classifier import ClassifierOperator
+from ilo_pl.operators.cs import CompressedSensing
 from ilo_pl.operators.inpainting import Inpainting
+from ilo_pl.operators.superres import SuperResolution
 
 
 def ctx_for(op: Any, image: torch.Tensor, y: torch.Tensor) -> LossContext:
@@ -129,7 +131,101 @@ def test_non_image_measurements_are_refused(vgg: LPIPSLoss) -> None:
         vgg(ctx_for(clf, x, torch.tensor([0, 1])))
 
 
+class _resized:
+    """Temporarily give a loss another ``resize`` (building a second VGG costs seconds on a CPU)."""
+
+    def __init__(self, loss: LPIPSLoss, resize: Any) -> None:
+        self.loss, self.resize = loss, resize
+
+    def __enter__(self) -> LPIPSLoss:
+        self.before = self.loss.resize
+        self.loss.resize = self.resize
+        return self.loss
+
+    def __exit__(self, *exc: Any) -> None:
+        self.loss.resize = self.before
+
+
+class _space:
+    """Temporarily compare in another ``space``."""
+
+    def __init__(self, loss: LPIPSLoss, space: str) -> None:
+        self.loss, self.space = loss, space
+
+    def __enter__(self) -> LPIPSLoss:
+        self.before = self.loss.space
+        self.loss.space = self.space
+        return self.loss
+
+    def __exit__(self, *exc: Any) -> None:
+        self.loss.space = self.before
+
+
+def test_superres_compares_in_observation_space(vgg: LPIPSLoss) -> None:
+    """The measurement is a smaller image: LPIPS of A(G(v)) against y, at the observation's resolution."""
+    op = SuperResolution(factor=4).build((3, 32, 32), seed=0)
+    truth, other = images(1), images(1, seed=6)
+    y = op(truth)
+    assert y.shape == (1, 3, 8, 8)
+    with _resized(vgg, 32) as loss:
+        assert loss.space == "auto"
+        # No crash (it raised "LPIPS needs image-space observations" before), and zero at the truth.
+        assert loss(ctx_for(op, truth, y)).abs().item() < 1e-6
+        got = loss(ctx_for(op, other, y))
+        torch.testing.assert_close(got, loss.distance(op.A(other), y))
+        assert got.item() > 1e-3
+        with _space(loss, "observation"):
+            torch.testing.assert_close(loss(ctx_for(op, other, y)), got)
+            # It reads the engine's measurement (with SNA noise when SNA is on), not a fresh A(x).
+            ctx = ctx_for(op, other, y)
+            ctx.measured = op.A(truth)
+            assert loss(ctx).abs().item() < 1e-6
+        # The gradient reaches the generated image through A.
+        x = other.clone().requires_grad_(True)
+        loss(ctx_for(op, x, y)).sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_image_space_refuses_observations_of_another_size(vgg: LPIPSLoss) -> None:
+    op = SuperResolution(factor=4).build((3, 32, 32), seed=0)
+    x = images(1)
+    with _space(vgg, "image"), pytest.raises(ValueError, match=r"space='image'.*BicubicDownsample.*space='observation'"):
+        vgg(ctx_for(op, x, op(x)))
+
+
+def test_observation_space_on_inpainting_compares_the_masked_images(vgg: LPIPSLoss) -> None:
+    truth = images(1)
+    mask = torch.ones(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 0
+    op = Inpainting(mask)
+    y = op(truth)
+    guess = truth * mask + images(1, seed=4) * (1 - mask)
+    with _space(vgg, "observation"):
+        assert vgg(ctx_for(op, guess, y)).abs().item() < 1e-6  # the hole is not measured
+        torch.testing.assert_close(vgg(ctx_for(op, images(1, seed=7), y)), vgg.distance(op.A(images(1, seed=7)), y))
+
+
+@pytest.mark.parametrize("space", ["auto", "observation"])
+def test_compressed_sensing_is_refused_with_the_fix(vgg: LPIPSLoss, space: str) -> None:
+    op = CompressedSensing(ratio=0.1).build((3, 32, 32), seed=0)
+    x = images(1)
+    with _space(vgg, space), pytest.raises(
+        ValueError, match=r"LPIPS needs image-space observations, but \w+ measurements are \(1, \d+\).*drop the 'lpips'"
+    ):
+        vgg(ctx_for(op, x, op(x)))
+
+
+def test_small_images_without_resize_are_refused(vgg: LPIPSLoss) -> None:
+    op = SuperResolution(factor=4).build((3, 32, 32), seed=0)
+    x = images(1)
+    assert vgg.resize is None
+    with pytest.raises(ValueError, match=r"at least 16x16.*\(8, 8\).*give LPIPSLoss a resize"):
+        vgg(ctx_for(op, x, op(x)))
+
+
 def test_bad_arguments(vgg: LPIPSLoss) -> None:
+    with pytest.raises(ValueError, match="unknown LPIPS space 'measurement'"):
+        LPIPSLoss(net="alex", pnet_rand=True, space="measurement")
     with pytest.raises(ValueError, match="unknown LPIPS backbone 'resnet'"):
         LPIPSLoss(net="resnet", pnet_rand=True)
     with pytest.raises(ValueError, match="resize must be None or an int >= 16"):

@@ -174,7 +174,7 @@ def test_state_layout_per_split(g: StyleGAN2Generator) -> None:
             assert s["latent"].shape == (2, 8 - k, 32)
             torch.testing.assert_close(s["latent"], state["latent"][:, k:])
             assert sorted(n for n in s if n.startswith("noise_")) == sorted(f"noise_{j}" for j in range(k, 7))
-            assert g.groups(k)["h"] == g.groups(k)["skip"] == "state"
+            assert g.groups(k)["h"] == "state" and g.groups(k)["skip"] == "skip"
             # Remaining noises are passed through untouched (stable names).
             assert s["noise_6"] is state["noise_6"]
 
@@ -282,6 +282,80 @@ def test_geodesic_term_is_live_at_every_split_and_stage(
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+def _authors_geocross(latent: torch.Tensor) -> torch.Tensor:
+    """The ILO authors' ``loss_geocross`` (PULSE code), written out per sample, in float64.
+
+    Per pair of rows ``2 * atan2(|x - y|, |x + y|)`` (the angle, for rows of
+    equal norm), squared, times 512, averaged over the full N x N matrix
+    (diagonal included), divided by 8.
+    """
+    x = latent.double()
+    n = x.shape[1]
+    out = []
+    for b in range(x.shape[0]):
+        total = x.new_zeros(())
+        for i in range(n):
+            for j in range(n):
+                a = (x[b, i] - x[b, j]).norm()
+                c = (x[b, i] + x[b, j]).norm()
+                total = total + (2 * torch.atan2(a, c)) ** 2 * 512
+        out.append(total / (n * n) / 8.0)
+    return torch.stack(out)
+
+
+def _equal_norm_rows(batch: int, rows: int, dim: int, seed: int) -> torch.Tensor:
+    w = torch.randn(batch, rows, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (w / w.norm(dim=-1, keepdim=True) * dim**0.5).float()  # on the sphere, as with sphere: true
+
+
+def _geodesic_of(latent: torch.Tensor, **kwargs: str) -> torch.Tensor:
+    ctx = LossContext(
+        image=torch.zeros(latent.shape[0], 3, 4, 4), measured=torch.zeros(1), observation=torch.zeros(1),
+        operator=Identity(), state={"latent": latent}, groups={"latent": "latent"}, split=0,
+    )
+    return GeodesicLoss(**kwargs)(ctx)
+
+
+@pytest.mark.parametrize("rows", [18, 13])
+def test_geodesic_default_is_the_authors_normalisation(rows: int) -> None:
+    latent = _equal_norm_rows(2, rows, 512, seed=rows)
+    want = _authors_geocross(latent)
+    torch.testing.assert_close(_geodesic_of(latent).double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_geodesic_of(latent, reduction="authors").double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [18, 13])
+def test_geodesic_pair_sum_option_is_the_sum_over_pairs(rows: int) -> None:
+    latent = _equal_norm_rows(2, rows, 512, seed=100 + rows)
+    u = latent.double() / latent.double().norm(dim=-1, keepdim=True)
+    want = torch.stack([
+        sum(torch.arccos((u[b, i] * u[b, j]).sum().clamp(-1, 1)) ** 2 for i in range(rows) for j in range(i + 1, rows))
+        for b in range(2)
+    ])
+    got = _geodesic_of(latent, reduction="pair_sum").double()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # The ratio the README's weight 0.01 hinged on: N^2 / 128 (2.53 at 18 rows, 1.32 at 13).
+    ratio = got / _geodesic_of(latent).double()
+    torch.testing.assert_close(ratio, torch.full_like(ratio, rows**2 / 128), rtol=1e-5, atol=0)
+
+
+def test_geodesic_unknown_reduction_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown GeodesicLoss reduction 'mean'.*'authors'.*'pair_sum'"):
+        GeodesicLoss(reduction="mean")
+
+
+def test_stage_radius_reads_the_generator_groups() -> None:
+    """Group keys (GROUPS, "skip" included) give a group's radius; an entry-name pattern wins over it."""
+    from ilo_pl.modules.generators.base import GROUPS
+    from ilo_pl.stages import Stage
+
+    assert GROUPS == ("state", "latent", "noise", "skip")
+    st = Stage(split=1, steps=1, free=["state", "skip"], radius={"skip": 3.0, "sk*": 1.0, "state": 5.0})
+    assert st.radius_of("skip", "skip") == 1.0  # names before groups, as for every other group
+    assert st.radius_of("h", "state") == 5.0
+    assert Stage(split=1, steps=1, radius={"skip": 3.0}).radius_of("skip", "skip") == 3.0
+
+
 def test_paper_stages(g: StyleGAN2Generator) -> None:
     with torch.device("meta"):
         big = StyleGAN2Generator(size=1024, style_dim=512, n_mlp=8)
@@ -301,6 +375,11 @@ def test_paper_stages(g: StyleGAN2Generator) -> None:
     assert stages[2].radius_of("h", "state") == 1000
     # On the tiny generator the freed noises are capped at its 7 layers.
     assert paper_stages(g)[3].free[-1] == "noise_6"
+    # "state" is the feature map only: the RGB skip is carried, never freed, and has no radius.
+    for st in stages[1:]:
+        groups = big.groups(st.split)
+        assert st.is_free("h", groups["h"]) and not st.is_free("skip", groups["skip"])
+        assert st.radius_of("skip", groups["skip"]) == float("inf")
 
 
 def test_paper_stages_errors(g: StyleGAN2Generator) -> None:
@@ -488,17 +567,45 @@ def test_there_are_ffhq1024_configs() -> None:
     assert {"ffhq1024_inpainting_box", "ffhq1024_superres", "ffhq1024_denoising"} <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_ffhq1024_configs_follow_the_paper(path: Path) -> None:
+#: Loss weights of each shipped config, as the paper: LPIPS where its experiments use it (not for
+#: compressed sensing, whose code uses MSE only, nor below 20% observed pixels, its appendix).
+CONFIG_LOSSES = {
+    "ffhq1024_inpainting_box": {"mse": 1.0, "lpips": 1.0, "geodesic": 0.01},
+    "ffhq1024_inpainting_random": {"mse": 1.0, "geodesic": 0.01},
+    "ffhq1024_superres": {"mse": 1.0, "lpips": 1.0, "geodesic": 0.01},
+    "ffhq1024_denoising": {"mse": 1.0, "lpips": 1.0, "geodesic": 0.01},
+    "ffhq1024_compressed_sensing": {"mse": 1.0, "geodesic": 0.01},
+}
+#: Where LPIPS compares: super-resolution at the observation's resolution, as the paper.
+CONFIG_LPIPS_SPACE = {"ffhq1024_inpainting_box": "image", "ffhq1024_superres": "observation", "ffhq1024_denoising": "image"}
+
+
+def _config(path: Path) -> dict:
     import yaml
 
-    model = yaml.safe_load(path.read_text())["model"]
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_ffhq1024_configs_follow_the_paper(path: Path) -> None:
+    cfg = _config(path)
+    model = cfg["model"]
     gen = model["generator"]
     assert gen["class_path"] == "ilo_pl.modules.generators.stylegan2.StyleGAN2Generator"
     assert gen["init_args"]["latent_space"] == "gaussian_fit"
-    assert model["loss_weights"] == {"mse": 1.0, "lpips": 1.0, "geodesic": 0.01}
+    assert model["loss_weights"] == CONFIG_LOSSES[path.stem]
     assert set(model["losses"]) == set(model["loss_weights"])
     assert model["sphere"] is True
+    # The geodesic term with the authors' normalisation, for which 0.01 is their weight.
+    assert (model["losses"]["geodesic"].get("init_args") or {}).get("reduction", "authors") == "authors"
+    if "lpips" in model["losses"]:
+        lp = model["losses"]["lpips"]["init_args"]
+        assert lp["net"] == "vgg" and lp["resize"] == 256 and lp["space"] == CONFIG_LPIPS_SPACE[path.stem]
+    op = cfg["data"]["operator"]
+    if op["class_path"].endswith("RandomMask") and op["init_args"]["fraction"] < 0.2:
+        assert "lpips" not in model["losses"]  # the paper's appendix: MSE only below 20% observed
+    if op["class_path"].endswith("CompressedSensing"):
+        assert "lpips" not in model["losses"]
     with torch.device("meta"):
         big = StyleGAN2Generator(size=1024, style_dim=512, n_mlp=8)
     want = [
@@ -506,3 +613,45 @@ def test_ffhq1024_configs_follow_the_paper(path: Path) -> None:
         for s in paper_stages(big)
     ]
     assert model["stages"] == want
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_keep_the_rgb_skip_fixed(g: StyleGAN2Generator, path: Path) -> None:
+    """Their stages free the feature map h but not the RGB skip, and G2(G1(v)) == G(v) at their splits."""
+    from ilo_pl.stages import Stage
+
+    stages = [Stage(**s) for s in _config(path)["model"]["stages"]]
+    v = g.init_variables(2, torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        full = g(v)
+        for st in stages:
+            groups = g.groups(st.split)
+            free = {name for name, group in groups.items() if st.is_free(name, group)}
+            if st.split > 0:
+                assert "h" in free and "skip" not in free, (st.split, sorted(free))
+                mid = g.advance(v, 0, st.split)
+                torch.testing.assert_close(g.render(mid, st.split), full, atol=1e-5, rtol=0)
+
+
+def test_ilo_never_optimises_the_rgb_skip_under_the_paper_schedule(g: StyleGAN2Generator) -> None:
+    """The engine's variables, stage by stage, with paper_stages: h is one, skip never."""
+    import pytorch_lightning as pl
+
+    from ilo_pl.api import solve
+
+    seen: Dict[int, set] = {}
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):  # noqa: ANN001, ANN201
+            seen.setdefault(module.stage_index, set()).update(module.variables.keys())
+
+    truth = g.init_variables(1, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        x = g(truth)
+    result = solve(g, Identity(), x, paper_stages(g, steps=(2, 2, 2, 2)), callbacks=[Record()])
+    assert sorted(seen) == [0, 1, 2, 3]
+    for index in (1, 2, 3):
+        assert "h" in seen[index] and "skip" not in seen[index], (index, sorted(seen[index]))
+    sol = result.solutions[0]
+    if sol.split > 0:  # the returned state still renders the returned image: G2(G1(v)) == G(v) kept
+        torch.testing.assert_close(g.render(sol.state, sol.split), result.images, atol=1e-5, rtol=0)

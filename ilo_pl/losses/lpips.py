@@ -1,10 +1,24 @@
 """``LPIPSLoss``: the learned perceptual distance (Zhang et al. 2018) as an ILO loss term.
 
-The generated image is compared with ``operator.superimpose(image,
-observation)``: the observation itself for image-space operators, and for
-inpainting the observation with its unobserved pixels filled with the
-generated ones (so missing pixels add no mismatch). Both are resized to
-``resize x resize`` (256 as in the ILO paper) before the network.
+Where the comparison happens is the ``space`` argument:
+
+* ``"image"``: the generated image ``G(v)`` against
+  ``operator.superimpose(image, observation)``: the observation itself for
+  image-space operators (denoising), and for inpainting the observation with
+  its unobserved pixels filled with the generated ones (so missing pixels add
+  no mismatch).
+* ``"observation"``: the measurement of the generated image ``A(G(v))`` (the
+  engine's ``ctx.measured``, with SNA noise when SNA is on) against the
+  observation ``y``, for measurements that are themselves images of another
+  size, such as super-resolution's low-resolution image: LPIPS at the
+  observation's resolution, as the ILO paper computes it there.
+* ``"auto"`` (default): image space when ``superimpose`` gives an image,
+  else observation space when the measurement is an image ``[B, 3, h, w]``
+  of the observation's shape, else a ``ValueError`` (compressed-sensing
+  measurements and class labels are not images: drop the LPIPS weight there).
+
+Both compared images are then resized to ``resize x resize`` (256 as in the
+ILO paper) before the network.
 
 Weights, all read with ``torch.load(weights_only=True)``:
 
@@ -40,6 +54,15 @@ _BACKBONE_URLS = {
 }
 
 
+#: Where :class:`LPIPSLoss` compares (see the module docstring).
+SPACES = ("auto", "image", "observation")
+
+
+def _is_image(t: Tensor) -> bool:
+    """Whether ``t`` is a float RGB image batch ``[B, 3, h, w]``."""
+    return t.dim() == 4 and t.shape[1] == 3 and t.is_floating_point()
+
+
 def backbone_weights_path(net: str) -> Path:
     """Where the ImageNet backbone of LPIPS ``net`` is expected in the torch hub cache."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_BACKBONE_URLS[net])
@@ -65,7 +88,7 @@ def _fetch_backbone(net: str) -> dict:
 
 
 class LPIPSLoss(LossTerm):
-    """Per-sample LPIPS between the generated image and the (superimposed) observation.
+    """Per-sample LPIPS between the generated image and the observation, in image or observation space.
 
     Args:
         net: backbone, ``"vgg"`` (default, as the ILO paper), ``"alex"`` or ``"squeeze"``.
@@ -77,9 +100,12 @@ class LPIPSLoss(LossTerm):
         version: LPIPS version of the heads (``"0.1"``).
         detach_reference: treat the superimposed observation as a constant
             target (its generated-pixel fill gets no gradient through it).
+        space: ``"auto"``, ``"image"`` or ``"observation"``: where the two
+            images are compared (see the module docstring).
 
     Raises:
-        ValueError: unknown ``net`` or bad ``resize``.
+        ValueError: unknown ``net`` or ``space``, or bad ``resize``; at call
+            time, measurements the chosen space cannot compare.
         RuntimeError: if the backbone weights are neither cached nor downloadable.
     """
 
@@ -91,10 +117,16 @@ class LPIPSLoss(LossTerm):
         resize: Optional[int] = 256,
         version: str = "0.1",
         detach_reference: bool = True,
+        space: str = "auto",
     ) -> None:
         super().__init__()
         if net not in _BACKBONE_URLS:
             raise ValueError(f"unknown LPIPS backbone {net!r}; choose one of {sorted(_BACKBONE_URLS)}")
+        if space not in SPACES:
+            raise ValueError(
+                f"unknown LPIPS space {space!r}; choose 'auto', 'image' (G(v) against the "
+                "superimposed observation) or 'observation' (A(G(v)) against y)"
+            )
         if resize is not None and (not isinstance(resize, int) or resize < 16):
             raise ValueError(f"resize must be None or an int >= 16 (the networks downsample); got {resize!r}")
         import lpips
@@ -123,6 +155,7 @@ class LPIPSLoss(LossTerm):
                 sd[f"net.{key}"] = tv[f"features.{idx}.{leaf}"]  # type: ignore[index]
             self._load(sd, prefix_ok=("net.",), what=str(backbone_weights_path(net)))
         self.net_name, self.resize, self.detach_reference = net, resize, detach_reference
+        self.space = space
         for p in self.lpips.parameters():
             p.requires_grad_(False)
         super().train(False)
@@ -150,6 +183,11 @@ class LPIPSLoss(LossTerm):
             )
         if image.shape[1] != 3:
             raise ValueError(f"LPIPS needs RGB images [B, 3, H, W]; got {image.shape[1]} channels")
+        if self.resize is None and min(image.shape[-2:]) < 16:
+            raise ValueError(
+                f"LPIPS needs images of at least 16x16 (its networks downsample); got "
+                f"{tuple(image.shape[-2:])}: give LPIPSLoss a resize (e.g. 256)"
+            )
         if self.detach_reference:
             reference = reference.detach()
         if self.resize is not None and tuple(image.shape[-2:]) != (self.resize, self.resize):
@@ -163,12 +201,38 @@ class LPIPSLoss(LossTerm):
         x, r = self.prepare(image, reference)
         return self.lpips(x, r.to(x.dtype)).reshape(x.shape[0])
 
-    def forward(self, ctx: LossContext) -> Tensor:
-        reference = ctx.operator.superimpose(ctx.image, ctx.observation)
-        if reference is None:
+    def pair(self, ctx: LossContext) -> Tuple[Tensor, Tensor]:
+        """The two images compared in this loss's ``space``: ``(generated, reference)``.
+
+        Raises:
+            ValueError: naming the operator and the shapes, when the space
+                cannot compare its measurements.
+        """
+        op = type(ctx.operator).__name__
+        if self.space != "observation":
+            reference = ctx.operator.superimpose(ctx.image, ctx.observation)
+            if reference is not None:
+                return ctx.image, reference
+            if self.space == "image":
+                raise ValueError(
+                    f"LPIPS space='image' compares G(v) with an image-sized observation, but "
+                    f"{op} observations are {tuple(ctx.observation.shape)} for images of "
+                    f"{tuple(ctx.image.shape)} (superimpose returned None); use space='observation' "
+                    "for measurements that are images of another size (super-resolution), or drop "
+                    "the 'lpips' loss weight for this operator"
+                )
+        measured, y = ctx.measured, ctx.observation
+        if not (_is_image(measured) and measured.shape == y.shape):
             raise ValueError(
-                f"LPIPS needs image-space observations, but {type(ctx.operator).__name__} "
-                "measurements are not images (superimpose returned None); drop the 'lpips' loss "
-                "weight for this operator"
+                f"LPIPS needs image-space observations, but {op} measurements are "
+                f"{tuple(measured.shape)} (observation {tuple(y.shape)}), not images [B, 3, h, w], "
+                "and superimpose gives no image to compare G(v) with; drop the 'lpips' loss weight "
+                "for this operator (compressed sensing: MSE only, as the ILO authors' code)"
             )
-        return self.distance(ctx.image, reference)
+        return measured, y
+
+    def forward(self, ctx: LossContext) -> Tensor:
+        return self.distance(*self.pair(ctx))
+
+    def extra_repr(self) -> str:
+        return f"net={self.net_name!r}, resize={self.resize}, space={self.space!r}"

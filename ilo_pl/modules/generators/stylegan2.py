@@ -23,11 +23,19 @@ Split ``k`` sits after ``conv_{k-1}`` (and its ToRGB, if any), for
 entry                      shape                                       group
 =========================  ==========================================  ======
 ``h`` (k >= 1)             activation after ``conv_{k-1}``             state
-``skip`` (k >= 1)          RGB accumulated so far (not yet upsampled)  state
+``skip`` (k >= 1)          RGB accumulated so far (not yet upsampled)  skip
 ``latent``                 W+ rows ``k .. n_latent-1``                 latent
                            ``[B, n_latent - k, style_dim]``
 ``noise_i``, ``i >= k``    ``[B, 1, r_i, r_i]``                        noise
 =========================  ==========================================  ======
+
+The RGB ``skip`` is carried in the state so that ``G2(G1(v)) == G(v)`` at
+every split, but it is a group of its own: ``free: [state]`` frees only
+``h``, as in the paper, whose optimised intermediate variable is the
+feature map. Freeing the skip with the feature map's l1 radius (hundreds to
+thousands, over a few dozen to a few hundred RGB entries) would let the
+optimiser paint a low-frequency image directly. Free it explicitly
+(``free: [..., skip]``, ``radius: {skip: r}``) to experiment.
 
 The split after the last layer is left out: no W+ row would remain and G2
 would be the identity on the image. Every split therefore keeps at least two
@@ -719,8 +727,10 @@ class StyleGAN2Generator(SplitGenerator):
         return skip
 
     def groups(self, split: int) -> Dict[str, str]:
-        """``h``/``skip`` -> ``state``, ``latent`` -> ``latent``, ``noise_i`` -> ``noise``."""
-        return {n: ("state" if n in ("h", "skip") else "latent" if n == "latent" else "noise") for n in self.state_names(split)}
+        """``h`` -> ``state``, ``skip`` -> ``skip``, ``latent`` -> ``latent``, ``noise_i`` -> ``noise``."""
+        # The skip has its own group: a stage freeing "state" (the feature map) keeps it fixed.
+        special = {"h": "state", "skip": "skip", "latent": "latent"}
+        return {n: special.get(n, "noise") for n in self.state_names(split)}
 
     def sphere_variables(self, split: int) -> Dict[str, Tuple[int, ...]]:
         """The noises (norm over ``(1, 2, 3)``) and, in ``"gaussian_fit"`` mode, each latent row (``(2,)``)."""
@@ -821,6 +831,25 @@ class StyleGAN2Generator(SplitGenerator):
         _, image = self._run(latent, list(noise), None, None, 0, self.num_layers)
         return image, (latent if return_latents else None)
 
+    # ------------------------------------------------------------------ identity
+    def render_settings(self) -> Dict[str, object]:
+        """``latent_space``; in ``"gaussian_fit"`` mode also the fit's inputs.
+
+        The Gaussian fit (``gaussian_fit_samples`` draws seeded with
+        ``stats_seed`` through the mapping network, whose run-time scale is
+        ``lr_mlp``) maps the ``latent`` entry to W+, so each changes the
+        rendered image. ``init_truncation`` and ``mean_latent_samples`` only
+        move the starting point of a solve, never how a saved state renders.
+        """
+        out: Dict[str, object] = {"latent_space": self.latent_space}
+        if self.latent_space == "gaussian_fit":
+            out.update(
+                gaussian_fit_samples=self.gaussian_fit_samples,
+                stats_seed=self.stats_seed,
+                lr_mlp=float(self.style[1].lr_mul) if len(self.style) > 1 else 1.0,
+            )
+        return out
+
 
 # ----------------------------------------------------------------------------- schedule
 def paper_stages(
@@ -835,10 +864,12 @@ def paper_stages(
     """The ILO paper's StyleGAN-2 schedule as a list of :class:`~ilo_pl.stages.Stage`.
 
     Stage ``s`` optimises the remaining W+ rows (group ``latent``), the
-    intermediate state (``state``, stages >= 1) and the noises
-    ``noise_i`` with ``split_s <= i < first_noises + noises_per_stage * s``
+    intermediate feature map ``h`` (group ``state``, stages >= 1) and the
+    noises ``noise_i`` with ``split_s <= i < first_noises + noises_per_stage * s``
     (the first five noises in stage 0, two more freed per stage), each inside
-    an l1 ball around the stage's starting point, with Adam at ``lr``.
+    an l1 ball around the stage's starting point, with Adam at ``lr``. The
+    RGB ``skip`` (group ``skip``) is carried at its ``G1`` value and not
+    optimised, as in the paper.
 
     Args:
         generator: the generator (for its number of layers and split points).
