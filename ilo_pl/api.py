@@ -21,7 +21,7 @@ from ilo_pl.losses.base import LossTerm
 from ilo_pl.modules.generators.base import SplitGenerator
 from ilo_pl.modules.ilo import ILOModule
 from ilo_pl.operators.base import Operator, as_operator
-from ilo_pl.problem import ProblemBatch, ProblemResult
+from ilo_pl.problem import ProblemBatch, ProblemResult, check_problem_ids
 from ilo_pl.stages import Stage
 
 
@@ -71,10 +71,14 @@ def solve(
         loss_weights: weights per loss name (default ``{"mse": 1}``).
         target: ground truth ``[B, C, H, W]`` if known (for metrics).
         seeds: one seed per problem (default ``0..B-1``).
-        ids: names of the problems.
+        ids: names of the problems (they name output files: distinct, no path
+            separators or leading ``.``; see :func:`~ilo_pl.problem.check_problem_ids`).
         trainer_kwargs: overrides of :func:`default_trainer_kwargs`.
         callbacks: extra callbacks.
         **module_kwargs: further :class:`ILOModule` arguments (``sna``, ``sphere``, ...).
+
+    Raises:
+        ValueError: if an id is unsafe as a file name (e.g. ``"../x"``) or repeated.
     """
     quiet_lightning()
     operator = as_operator(operator)
@@ -82,6 +86,11 @@ def solve(
     with torch.no_grad():
         probe = generator.render(generator.init_variables(1), 0)
     operator.check_observation(observation, probe.expand(b, *probe.shape[1:]).to(observation.device))
+    if ids is not None:
+        # Ids name output files (ResultWriter, OptimizationGIF): refuse unsafe ones before any work.
+        ids = check_problem_ids(ids, "solve(ids=...)")
+        if len(ids) != b:
+            raise ValueError(f"solve(ids=...) needs one id per observation: got {len(ids)} ids for {b} observations")
     batch = ProblemBatch(
         ids=list(ids) if ids is not None else [f"problem_{i}" for i in range(b)],
         observation=observation,

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ilo_pl.io import IMAGE_SUFFIXES, load_image
 from ilo_pl.operators.base import Operator, OperatorSpec
-from ilo_pl.problem import ProblemBatch
+from ilo_pl.problem import MAX_ID_BYTES, ProblemBatch, safe_problem_id
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,53 @@ SAMPLE_FACES = {
     "astronaut": ("skimage", (165, 52, 280, 167)),
     "grace_hopper": ("matplotlib", (140, 95, 390, 345)),
 }
+
+
+def folder_ids(names: Sequence[str]) -> List[str]:
+    """Distinct, file-name-safe problem ids for the files ``names`` of one folder (in that order).
+
+    A file's id is its stem (``a.png`` -> ``a``) unless that would equal
+    another file's id; then it is the whole name with dots as ``_``
+    (``a.png`` -> ``a_png``), and if even that is taken, that plus ``_2``,
+    ``_3``, ... (the first file in order keeps the plain form). Ids are
+    compared ignoring case (case-insensitive file systems), made safe with
+    :func:`~ilo_pl.problem.safe_problem_id`, and depend only on the set of
+    names, so a folder always gives the same ids.
+
+    >>> folder_ids(["a.jpg", "a.png", "a_png.bmp", "b.png"])
+    ['a_jpg', 'a_png', 'a_png_bmp', 'b']
+    """
+    stems = [safe_problem_id(Path(n).stem) for n in names]
+    full = [safe_problem_id(n.replace(".", "_")) for n in names]
+    ids = list(stems)
+    long_form = [False] * len(names)
+    while True:
+        groups: Dict[str, List[int]] = {}
+        for i, pid in enumerate(ids):
+            groups.setdefault(pid.casefold(), []).append(i)
+        clashes = [g for g in groups.values() if len(g) > 1]
+        if not clashes:
+            return ids
+        bumped = False
+        for group in clashes:
+            for i in group:  # first resort: the whole file name
+                if not long_form[i]:
+                    ids[i], long_form[i], bumped = full[i], True, True
+        if bumped:
+            continue
+        taken = {pid.casefold() for pid in ids}
+        for group in clashes:  # whole names clash too (a.b.png, a_b.png): number all but the first
+            for i in group[1:]:
+                k = 2
+                while True:
+                    suffix = f"_{k}"
+                    base = full[i].encode("utf-8")[: MAX_ID_BYTES - len(suffix)].decode("utf-8", "ignore")
+                    cand = base + suffix
+                    if cand.casefold() not in taken:
+                        break
+                    k += 1
+                ids[i] = cand
+                taken.add(cand.casefold())
 
 
 def problem_seed(seed: int, index: int) -> int:
@@ -58,6 +105,15 @@ class ProblemSource(abc.ABC):
     @abc.abstractmethod
     def load(self, index: int, image_shape: Tuple[int, int, int], seed: int) -> Tensor:
         """The ground-truth image ``[C, H, W]`` in ``[-1, 1]`` of problem ``index``."""
+
+    def fingerprint(self) -> Dict[str, object]:
+        """A JSON-able description of the problems (what a resumed run must find unchanged).
+
+        Default: the class and every problem's id. Sources whose problems can
+        change under one id (files on disk) override it.
+        """
+        return {"source": f"{type(self).__module__}.{type(self).__qualname__}",
+                "ids": [self.name(i) for i in range(len(self))]}
 
 
 class ImageFolder(ProblemSource):
@@ -92,22 +148,35 @@ class ImageFolder(ProblemSource):
                 self.files.append(p)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped alike
                 warnings.warn(f"skipping {p}: not a readable image ({type(exc).__name__})", stacklevel=2)
-        self._stems = [p.stem for p in self.files]
         if not self.files:
             raise ValueError(
                 f"no readable image in {self.path} (looked for {', '.join(IMAGE_SUFFIXES)}); "
                 "point `data` at a folder of images"
             )
+        self._ids = folder_ids([p.name for p in self.files])
 
     def __len__(self) -> int:
         return len(self.files)
 
     def name(self, index: int) -> str:
-        path = self.files[index]
-        # Two files with one stem (a.png, a.jpg) would share output names.
-        if self._stems.count(path.stem) > 1:
-            return path.name.replace(".", "_")
-        return path.stem
+        return self._ids[index]
+
+    def fingerprint(self) -> Dict[str, object]:
+        """The folder's readable files: name, size and SHA-1 of the contents, in problem order.
+
+        Any added, removed, renamed or changed image shifts or changes
+        problems, so a resumed run compares this with the one it recorded.
+        """
+        import hashlib
+
+        files = []
+        for p in self.files:
+            h = hashlib.sha1()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            files.append({"name": p.name, "size": p.stat().st_size, "sha1": h.hexdigest()})
+        return {"source": "ImageFolder", "files": files}
 
     def load(self, index: int, image_shape: Tuple[int, int, int], seed: int) -> Tensor:
         return load_image(self.files[index], size=image_shape[1:], policy=self.resize)
@@ -181,6 +250,10 @@ class GeneratorSamples(ProblemSource):
     def name(self, index: int) -> str:
         kind = "inrange" if self.split == 0 else f"outrange{self.split}"
         return f"g{index:04d}_{kind}"
+
+    def fingerprint(self) -> Dict[str, object]:
+        return {"source": "GeneratorSamples", "num": self.num, "split": self.split,
+                "sparsity": self.sparsity, "magnitude": self.magnitude}
 
     @torch.no_grad()
     def load(self, index: int, image_shape: Tuple[int, int, int], seed: int) -> Tensor:

@@ -2,13 +2,82 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import Tensor
 
 from ilo_pl.operators.base import Operator
+
+#: Longest problem id, in UTF-8 bytes: ``<id>_reconstruction.png`` and the
+#: temporary ``.<name>.<random>.tmp`` it is written through must stay within
+#: the usual 255-byte limit on a file name.
+MAX_ID_BYTES = 200
+
+
+def problem_id_error(pid: object) -> Optional[str]:
+    """Why ``pid`` cannot be a problem id (a file-name prefix in a run folder), or ``None`` if it can.
+
+    An id is a non-empty string without path separators (``/``, ``\\``),
+    control characters or a leading ``.`` (hidden files; ``..`` would leave
+    the run folder), at most :data:`MAX_ID_BYTES` bytes in UTF-8.
+    """
+    if not isinstance(pid, str):
+        return f"it is a {type(pid).__name__}, not a string"
+    if not pid:
+        return "it is empty"
+    if "/" in pid or "\\" in pid:
+        return "it contains a path separator ('/' or '\\'), so its files would land outside the run folder"
+    if pid.startswith("."):
+        return "it starts with '.' (hidden files; '..' would leave the run folder)"
+    if any(unicodedata.category(c) == "Cc" for c in pid):
+        return "it contains a control character"
+    if len(pid.encode("utf-8")) > MAX_ID_BYTES:
+        return f"it is longer than {MAX_ID_BYTES} bytes (file names are limited to 255)"
+    return None
+
+
+def check_problem_ids(ids: Iterable[object], what: str = "problem ids") -> List[str]:
+    """Check that ``ids`` are safe file-name prefixes and distinct; returns them as a list.
+
+    Ids are compared case-insensitively too: on a case-insensitive file system
+    (macOS, Windows) ``A`` and ``a`` would write the same files.
+
+    Raises:
+        ValueError: naming the first bad or repeated id, why, and the fix.
+    """
+    ids = list(ids)
+    seen: Dict[str, object] = {}
+    for pid in ids:
+        why = problem_id_error(pid)
+        if why is not None:
+            raise ValueError(
+                f"{what}: {pid!r} cannot name output files: {why}; use letters, digits, '_', '-' and '.' "
+                "(not first), e.g. 'face_01'"
+            )
+        key = pid.casefold()
+        if key in seen:
+            same = "" if seen[key] == pid else f" (as {seen[key]!r}, ignoring case)"
+            raise ValueError(
+                f"{what}: {pid!r} is given twice{same}; two problems would write the same files. "
+                "Give each problem its own id"
+            )
+        seen[key] = pid
+    return ids
+
+
+def safe_problem_id(text: str) -> str:
+    """``text`` made into a valid problem id: unsafe characters become ``_``, leading dots go, long ids are cut.
+
+    Used for ids derived from file names; the caller must still make them
+    distinct (two texts can map to one id).
+    """
+    out = "".join("_" if c in "/\\" or unicodedata.category(c) == "Cc" else c for c in text).lstrip(".")
+    while len(out.encode("utf-8")) > MAX_ID_BYTES:
+        out = out[:-1]
+    return out or "_"
 
 
 @dataclass
@@ -16,7 +85,8 @@ class ProblemBatch:
     """``B`` independent problems solved together.
 
     Attributes:
-        ids: one name per problem (used for output file names).
+        ids: one name per problem (used for output file names; checked by
+            :func:`check_problem_ids`: safe file-name prefixes, distinct).
         observation: ``y`` ``[B, ...]``.
         operator: the batched operator (per-sample buffers stacked on dim 0).
         seeds: one seed per problem; it seeds that problem's initial variables,
@@ -33,6 +103,8 @@ class ProblemBatch:
     indices: List[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # Ids name output files: refuse unsafe or repeated ones before any work.
+        self.ids = check_problem_ids(self.ids)
         b = len(self.ids)
         if self.observation.shape[0] != b or len(self.seeds) != b:
             raise ValueError(

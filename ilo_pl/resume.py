@@ -21,17 +21,26 @@ is written after all the problem's PNGs).
 and rewrites ``results.csv``; :class:`~ilo_pl.callbacks.ResultWriter` calls
 it on rank 0 before the data loader is built and puts the finished indices in
 the data module's ``skip`` set.
+
+A resumed run must produce what the first run would have: the writer records
+``run_manifest.json`` (:data:`MANIFEST`) when it first uses a folder -- the
+effective settings that change results (:func:`result_settings`: precision,
+gradient accumulation and clipping, deterministic algorithms, accelerator
+kind, matmul precision) and the problem source's fingerprint (for a folder of
+images: every file's name, size and SHA-1) -- and refuses to resume when
+either differs (:func:`manifest_differences`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ilo_pl.io import atomic_write_bytes
 
@@ -156,3 +165,115 @@ def prepare_resume(run_dir: Union[str, Path], names: Sequence[str], require_solu
     if scan.finished or removed:
         log.info("resuming %s: %d of %d problems already finished", run_dir, len(scan.finished), len(names))
     return scan
+
+
+# -- what a resumed run must find unchanged ----------------------------------------------
+
+#: The file in a run folder that records what its results depend on besides the config.
+MANIFEST = "run_manifest.json"
+MANIFEST_FORMAT = "ilo-pl-run/1"
+
+
+def result_settings(trainer: Any) -> Dict[str, Any]:
+    """The trainer's effective settings that change results (not devices, logging or progress bars).
+
+    Read from the live trainer and torch, not from a config, so defaults
+    spelled differently (``precision: null`` vs ``32-true``) compare equal and
+    a setting made outside the config counts too.
+    """
+    import torch
+
+    clip = float(getattr(trainer, "gradient_clip_val", None) or 0.0)
+    accel = type(trainer.accelerator).__name__
+    out: Dict[str, Any] = {
+        "accelerator": accel,
+        "precision": str(trainer.precision),
+        "accumulate_grad_batches": int(trainer.accumulate_grad_batches),
+        "gradient_clip_val": clip,
+        # The algorithm only matters when clipping is on.
+        "gradient_clip_algorithm": str(getattr(trainer, "gradient_clip_algorithm", None) or "norm") if clip else "",
+        "deterministic": (
+            "warn" if torch.is_deterministic_algorithms_warn_only_enabled() else True
+        ) if torch.are_deterministic_algorithms_enabled() else False,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+    if accel == "CUDAAccelerator":  # these flags only act on CUDA kernels
+        out["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+        out["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+        out["cuda_matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    return out
+
+
+def make_manifest(trainer: Any, source: Any) -> Dict[str, Any]:
+    """What :data:`MANIFEST` records for a run: :func:`result_settings` and ``source.fingerprint()``."""
+    return {"format": MANIFEST_FORMAT, "settings": result_settings(trainer), "problems": source.fingerprint()}
+
+
+def read_manifest(run_dir: Union[str, Path]) -> Optional[Dict[str, Any]]:
+    """The run folder's :data:`MANIFEST`, or ``None`` if it has none.
+
+    Raises:
+        ValueError: if the file exists but is not a manifest.
+    """
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is not readable ({exc}); the run folder is damaged: start a new run folder"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path} is not an ilo-pl run manifest ({MANIFEST_FORMAT}); start a new run folder")
+    return data
+
+
+def write_manifest(run_dir: Union[str, Path], manifest: Dict[str, Any]) -> None:
+    """Write :data:`MANIFEST` atomically."""
+    atomic_write_bytes(Path(run_dir) / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+
+
+def manifest_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """The differences between a recorded manifest and this run's, one line each (empty: none)."""
+    diffs: List[str] = []
+    a, b = old.get("settings") or {}, new.get("settings") or {}
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            diffs.append(f"trainer setting {key}: {a.get(key, '(unset)')!r} -> {b.get(key, '(unset)')!r}")
+    pa, pb = old.get("problems") or {}, new.get("problems") or {}
+    if pa != pb:
+        if "files" in pa and "files" in pb:
+            fa = {f["name"]: f for f in pa["files"]}
+            fb = {f["name"]: f for f in pb["files"]}
+            added = sorted(set(fb) - set(fa))
+            removed = sorted(set(fa) - set(fb))
+            changed = sorted(n for n in set(fa) & set(fb) if fa[n] != fb[n])
+            for what, names in (("added", added), ("removed", removed), ("changed", changed)):
+                if names:
+                    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                    diffs.append(f"data folder: {what} {shown}")
+        else:
+            keys = sorted(k for k in set(pa) | set(pb) if pa.get(k) != pb.get(k))
+            diffs.append(f"problems: {', '.join(keys)} differ")
+    return diffs
+
+
+def check_manifest(run_dir: Union[str, Path], manifest: Dict[str, Any]) -> Optional[str]:
+    """Why ``run_dir`` cannot be resumed with ``manifest`` (a message naming the differences), or ``None``.
+
+    A folder without a manifest (new, or written before manifests existed)
+    passes.
+    """
+    old = read_manifest(run_dir)
+    if old is None:
+        return None
+    diffs = manifest_differences(old, manifest)
+    if not diffs:
+        return None
+    return (
+        f"cannot resume {run_dir}: its results were made with other settings or problems "
+        f"({'; '.join(diffs)}), so resuming would mix results that do not belong together "
+        "(a changed data folder also shifts problem indices, seeds and masks). Resume with the "
+        "run's own settings and data, or start a new run folder (leave out --output.run_dir / run_dir)"
+    )

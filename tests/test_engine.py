@@ -478,3 +478,17 @@ def test_configure_callbacks_adds_the_sphere_projection_only_with_sphere_constra
     assert plain == [StageTransition, L1BallProjection]
     with_sphere = [type(c) for c in ILOModule(gen, stages, sphere=True).configure_callbacks()]
     assert with_sphere == [StageTransition, SphereProjection, L1BallProjection]
+
+
+def test_true_mse_is_clamped_like_psnr_ssim_and_the_pngs():
+    """All three metrics see the images as the PNGs store them: clamped to [-1, 1]."""
+    target = torch.full((2, 3, 16, 16), 1.0)
+    pred = target.clone()
+    pred[0] = 1.5  # outside the range: the PNG shows 1.0, exactly the target
+    pred[1, :, :8] = 0.0  # inside: an ordinary error
+    m = image_metrics(pred, target)
+    assert m["true_mse"][0].item() == 0.0  # unclamped it was 0.25
+    assert m["true_mse"][1].item() == pytest.approx(0.5)
+    assert math.isinf(m["psnr"][0].item()) or m["psnr"][0].item() > 80  # the same (perfect) image for PSNR
+    # consistent with PSNR on the [0, 1] scale: mse01 = true_mse / 4
+    assert m["psnr"][1].item() == pytest.approx(-10 * math.log10(0.5 / 4), rel=1e-5)

@@ -4,8 +4,11 @@ On a GPU the engine takes its accelerator path (no host reads per step:
 best-iterate tracking and failure masking by ``torch.where``), the l1
 projection its pure-PyTorch batched search, and StyleGAN-2 its compiled
 ``upfirdn2d``/``fused_leaky_relu`` kernels. Each test runs the same work on
-the CPU and compares. The helpers take the device as an argument so that the
-comparisons themselves can be exercised on the CPU (``_check_*("cpu")``).
+the CPU and compares; a :class:`_DeviceProbe` checks that the GPU solve really
+ran on the GPU (module, variables, batch), so a silent CPU fallback fails.
+The projection checks compare with an independent float64 sort reference, so
+they also run on the CPU; the solve comparisons need a GPU (a CPU solve
+compared with a CPU solve would prove nothing).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from ilo_pl.api import solve
@@ -23,7 +27,9 @@ from ilo_pl.stages import Stage
 
 TINY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stylegan2_rosinality_tiny.pt"
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: compares work done on the GPU with the same work on the CPU"
+)
 
 DCGAN_STAGES = [
     Stage(split=0, steps=8, lr=0.05, free=["latent"]),
@@ -38,17 +44,41 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10 * torch.log10(mse / 4))
 
 
+class _DeviceProbe(pl.Callback):
+    """Records the device types the module, the optimised variables and the batch live on, at every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.seen.add(("module", pl_module.device.type))
+        self.seen.add(("batch", batch.observation.device.type))
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    self.seen.add(("variable", p.device.type))
+
+    def devices(self) -> set:
+        """The device types seen, whatever held them."""
+        return {dev for _, dev in self.seen}
+
+
 def _check_dcgan_solve(device: str) -> None:
-    """A DCGAN ILO solve on ``device`` follows the CPU solve and its solutions regenerate its images."""
+    """A DCGAN ILO solve on ``device`` (not the CPU) follows the CPU solve and its solutions regenerate its images."""
+    assert device != "cpu", "comparing a CPU solve with a CPU solve proves nothing"
     torch.manual_seed(0)
     gen = DCGANGenerator()
     with torch.no_grad():
         x = gen.render(gen.init_variables(2, torch.Generator().manual_seed(3)), 0)
     op = RandomMask(0.5).build(gen.image_shape, 0)
     y = op(x)
-    acc = "gpu" if device == "cuda" else "cpu"
-    ref = solve(gen, op, y, DCGAN_STAGES, trainer_kwargs={"accelerator": "cpu"})
-    got = solve(gen.to(device), op, y, DCGAN_STAGES, trainer_kwargs={"accelerator": acc})
+    ref_probe, probe = _DeviceProbe(), _DeviceProbe()
+    ref = solve(gen, op, y, DCGAN_STAGES, trainer_kwargs={"accelerator": "cpu"}, callbacks=[ref_probe])
+    got = solve(gen.to(device), op, y, DCGAN_STAGES, trainer_kwargs={"accelerator": "gpu"}, callbacks=[probe])
+    assert ref_probe.devices() == {"cpu"}
+    assert probe.devices() == {device}, probe.seen  # the solve ran on the GPU: module, variables and batch
+    assert {kind for kind, _ in probe.seen} == {"module", "batch", "variable"}
     assert next(gen.parameters()).device.type == device  # solve() gives the generator back where it was
     assert got.failed == [None, None]
     assert torch.isfinite(got.images).all() and torch.isfinite(got.measurement_loss).all()
@@ -110,7 +140,10 @@ def _check_stylegan2(device: str) -> None:
     ]
     precision = "16-mixed" if device == "cuda" else "bf16-mixed"
     acc = "gpu" if device == "cuda" else "cpu"
-    res = solve(gen, op, y, stages, sphere=True, trainer_kwargs={"precision": precision, "accelerator": acc})
+    probe = _DeviceProbe()
+    res = solve(gen, op, y, stages, sphere=True, trainer_kwargs={"precision": precision, "accelerator": acc},
+                callbacks=[probe])
+    assert probe.devices() == {device}, probe.seen
     assert res.failed == [None]
     assert torch.isfinite(res.images).all() and torch.isfinite(res.measurement_loss).all()
 
@@ -137,11 +170,24 @@ def test_stylegan2_on_gpu_uses_the_cuda_kernels_and_matches_cpu() -> None:
     _check_stylegan2("cuda")
 
 
-def test_gpu_checks_run_on_the_cpu() -> None:
-    """The comparisons above are live code: run them with the CPU as the 'device'."""
+def test_projection_checks_run_on_the_cpu() -> None:
+    """The projection checks compare with an independent float64 reference: meaningful on the CPU too."""
     _check_inplace_projection("cpu", host_reads=True)
     _check_inplace_projection("cpu", host_reads=False)
-    _check_dcgan_solve("cpu")
+
+
+def test_device_probe_sees_where_a_solve_ran() -> None:
+    """The probe that proves the GPU solve ran on the GPU reports a CPU solve as 'cpu' (so it can fail)."""
+    gen = DCGANGenerator()
+    with torch.no_grad():
+        x = gen.render(gen.init_variables(1, torch.Generator().manual_seed(3)), 0)
+    op = RandomMask(0.5).build(gen.image_shape, 0)
+    probe = _DeviceProbe()
+    solve(gen, op, op(x), [Stage(split=0, steps=2, lr=0.05, free=["latent"])], trainer_kwargs={"accelerator": "cpu"},
+          callbacks=[probe])
+    assert probe.seen == {("module", "cpu"), ("batch", "cpu"), ("variable", "cpu")}
+    with pytest.raises(AssertionError, match="proves nothing"):
+        _check_dcgan_solve("cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where no GPU is visible")

@@ -274,11 +274,32 @@ def test_zero_iteration_cap_is_rejected():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_input(dtype):
-    v = torch.randn(2, 500).to(dtype)
-    w = project_l1_ball(v, 3.0)
+    """Half-precision rows match an independent float64 projection to the dtype's rounding, and are feasible."""
+    g = torch.Generator().manual_seed(13)
+    v = (torch.randn(3, 500, generator=g) * torch.tensor([[1.0], [4.0], [0.25]])).to(dtype)
+    exact = v.double()  # the half values themselves, exactly
+    # a few entries survive / about half do / a radius close to ||v||_1
+    r = exact.abs().sum(1) * torch.tensor([0.01, 0.5, 0.95], dtype=torch.float64)
+    w = project_l1_ball(v, r.to(torch.float32))
     assert w.dtype == dtype
-    torch.testing.assert_close(w.float(), project_l1_ball(v.float(), 3.0).to(dtype).float())
-    assert torch.equal(project_l1_ball(v, 1e4), v)
+    ref = project_l1_ball_sort(exact, r)  # Duchi et al.'s sort, in float64: not the code under test
+    eps = torch.finfo(dtype).eps
+    scale = exact.abs().amax(1, keepdim=True)
+    # each entry is the float64 projection, rounded once to the dtype (plus float32 work)
+    assert ((w.double() - ref).abs() <= eps * ref.abs() + 1e-6 * scale).all(), (w.double() - ref).abs().max()
+    # feasible: on the ball's boundary, up to rounding each kept entry to the dtype
+    l1 = w.double().abs().sum(1)
+    assert (l1 <= r * (1 + eps)).all() and (l1 >= r * (1 - eps)).all(), (l1, r)
+    # signs kept, nothing grows: a projection onto a ball centred at 0 shrinks towards it
+    assert (w.double() * exact >= 0).all() and (w.double().abs() <= exact.abs()).all()
+    # against the brute-force face enumeration on short rows
+    short = v[:, :6]
+    rs = short.double().abs().sum(1) * 0.4
+    ws = project_l1_ball(short, rs.float())
+    for b in range(3):
+        want = brute_force_l1(short[b].double(), float(rs[b]))
+        assert ((ws[b].double() - want).abs() <= eps * want.abs() + 1e-6).all(), (ws[b], want)
+    assert torch.equal(project_l1_ball(v, 1e4), v)  # inside: unchanged, bit for bit
 
 
 def test_empty_inputs():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,12 +33,14 @@ from ilo_pl.callbacks.progress import (
 )
 from ilo_pl.callbacks.writer import ResultWriter
 from ilo_pl.cli import ILOCLI, install_problem_progress_bar, main
+from ilo_pl.data import GeneratorSamples as GeneratorSamplesBase
 from ilo_pl.data import ImageFolder, InverseProblemDataModule
 from ilo_pl.io import load_image
 from ilo_pl.losses.base import LossContext, LossTerm
 from ilo_pl.modules import ILOModule
 from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.operators import BoxMask
+from ilo_pl.problem import check_problem_ids
 from ilo_pl.resume import prepare_resume, scan_run
 from ilo_pl.solutions import load_solution, regenerate, regenerate_file
 from ilo_pl.stages import Stage
@@ -129,7 +132,7 @@ def test_regenerate_command_reproduces_saved_reconstruction(reference_run, tmp_p
 def test_regenerate_refuses_other_generator_and_non_solutions(reference_run, tmp_path):
     sol = reference_run / "img_0_solution.pt"
     torch.manual_seed(0)
-    with pytest.raises(ValueError, match="made with generator"):
+    with pytest.raises(ValueError, match="made with another generator.*weights_sha1"):
         regenerate(sol, DCGANGenerator(weights="random"))
     half = tmp_path / "half_solution.pt"
     half.write_bytes(sol.read_bytes()[:1000])  # a half-written file
@@ -143,6 +146,46 @@ def test_regenerate_refuses_other_generator_and_non_solutions(reference_run, tmp
     (tmp_path / "nogen.yaml").write_text("data: {seed: 0}\n")
     with pytest.raises(ValueError, match="has no model.generator entry"):
         regenerate_file(sol, tmp_path / "nogen.yaml")
+
+
+TINY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stylegan2_rosinality_tiny.pt"
+
+
+def test_regenerate_refuses_generator_with_other_render_settings(tmp_path):
+    """The latent space and the Gaussian fit change what a saved state renders to: part of the identity."""
+    from ilo_pl.modules.generators.stylegan2 import StyleGAN2Generator
+    from ilo_pl.problem import Solution
+    from ilo_pl.solutions import save_solution
+
+    if not TINY.is_file():
+        pytest.fail(f"missing fixture {TINY}: the shared fixtures must be at ../shared/fixtures")
+
+    def build(**kw):  # noqa: ANN003, ANN202
+        return StyleGAN2Generator.from_checkpoint(TINY, mean_latent_samples=64, **kw)
+
+    made = build(latent_space="gaussian_fit", gaussian_fit_samples=500)
+    state = made.init_variables(1, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        image = made.render(state, 0)
+    path = tmp_path / "p_solution.pt"
+    save_solution(path, Solution(split=0, stage=0, state=state), made, image[0])
+    torch.testing.assert_close(regenerate(path, build(latent_space="gaussian_fit", gaussian_fit_samples=500)), image)
+    for other, key in [(dict(latent_space="w+"), "latent_space"),
+                       (dict(latent_space="gaussian_fit", gaussian_fit_samples=1000), "gaussian_fit_samples"),
+                       (dict(latent_space="gaussian_fit", gaussian_fit_samples=500, stats_seed=1), "stats_seed")]:
+        gen = build(**other)
+        with torch.no_grad():  # the check matters: this generator renders the state differently
+            assert (gen.render(state, 0) - image).abs().max() > 1e-3, key
+        with pytest.raises(ValueError, match=rf"made with another generator \(.*setting\.{key}: saved"):
+            regenerate(path, gen)
+        assert regenerate(path, gen, check_identity=False).shape == image.shape  # the escape hatch
+    # settings that only move a solve's start are not part of the identity
+    assert build(latent_space="w+", init_truncation=0.5).identity() == build(latent_space="w+").identity()
+    # a solution written before settings were recorded: rendered, with a warning
+    old = load_solution(path)
+    old["generator"] = {k: v for k, v in old["generator"].items() if not k.startswith("setting.")}
+    with pytest.warns(UserWarning, match="predates recorded generator settings; .*setting.latent_space"):
+        regenerate(old, build(latent_space="gaussian_fit", gaussian_fit_samples=500))
 
 
 # -- 3. determinism -----------------------------------------------------------------------
@@ -226,6 +269,129 @@ def test_resume_refuses_other_config(reference_run, setup_dir, tmp_path):
     shutil.copy(reference_run / "config.yaml", run / "config.yaml")
     with pytest.raises(ValueError, match=r"cannot resume .*data.seed: 0 -> 1"):
         main(["fit", "--config", str(setup_dir / "config.yaml"), "--output.run_dir", str(run), "--data.seed", "1"])
+
+
+def _resume_copy(reference_run: Path, setup_dir: Path, tmp_path: Path) -> tuple:
+    """A finished copy of the reference run reading its own copy of the images: ``(run, config, faces)``."""
+    faces = tmp_path / "faces"
+    shutil.copytree(setup_dir / "faces", faces)
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    old_faces = str(setup_dir / "faces")
+    text = (run / "config.yaml").read_text()
+    assert old_faces in text
+    (run / "config.yaml").write_text(text.replace(old_faces, str(faces)))
+    cfg = _config(tmp_path, faces)
+    return run, cfg, faces
+
+
+def _mtimes(run: Path) -> Dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+
+
+def test_resume_refuses_other_result_settings(reference_run, setup_dir, tmp_path):
+    run, cfg, _ = _resume_copy(reference_run, setup_dir, tmp_path)
+    assert (run / "run_manifest.json").is_file()
+    before = _mtimes(run)
+    for args, what in [(["--trainer.precision", "bf16-mixed"], "trainer setting precision: '32-true' -> 'bf16-mixed'"),
+                       (["--trainer.accumulate_grad_batches", "2"], "trainer setting accumulate_grad_batches: 1 -> 2"),
+                       (["--trainer.gradient_clip_val", "1.0"], "trainer setting gradient_clip_val: 0.0 -> 1.0")]:
+        with pytest.raises(ValueError, match=rf"cannot resume .*{re.escape(what)}.*start a new run folder"):
+            main(["fit", "--config", str(cfg), "--output.run_dir", str(run), *args])
+        assert _mtimes(run) == before, args  # refused before anything in the folder was touched
+    # settings that do not change results may differ (and the default spelled out is the default)
+    cli = ILOCLI(args=["fit", "--config", str(cfg), "--output.run_dir", str(run), "--trainer.precision", "32",
+                       "--trainer.enable_progress_bar", "true", "--trainer.log_every_n_steps", "1"])
+    assert _writer(cli).resumed == [0, 1, 2, 3] and _writer(cli).written == []
+
+
+def test_resume_refuses_changed_data_folder(reference_run, setup_dir, tmp_path):
+    run, cfg, faces = _resume_copy(reference_run, setup_dir, tmp_path)
+    cli = ILOCLI(args=["fit", "--config", str(cfg), "--output.run_dir", str(run)])  # same files: accepted
+    assert _writer(cli).resumed == [0, 1, 2, 3]
+    before = _mtimes(run)
+    im = np.asarray(Image.open(faces / "img_2.png")).copy()
+    im[0, 0] = 255 - im[0, 0]  # one pixel edited: same name, same size class
+    Image.fromarray(im).save(faces / "img_2.png")
+    shutil.copy(faces / "img_0.png", faces / "img_00.png")  # sorts before img_1: indices shift
+    with pytest.raises(ValueError, match=r"cannot resume .*data folder: added img_00\.png; data folder: changed "
+                                         r"img_2\.png.*indices, seeds and masks.*start a new run folder"):
+        main(["fit", "--config", str(cfg), "--output.run_dir", str(run)])
+    assert _mtimes(run) == before
+
+
+def test_run_manifest_records_effective_settings_and_files(reference_run):
+    import json
+
+    manifest = json.loads((reference_run / "run_manifest.json").read_text())
+    settings = manifest["settings"]
+    assert settings["accelerator"] == "CPUAccelerator" and settings["precision"] == "32-true"
+    assert settings["accumulate_grad_batches"] == 1 and settings["deterministic"] is False
+    files = manifest["problems"]["files"]
+    assert [f["name"] for f in files] == [f"{pid}.png" for pid in IDS]
+    assert all(len(f["sha1"]) == 40 and f["size"] > 0 for f in files)
+
+
+def test_clashing_file_names_get_distinct_ids_and_outputs(tmp_path):
+    from ilo_pl.data import folder_ids
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    for i, name in enumerate(["a.png", "a.jpg", "a_png.bmp"]):
+        rgb = np.stack([(xx + 0.3 * i) % 1, yy, 0.5 + 0.5 * np.sin(5 * xx + i)], -1)
+        Image.fromarray((rgb * 255).astype(np.uint8)).save(folder / name)
+    src = ImageFolder(folder)
+    assert [src.name(i) for i in range(3)] == ["a_jpg", "a_png", "a_png_bmp"]  # before: a_jpg, a_png, a_png
+    stages = [Stage(split=0, steps=2, lr=0.1, free=["latent"])]
+    run = tmp_path / "run"
+    writer = ResultWriter(run_dir=run)
+    kw = default_trainer_kwargs()
+    kw.update(accelerator="cpu", callbacks=[writer])
+    dm = InverseProblemDataModule(BoxMask(box=(38, 55, 14, 49)), data=str(folder), batch_size=2)
+    pl.Trainer(**kw).fit(ILOModule(DCGANGenerator(), stages), datamodule=dm)
+    assert sorted(p.name for p in run.glob("*_solution.pt")) == sorted(f"{i}_solution.pt" for i in ("a_jpg", "a_png", "a_png_bmp"))
+    assert {r["id"]: r["index"] for r in _csv(run)} == {"a_jpg": "0", "a_png": "1", "a_png_bmp": "2"}
+    for index, pid in enumerate(["a_jpg", "a_png", "a_png_bmp"]):
+        assert load_solution(run / f"{pid}_solution.pt")["index"] == index  # each problem its own file
+    assert scan_run(run, ["a_jpg", "a_png", "a_png_bmp"]).finished == [0, 1, 2]
+
+    # No id equals another file's id, ignoring case, for any names over a small, clash-prone alphabet.
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        names = sorted({"".join(rng.choice("aA._b") for _ in range(rng.randint(1, 4))) + rng.choice([".png", ".jpg", ".PNG"])
+                        for _ in range(rng.randint(2, 8))})
+        names = [n for n in names if not n.startswith(".")]
+        ids = folder_ids(names)
+        assert len({i.casefold() for i in ids}) == len(ids), (names, ids)
+        assert ids == folder_ids(list(names)), "stable"
+        check_problem_ids(ids)
+
+
+def test_unsafe_problem_ids_are_refused(tmp_path):
+    gen, op, y, stages = _tiny_problem()
+    run = tmp_path / "run"
+    for ids, why in [(["../x", "y"], "path separator"), (["a\\b", "y"], "path separator"), ([".x", "y"], "starts with '.'"),
+                     (["x", "x"], "given twice"), (["x", "X"], "ignoring case"), (["x" * 201, "y"], "longer than 200 bytes"),
+                     (["x\ny", "y"], "control character"), (["", "y"], "empty")]:
+        with pytest.raises(ValueError, match=rf"solve\(ids=\.\.\.\): .*{re.escape(why)}"):
+            solve(gen, op, y, stages, ids=ids, callbacks=[ResultWriter(run_dir=run)], trainer_kwargs={"accelerator": "cpu"})
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []  # before: ../x wrote x_*.png beside the run folder
+    # A source whose names are unsafe is refused by the writer before any problem is solved.
+
+    class _Bad(GeneratorSamplesBase):
+        def name(self, index: int) -> str:
+            return f"../escape{index}"
+
+    writer = ResultWriter(run_dir=run)
+    kw = default_trainer_kwargs()
+    kw.update(accelerator="cpu", callbacks=[writer])
+    dm = InverseProblemDataModule(BoxMask(box=(38, 55, 14, 49)), data=_Bad(num=1))
+    with pytest.raises(ValueError, match=r"the problem ids of _Bad: '\.\./escape0' cannot name output files"):
+        pl.Trainer(**kw).fit(ILOModule(gen, stages), datamodule=dm)
+    assert not list(tmp_path.rglob("*escape*"))
 
 
 # -- 5. bad input ------------------------------------------------------------------------------
@@ -413,13 +579,14 @@ def test_cli_installs_problem_progress_bar():
 
 def test_optimization_gif_does_not_change_results(tmp_path):
     gen, op, y, stages = _tiny_problem()
-    gif = OptimizationGIF(every_n_steps=2, output_dir=tmp_path)
+    gif = OptimizationGIF(every_n_steps=3, output_dir=tmp_path)
     with_gif = solve(gen, op, y, stages, ids=["cat", "dog"], callbacks=[gif], trainer_kwargs={"accelerator": "cpu"})
     without = solve(gen, op, y, stages, ids=["cat", "dog"], trainer_kwargs={"accelerator": "cpu"})
     assert torch.equal(with_gif.images, without.images)
     for pid in ("cat", "dog"):
         with Image.open(tmp_path / f"{pid}_progress.gif") as im:
-            assert im.size == (64, 64) and im.n_frames == 8 // 2 + 1  # every 2nd step + the result
+            # every 3rd step + the result (a frame equal to the one before it would be merged)
+            assert im.size == (64, 64) and im.n_frames == 8 // 3 + 1
     with pytest.raises(ValueError, match="every_n_steps must be >= 1"):
         OptimizationGIF(every_n_steps=0)
 
@@ -431,7 +598,7 @@ def test_cli_logger_and_gif_write_into_run_folder(setup_dir, tmp_path):
         "  logger: {class_path: pytorch_lightning.loggers.CSVLogger, init_args: {save_dir: ., name: logs}}\n"
         "  log_every_n_steps: 5\n"
         "  callbacks:\n"
-        "    - {class_path: ilo_pl.callbacks.progress.OptimizationGIF, init_args: {every_n_steps: 5}}\n"
+        "    - {class_path: ilo_pl.callbacks.progress.OptimizationGIF, init_args: {every_n_steps: 4}}\n"
         "data: {limit: 1}\n"
     )
     run = tmp_path / "run"
@@ -442,4 +609,4 @@ def test_cli_logger_and_gif_write_into_run_folder(setup_dir, tmp_path):
         values = [float(r[f"loss/mse/stage{i}"]) for r in rows if r.get(f"loss/mse/stage{i}")]
         assert values and all(np.isfinite(values)), f"no stage {i} loss logged"
     with Image.open(run / "img_0_progress.gif") as im:
-        assert im.n_frames == 15 // 5 + 1
+        assert im.n_frames == 15 // 4 + 1

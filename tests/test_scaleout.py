@@ -69,13 +69,63 @@ def test_strategy_is_registered_and_refuses_ddp_options():
         ILOStrategy(start_method="spawn")
 
 
-def test_strategy_keeps_module_unwrapped():
-    s = ILOStrategy()
-    module = pl.LightningModule()
-    s._lightning_module = module
-    s.model = module
-    s.configure_ddp()
-    assert s.model is module  # no DistributedDataParallel, hence no all-reduce
+class _CollectiveProbe(pl.Callback):
+    """Records, while training, the model the strategy steps and every collective call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.training = False
+        self.models: list = []
+        self.collectives: list = []
+        self.process_group_world_size = None
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.training = True
+        if torch.distributed.is_initialized():
+            self.process_group_world_size = torch.distributed.get_world_size()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.models.append(trainer.strategy.model)
+        # The check Lightning's loop makes before every step when there are several ranks
+        # (with one rank it skips it): it must not be a collective.
+        trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor()
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.training = False
+
+
+def test_strategy_keeps_module_unwrapped_and_runs_no_collective_per_step(monkeypatch):
+    """A real fit under ilo_ddp: a process group exists, yet the module is never wrapped in
+    DistributedDataParallel (whose all-reduce would mix problems) and no step runs a collective."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    # The launcher writes MASTER_PORT etc. into os.environ: keep them out of this process.
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    probe = _CollectiveProbe()
+    for name in ("broadcast", "all_reduce", "all_gather", "barrier", "reduce", "broadcast_object_list"):
+        real = getattr(torch.distributed, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if probe.training:
+                probe.collectives.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(torch.distributed, name, counted)
+    stages = [Stage(split=0, steps=3, lr=0.1, free=["latent"])]
+    module = ILOModule(DCGANGenerator(weights="random"), stages)
+    dm = InverseProblemDataModule(BoxMask(box=(38, 55, 14, 49)), data="samples", limit=1)
+    kw = default_trainer_kwargs()
+    kw.update(accelerator="cpu", devices=1, strategy=ILOStrategy(process_group_backend="gloo"), callbacks=[probe])
+    try:
+        pl.Trainer(**kw).fit(module, datamodule=dm)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert probe.process_group_world_size == 1  # a real process group, as with several ranks
+    assert len(probe.models) == 3
+    assert all(m is module and not isinstance(m, DistributedDataParallel) for m in probe.models)
+    # Lightning's loop would broadcast a SIGTERM flag every step (and hang ranks with fewer problems).
+    assert probe.collectives == []
 
 
 def test_strategy_requires_no_distributed_sampler(monkeypatch):

@@ -9,6 +9,7 @@ keeps them in memory (the programmatic API).
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -18,8 +19,18 @@ from torch import Tensor
 
 from ilo_pl.io import ensure_writable_dir, new_run_dir, save_image
 from ilo_pl.metrics import image_metrics
-from ilo_pl.problem import ProblemResult
-from ilo_pl.resume import CSV_FIELDS, prepare_resume, read_csv_rows, write_csv
+from ilo_pl.problem import ProblemResult, check_problem_ids
+from ilo_pl.resume import (
+    CSV_FIELDS,
+    MANIFEST,
+    check_manifest,
+    make_manifest,
+    prepare_resume,
+    read_csv_rows,
+    read_manifest,
+    write_csv,
+    write_manifest,
+)
 
 __all__ = ["CSV_FIELDS", "ResultCollector", "ResultWriter", "merge_csvs"]
 
@@ -66,7 +77,13 @@ class ResultWriter(_ResultHook):
 
     Resuming: when the run folder already holds finished problems (see
     :mod:`ilo_pl.resume`), they are left out of this run (the data module's
-    ``skip`` set) and their CSV rows are kept.
+    ``skip`` set) and their CSV rows are kept. The folder's ``run_manifest.json``
+    (written when the folder is first used) records the settings that change
+    results and the data's fingerprint; a run whose settings or data differ is
+    refused with a ``ValueError`` naming the differences.
+
+    Problem ids name the files; an id that is not a safe file-name prefix
+    (see :func:`~ilo_pl.problem.check_problem_ids`) or that repeats is refused.
 
     Multi-process runs (:class:`~ilo_pl.strategy.ILOStrategy`): rank 0's
     folder is broadcast to all ranks; each rank writes its own problems and
@@ -120,13 +137,14 @@ class ResultWriter(_ResultHook):
             return  # problems not from a data module: nothing to match against
         payload = None
         if trainer.is_global_zero:
-            n = len(dm.source)
-            if getattr(dm, "limit", None) is not None:
-                n = min(n, int(dm.limit))
-            scan = prepare_resume(self.run_dir, [dm.source.name(i) for i in range(n)], self.save_solutions)
-            payload = (scan.finished, scan.ordered_rows())
+            try:
+                payload = self._scan(trainer, dm)
+            except ValueError as exc:
+                payload = str(exc)  # every rank raises it (a rank left waiting would hang)
         if trainer.world_size > 1:
             payload = trainer.strategy.broadcast(payload)
+        if isinstance(payload, str):
+            raise ValueError(payload)
         finished, rows = payload
         self.resumed = list(finished)
         dm.skip |= set(finished)
@@ -139,6 +157,33 @@ class ResultWriter(_ResultHook):
                 flush=True,
             )
 
+    def _scan(self, trainer: "pl.Trainer", dm: Any) -> tuple:
+        """Rank 0: check the folder may be resumed with this run, clean it, and list its finished problems.
+
+        Raises:
+            ValueError: repeated or unsafe problem ids, or a folder whose
+                recorded settings or problems differ from this run's.
+        """
+        n = len(dm.source)
+        all_ids = check_problem_ids((dm.source.name(i) for i in range(n)), f"the problem ids of {type(dm.source).__name__}")
+        if getattr(dm, "limit", None) is not None:
+            n = min(n, int(dm.limit))
+        manifest = make_manifest(trainer, dm.source)
+        # Checked before anything in the folder is touched.
+        why = check_manifest(self.run_dir, manifest)
+        if why is not None:
+            raise ValueError(why)
+        scan = prepare_resume(self.run_dir, all_ids[:n], self.save_solutions)
+        if read_manifest(self.run_dir) is None:
+            if scan.finished:
+                warnings.warn(
+                    f"{self.run_dir} has no {MANIFEST} (written by an older ilo-pl): cannot check that its "
+                    "settings and data are this run's; recording this run's",
+                    stacklevel=2,
+                )
+            write_manifest(self.run_dir, manifest)
+        return scan.finished, scan.ordered_rows()
+
     @property
     def csv_path(self) -> Path:
         """The run's merged CSV."""
@@ -148,6 +193,9 @@ class ResultWriter(_ResultHook):
         batch = result.batch
         metrics = image_metrics(result.images, batch.target.cpu()) if batch.target is not None else None
         obs = batch.observation.detach().float().cpu()
+        # Ids become file names: never let one escape the run folder (ProblemBatch checks too;
+        # a module may build its results some other way).
+        check_problem_ids(batch.ids)
         for b, pid in enumerate(batch.ids):
             rec = result.images[b]
             save_image(rec, self.run_dir / f"{pid}_reconstruction.png")
