@@ -36,11 +36,11 @@ from ilo_pl.stages import INF, Stage, check_stages, ramp_lr, stage_losses
 
 _PLAIN = (int, float, str, bool, type(None))
 
-#: Consecutive steps a sample's gradient may be non-finite under a GradScaler (16-mixed)
-#: before it counts as failed: each such step halves the scale, and 24 halvings take
-#: any scale a GradScaler reaches in practice (<= 2**24) below 1, where scaling cannot
+#: Consecutive optimizer steps a sample's gradient may be non-finite under a GradScaler
+#: (16-mixed) before it counts as failed: each such step halves the scale, and 25 halvings
+#: take any scale a GradScaler reaches in practice (<= 2**24) below 1, where scaling cannot
 #: overflow float16.
-OVERFLOW_PATIENCE = 24
+OVERFLOW_PATIENCE = 25
 
 
 def _sna_seed(seed: int) -> int:
@@ -196,7 +196,8 @@ class ILOModule(pl.LightningModule):
         self.last_result: Optional[ProblemResult] = None
         self._closed = False  # whether the current stage's final state was scored
         self._batch: Optional[ProblemBatch] = None
-        self._overflowed: Optional[Tensor] = None  # a row dropped this step (GradScaler)
+        self._bad_rows: Optional[Tensor] = None  # [B] rows with a non-finite gradient this step (GradScaler)
+        self._backoffs: Optional[Tensor] = None  # scale back-offs owed after this step (GradScaler)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Fast path for plain attributes that already exist (counters, flags, and the hook
@@ -256,8 +257,8 @@ class ILOModule(pl.LightningModule):
             if self.sphere:
                 # Start on the spheres, so that the stage's anchors (its l1 balls' centres)
                 # are feasible: an off-sphere start would be moved by the first projection
-                # and spend much of the stage's l1 radius before any optimisation (an
-                # unnormalised 512-d Gaussian row is ~0.7% off its sphere, per entry).
+                # and spend much of the stage's l1 radius before any optimisation (the norm
+                # of a 512-d Gaussian row is ~3% off the sphere's: l1 ~180 for 18 W+ rows).
                 for name, dims in self.generator.sphere_variables(0).items():
                     project_sphere_(state[name], dims)
             if stage.split > 0:  # a schedule may start deeper than the input
@@ -483,7 +484,9 @@ class ILOModule(pl.LightningModule):
             return
         self._closed = True
         batch = self._batch
-        with torch.no_grad():
+        # Rendered in the precision the steps' iterates were (autocast under mixed precision),
+        # so that all of a stage's iterates compete on equal terms.
+        with torch.no_grad(), self.trainer.precision_plugin.train_step_context():
             state = self.current_state()
             image = self.generator.render(state, self.stages[self._stage].split)
             err = batch.operator.measurement_error(batch.operator.A(image), batch.observation)
@@ -509,8 +512,9 @@ class ILOModule(pl.LightningModule):
         ])
 
     def _scaler(self) -> Any:
-        """The precision plugin's ``GradScaler`` (16-mixed), or ``None``."""
-        return getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+        """The precision plugin's enabled ``GradScaler`` (16-mixed), or ``None``."""
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
 
     def _grad_rows_finite(self, params: List[Tensor]) -> Tensor:
         """``[B]`` bool: whether every gradient entry of each sample is finite.
@@ -527,45 +531,63 @@ class ILOModule(pl.LightningModule):
     @torch.no_grad()
     def on_after_backward(self) -> None:
         # With a GradScaler (16-mixed) one sample's inf/NaN gradient would make the scaler
-        # skip the step for the whole batch, so this runs on the still-scaled gradients,
-        # before the scaler inspects them: the rows of a sample that failed or whose
-        # gradient is non-finite are zeroed (that sample sits this step out, its batch-mates
-        # step as if alone) and the scale backs off after the step (optimizer_step), as the
-        # scaler would have done for an fp16 overflow. A sample non-finite for
-        # OVERFLOW_PATIENCE consecutive steps is marked failed: that many halvings take the
-        # scale below 1, where scaling cannot overflow.
+        # skip the step for the whole batch. So, on the still-scaled gradients, before the
+        # scaler inspects them, the rows of a sample that failed or whose gradient is
+        # non-finite are zeroed: its batch-mates step as if alone, and it gets no gradient
+        # this step (Adam's momentum still moves it a little, unlike a skipped step).
+        # Runs per micro-batch; the streak and the scale back-off are per optimizer step
+        # (on_before_optimizer_step, _back_off_scale).
         if getattr(self, "_fail_at", None) is None or self._scaler() is None:
             return
         params = [p for p in self.variables.values() if p.grad is not None]
         if not params:
             return
         bad = ~self._grad_rows_finite(params)
-        self._bad_streak = torch.where(bad, self._bad_streak + 1, 0)
-        healthy = self._fail_at[:, 0] < 0
-        self._mark_failed(bad & healthy & (self._bad_streak >= OVERFLOW_PATIENCE), self._stage_step - 1)
-        any_bad = bad.any()
-        self._overflowed = any_bad if self._overflowed is None else self._overflowed | any_bad
-        drop = bad | ~healthy
+        self._bad_rows = bad if self._bad_rows is None else self._bad_rows | bad
+        drop = bad | (self._fail_at[:, 0] >= 0)
         if not _maybe_any(drop):
             return
         for p in params:  # (NaN rows: masked_fill, not mul)
             p.grad.masked_fill_(drop.view(-1, *([1] * (p.grad.dim() - 1))), 0.0)
 
     @torch.no_grad()
+    def _count_overflows(self) -> None:
+        """Per optimizer step under a GradScaler: streaks of non-finite rows, failures, the back-off flag.
+
+        A healthy sample's non-finite row is taken for an fp16 overflow: the
+        scale backs off after the step, as the scaler would have done. After
+        :data:`OVERFLOW_PATIENCE` such steps in a row it is a failure (marked
+        at the step its streak began), and the back-offs it caused are undone,
+        so the scale its batch-mates (and later problems) run at is as if it
+        had never been there. Device ops only.
+        """
+        bad, self._bad_rows = self._bad_rows, None
+        if bad is None:
+            return
+        healthy = self._fail_at[:, 0] < 0
+        bad = bad & healthy
+        self._bad_streak = torch.where(bad, self._bad_streak + 1, 0)
+        newly = self._bad_streak >= OVERFLOW_PATIENCE
+        began = max(0, self._stage_step - 1 - (OVERFLOW_PATIENCE - 1) * self._accumulate())
+        self._mark_failed(newly, began)
+        self._backoffs = (bad & ~newly).any().to(torch.float32) - newly.any() * (OVERFLOW_PATIENCE - 1.0)
+
+    @torch.no_grad()
     def _back_off_scale(self) -> None:
-        """After a step in which :meth:`on_after_backward` dropped non-finite rows: back the scale off."""
-        flag, self._overflowed = self._overflowed, None
+        """After the step: scale the scaler's scale by ``backoff ** self._backoffs`` (see :meth:`_count_overflows`)."""
+        n, self._backoffs = self._backoffs, None
         scaler = self._scaler()
-        if flag is None or scaler is None:
+        if n is None or scaler is None:
             return
         factor = scaler.get_backoff_factor()
-        if _host_reads_free(flag):
-            if bool(flag):
-                scaler.update(new_scale=scaler.get_scale() * factor)
+        if _host_reads_free(n):
+            k = float(n)
+            if k != 0.0:
+                scaler.update(new_scale=scaler.get_scale() * factor**k)
             return
         # The scale tensor itself (private): get_scale() would read it to the host every step.
         scale = scaler._scale
-        scaler.update(new_scale=torch.where(flag.to(scale.device), scale * factor, scale))
+        scaler.update(new_scale=scale * torch.pow(torch.tensor(factor, device=scale.device), n.to(scale.device)))
 
     @torch.no_grad()
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -577,7 +599,9 @@ class ILOModule(pl.LightningModule):
         if getattr(self, "_fail_at", None) is None:
             return
         params = [p for p in self.variables.values() if p.grad is not None]
-        if self._scaler() is None and params:
+        if self._scaler() is not None:
+            self._count_overflows()
+        elif params:
             finite = self._grad_rows_finite(params)
             # On the CPU one host read settles the usual all-finite case.
             if not _host_reads_free(finite) or not bool(finite.all()):
