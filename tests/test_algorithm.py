@@ -313,3 +313,33 @@ def test_projected_record_renders_its_image_and_loss(dcgan, box_problem) -> None
     stages = [Stage(0, 10), Stage(1, 10, lr=0.05, radius={"state": 500.0}), Stage(2, 2, lr=1e-6, radius={"state": 300.0})]
     solve(dcgan, op, y, stages, project_to_range=True, range_steps=20, callbacks=[check], trainer_kwargs=_quiet())
     assert check.checked == 1
+
+
+# ---------------------------------------------------------------------- what the writer saves
+@pytest.mark.parametrize("selection", ["best", "last"])
+@pytest.mark.parametrize("ptr", [False, True])
+def test_saved_solution_regenerates_saved_png_and_csv_loss(dcgan, box_problem, tmp_path, selection: str, ptr: bool) -> None:
+    """Through the ResultWriter: the solution file renders to the PNG, and the CSV's loss is its loss."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from ilo_pl.callbacks.writer import ResultWriter
+    from ilo_pl.io import to_uint8
+    from ilo_pl.solutions import regenerate
+
+    op, y = box_problem
+    stages = [Stage(0, 12), Stage(1, 6, lr=0.05, radius={"state": 500.0}), Stage(2, 2, lr=1e-6, radius={"state": 300.0})]
+    writer = ResultWriter(output_dir=tmp_path)
+    solve(dcgan, op, y, stages, ids=["a", "b"], project_to_range=ptr, range_steps=10, selection=selection,
+          callbacks=[writer], trainer_kwargs=_quiet())
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = {r["id"]: r for r in csv.DictReader(open(run / "results.csv"))}
+    for b, pid in enumerate(["a", "b"]):
+        img = regenerate(run / f"{pid}_solution.pt", dcgan)
+        png = np.asarray(Image.open(run / f"{pid}_reconstruction.png").convert("RGB"))
+        assert np.array_equal(to_uint8(img[0]), png), pid
+        with torch.no_grad():
+            loss = op.measurement_error(op.A(img), y[b : b + 1])
+        assert float(rows[pid]["measurement_loss"]) == pytest.approx(float(loss), rel=1e-5), pid
