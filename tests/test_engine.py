@@ -154,15 +154,80 @@ def test_constraints_hold_and_optimizer_tracks_variables_over_problems(gen):
 
 
 def test_optimizer_entry_is_detected(gen):
+    """An optimizer over other parameters than the stage's variables (LightningCLI's `optimizer:`
+    entry is built once, over the parameters the module had at setup) is refused at the first rebuild."""
+    stale = torch.nn.Parameter(torch.zeros(1))
+
     class Sneaky(ILOModule):
         def configure_optimizers(self):
-            return torch.optim.SGD(list(self.variables.values()) or [torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+            return torch.optim.SGD([stale], lr=0.1)
 
     module = Sneaky(gen, _stages())
     dm = InverseProblemDataModule(BoxMask([38, 55, 14, 49]), data=GeneratorSamples(num=1))
     trainer = pl.Trainer(**default_trainer_kwargs())
-    with pytest.raises(RuntimeError, match="not built by the module's configure_optimizers"):
+    with pytest.raises(RuntimeError, match="does not optimise exactly the module's current variables"):
         trainer.fit(module, datamodule=dm)
+
+
+def test_own_optimizer_over_exactly_the_variables_is_allowed(gen):
+    """A subclass may build another optimizer, as long as it holds exactly the stage's variables."""
+
+    class WithSGD(ILOModule):
+        def configure_optimizers(self):
+            return torch.optim.SGD(list(self.variables.values()) or [torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+
+    module = WithSGD(gen, _stages(steps=(2, 2, 2)))
+    dm = InverseProblemDataModule(BoxMask([38, 55, 14, 49]), data=GeneratorSamples(num=1))
+    pl.Trainer(**default_trainer_kwargs()).fit(module, datamodule=dm)
+    assert module.last_result is not None
+
+
+@pytest.mark.parametrize(
+    "callback, missing",
+    [
+        (L1BallProjection(), "l1_constraints"),
+        (SphereProjection(), "sphere_constraints"),
+        (StageTransition(), "stage_due"),
+    ],
+)
+def test_callbacks_refuse_a_module_without_their_protocol(callback, missing):
+    class Plain(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return self.w.sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD([self.w], lr=0.1)
+
+    loader = torch.utils.data.DataLoader([torch.zeros(1)])
+    trainer = pl.Trainer(callbacks=[callback], **{**default_trainer_kwargs(), "max_steps": 1})
+    with pytest.raises(TypeError, match=f"{type(callback).__name__} needs .*lacks .*{missing}"):
+        trainer.fit(Plain(), train_dataloaders=loader)
+
+
+def test_result_writer_refuses_a_module_without_last_result(tmp_path):
+    from ilo_pl.callbacks import ResultWriter
+    from ilo_pl.callbacks.protocols import ResultProducing, require
+
+    with pytest.raises(TypeError, match="ResultWriter needs .*ResultProducing.*last_result"):
+        require(pl.LightningModule(), ResultProducing, ResultWriter(output_dir=tmp_path))
+    assert not any(tmp_path.iterdir())  # nothing made
+
+
+def test_range_projection_without_the_method_is_refused(gen):
+    class NoRange(pl.LightningModule):
+        def stage_due(self, batch):
+            return None
+
+        def begin_stage(self, batch, index):
+            pass
+
+    with pytest.raises(TypeError, match="RangeProjecting.*project_to_range"):
+        StageTransition(project_to_range=True).setup(None, NoRange(), "fit")
+    StageTransition().setup(None, NoRange(), "fit")  # without projection it is enough
 
 
 # -- batching ---------------------------------------------------------------------------------------

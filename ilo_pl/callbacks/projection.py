@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Optional
 import pytorch_lightning as pl
 import torch
 
+from ilo_pl.callbacks.protocols import L1Constrained, SphereConstrained, require
 from ilo_pl.projections import L1Workspace, project_l1_ball_, project_sphere_
 
 
@@ -57,8 +58,14 @@ class _StepHookCallback(pl.Callback):
             self.calls += 1
             self.project(module)
 
+    #: The protocol the module must implement (checked in ``setup``).
+    protocol: type = object
+
     def project(self, pl_module: Any) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        require(pl_module, self.protocol, self)
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._attach(trainer, pl_module)
@@ -90,6 +97,8 @@ class L1BallProjection(_StepHookCallback):
             step (an inf/NaN sample is left for the engine's failure masking).
     """
 
+    protocol = L1Constrained
+
     def __init__(self, host_reads: Optional[bool] = None) -> None:
         super().__init__()
         self.host_reads = host_reads
@@ -115,6 +124,8 @@ class SphereProjection(_StepHookCallback):
 
     The module provides ``sphere_constraints()`` (see the module docstring).
     """
+
+    protocol = SphereConstrained
 
     def project(self, pl_module: Any) -> None:
         for param, dims in pl_module.sphere_constraints():

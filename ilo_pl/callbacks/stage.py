@@ -12,11 +12,14 @@ Protocol (what a LightningModule offers to use :class:`StageTransition`):
   ``index`` begins, pull the current solution back into the range of the
   earlier layers (ILO, Algorithm 1, line 5); called only when the callback is
   built with ``project_to_range=True``;
-* ``configure_optimizers()`` returns an optimizer over exactly the current
-  variables and marks it with the attribute ``_ilo_owner = id(module)``, so a
-  configuration that swapped in another optimizer (e.g. LightningCLI's
-  ``optimizer:`` entry) is detected instead of silently optimising stale
-  variables.
+* ``configure_optimizers()`` returns an optimizer over exactly the module's
+  trainable parameters (the current variables): after each rebuild this is
+  checked, so a configuration that swapped in another optimizer (e.g.
+  LightningCLI's ``optimizer:`` entry, built once over other parameters) is
+  detected instead of silently optimising stale variables.
+
+The protocols are checked when the fit starts (see
+:mod:`ilo_pl.callbacks.protocols`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+
+from ilo_pl.callbacks.protocols import RangeProjecting, Staged, require
 
 
 class StageTransition(pl.Callback):
@@ -40,11 +45,16 @@ class StageTransition(pl.Callback):
         #: Number of optimizer rebuilds (one per stage begun).
         self.rebuilds = 0
 
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        require(pl_module, Staged, self)
+        if self.project_to_range:
+            require(pl_module, RangeProjecting, self)
+
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
         index = pl_module.stage_due(batch)
         if index is None:
             return
-        if self.project_to_range and index > 0 and hasattr(pl_module, "project_to_range"):
+        if self.project_to_range and index > 0:
             pl_module.project_to_range(batch, index)
         pl_module.begin_stage(batch, index)
         rebuild_optimizers(trainer)
@@ -55,16 +65,20 @@ def rebuild_optimizers(trainer: "pl.Trainer") -> None:
     """Re-run ``configure_optimizers`` and install the result in the trainer.
 
     Raises:
-        RuntimeError: if the optimizer the trainer ends up with is not the
-            module's own (a config replaced ``configure_optimizers``).
+        RuntimeError: if an optimizer the trainer ends up with does not hold
+            exactly the module's trainable parameters (a config replaced
+            ``configure_optimizers``).
     """
     trainer.strategy.setup_optimizers(trainer)
     module = trainer.lightning_module
+    want = {id(p) for p in module.parameters() if p.requires_grad}
     for opt in trainer.optimizers:
-        if getattr(opt, "_ilo_owner", None) != id(module):
+        have = {id(p) for group in opt.param_groups for p in group["params"]}
+        if have != want:
             raise RuntimeError(
-                "the trainer's optimizer was not built by the module's configure_optimizers "
-                "(was an `optimizer:` or `lr_scheduler:` entry given in the config?). ILO rebuilds "
-                "its optimizer at every stage over the new variables; remove that entry and set "
-                "the learning rate per stage in `stages`"
+                f"the trainer's {type(opt).__name__} does not optimise exactly the module's current "
+                f"variables ({len(have & want)} of its {len(have)} parameters are among the module's "
+                f"{len(want)} trainable ones; was an `optimizer:` or `lr_scheduler:` entry given in the "
+                "config?). ILO rebuilds its optimizer at every stage over the new variables; remove "
+                "that entry and set the learning rate per stage in `stages`"
             )

@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from ilo_pl.callbacks.protocols import ResultProducing, require
 from ilo_pl.io import ensure_writable_dir, new_run_dir, save_image
 from ilo_pl.metrics import image_metrics
 from ilo_pl.problem import ProblemResult, check_problem_ids
@@ -42,8 +43,11 @@ class _ResultHook(pl.Callback):
         super().__init__()
         self._seen: Optional[int] = None
 
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        require(pl_module, ResultProducing, self)
+
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
-        result = getattr(pl_module, "last_result", None)
+        result = pl_module.last_result
         if result is not None and id(result) != self._seen:
             self._seen = id(result)
             self.handle(trainer, pl_module, result)
@@ -120,6 +124,7 @@ class ResultWriter(_ResultHook):
         self.written: List[str] = []
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # the protocol check, before a run folder is made
         if trainer.is_global_zero:
             if self.run_dir is None:
                 self.run_dir = new_run_dir(self.output_dir)

@@ -409,7 +409,6 @@ class ILOModule(pl.LightningModule):
             params = [nn.Parameter(torch.zeros(1, device=self.device))]
         stage = self.stages[max(self._stage, 0)]
         opt = torch.optim.Adam(params, lr=stage.lr)
-        opt._ilo_owner = id(self)  # checked by StageTransition (see its protocol)
         steps = stage.steps
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: ramp_lr(min(1.0, (i + 0.5) / steps), self.rampup, self.rampdown)
