@@ -125,8 +125,12 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
 def check_resume_config(existing: Path, new_text: str) -> None:
     """Refuse to resume a run folder with a config that defines other problems or another solver.
 
-    Compares the ``model`` and ``data`` sections (except :data:`RESUME_IGNORED`);
-    ``trainer`` and ``output`` may differ (e.g. more devices).
+    Compares the ``model`` and ``data`` sections (except :data:`RESUME_IGNORED`).
+    The trainer settings that change results (precision, gradient accumulation,
+    deterministic algorithms, ...) and the data folder's contents are checked
+    from their effective values by :class:`ResultWriter` (``run_manifest.json``,
+    see :mod:`ilo_pl.resume`); the rest of ``trainer`` (devices, loggers,
+    progress bar) and ``output`` may differ.
 
     Raises:
         ValueError: naming the entries that differ.
@@ -139,10 +143,17 @@ def check_resume_config(existing: Path, new_text: str) -> None:
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:5])
+        # Entries the folder's config lacks may be options added since the ilo-pl that wrote it
+        # (e.g. new init args): no config resumes the folder then, so a new run folder is the fix.
+        newer = [k for k in diff if k not in a]
+        hint = (
+            f" ({', '.join(newer[:3])}{' ...' if len(newer) > 3 else ''}: not in its config.yaml; if these are "
+            "options added since the ilo-pl version that wrote it, this version cannot resume it)" if newer else
+            f"; if the differences are your own overrides, resume without them (--config {existing})"
+        )
         raise ValueError(
             f"cannot resume {existing.parent}: its config.yaml differs in {shown}"
-            f"{' ...' if len(diff) > 5 else ''}; resume with the run's own config "
-            f"(--config {existing}) or start a new run (leave out --output.run_dir)"
+            f"{' ...' if len(diff) > 5 else ''}. Start a new run folder (leave out --output.run_dir){hint}"
         )
 
 
@@ -187,7 +198,7 @@ def regenerate_main(argv: List[str]) -> int:
     parser.add_argument("--device", default="cpu", help="where to render (default cpu)")
     parser.add_argument(
         "--no_check_identity", action="store_true",
-        help="render even if the generator's weights differ from the ones that made the solution",
+        help="render even if the generator's weights or render settings differ from the ones that made the solution",
     )
     ns = parser.parse_args(argv)
     from ilo_pl.solutions import regenerate_file

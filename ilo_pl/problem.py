@@ -20,9 +20,15 @@ MAX_ID_BYTES = 200
 def problem_id_error(pid: object) -> Optional[str]:
     """Why ``pid`` cannot be a problem id (a file-name prefix in a run folder), or ``None`` if it can.
 
-    An id is a non-empty string without path separators (``/``, ``\\``),
-    control characters or a leading ``.`` (hidden files; ``..`` would leave
-    the run folder), at most :data:`MAX_ID_BYTES` bytes in UTF-8.
+    Refused, and only these: a non-string, the empty string, a path
+    separator (``/`` or ``\\``), a leading ``.`` (hidden files; ``..`` would
+    leave the run folder), a control character (Unicode category ``Cc``), and
+    more than :data:`MAX_ID_BYTES` bytes in UTF-8. Everything else that is
+    valid in a POSIX file name is accepted, including characters Windows
+    forbids in file names (``: * ? " < > |``): such ids work on Linux and
+    macOS but not on Windows. An id is only the first part of its files'
+    names (``<id>_reconstruction.png``), so trailing dots or spaces and
+    Windows device names (``CON``, ``NUL``) do not end up as a whole name.
     """
     if not isinstance(pid, str):
         return f"it is a {type(pid).__name__}, not a string"
@@ -54,8 +60,9 @@ def check_problem_ids(ids: Iterable[object], what: str = "problem ids") -> List[
         why = problem_id_error(pid)
         if why is not None:
             raise ValueError(
-                f"{what}: {pid!r} cannot name output files: {why}; use letters, digits, '_', '-' and '.' "
-                "(not first), e.g. 'face_01'"
+                f"{what}: {pid!r} cannot name output files: {why}. An id must be a non-empty string of at "
+                f"most {MAX_ID_BYTES} UTF-8 bytes without '/', '\\', control characters or a leading '.', "
+                "e.g. 'face_01'"
             )
         key = pid.casefold()
         if key in seen:

@@ -22,13 +22,22 @@ and rewrites ``results.csv``; :class:`~ilo_pl.callbacks.ResultWriter` calls
 it on rank 0 before the data loader is built and puts the finished indices in
 the data module's ``skip`` set.
 
+A solution or CSV row found under a problem's id counts only if it records
+that problem's index (and id); one recorded for another problem (a folder
+written under an older ilo-pl's ids) leaves the problem unfinished, with a
+warning naming the file, which is kept under another name.
+
 A resumed run must produce what the first run would have: the writer records
-``run_manifest.json`` (:data:`MANIFEST`) when it first uses a folder -- the
-effective settings that change results (:func:`result_settings`: precision,
-gradient accumulation and clipping, deterministic algorithms, accelerator
-kind, matmul precision) and the problem source's fingerprint (for a folder of
-images: every file's name, size and SHA-1) -- and refuses to resume when
-either differs (:func:`manifest_differences`).
+``run_manifest.json`` (:data:`MANIFEST`, :func:`make_manifest`) when it first
+uses a folder -- the effective trainer and torch settings that change results
+(:func:`result_settings`), the generator's identity, the module's
+result-changing settings (:func:`module_settings`: stages, loss weights and
+terms, SNA, sphere, selection, range projection, ramps), the data module's
+seed, operator and resize policy, and the problem source's fingerprint (for a
+folder of images: every file's name, size and modification time) -- and
+refuses to resume a folder that holds results when any of them differs
+(:func:`compare_manifests`). A folder without results yet just gets the new
+manifest.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ilo_pl.io import atomic_write_bytes
 
@@ -58,11 +67,16 @@ class RunScan:
         finished: indices of finished problems.
         rows: their CSV rows, by index (sorted when iterated via :meth:`ordered_rows`).
         unreadable: solution files that exist but do not load (re-solved).
+        mismatched: ``(file, why)`` for a solution or CSV row found under a
+            problem's id but recorded for another problem (another index or
+            id, e.g. a folder written under an older ilo-pl's ids); those
+            problems are unfinished (solved again).
     """
 
     finished: List[int] = field(default_factory=list)
     rows: Dict[int, Dict[str, str]] = field(default_factory=dict)
     unreadable: List[Path] = field(default_factory=list)
+    mismatched: List[Tuple[Path, str]] = field(default_factory=list)
 
     def ordered_rows(self) -> List[Dict[str, str]]:
         """The finished problems' rows, by index."""
@@ -83,8 +97,25 @@ def read_csv_rows(run_dir: Union[str, Path]) -> Dict[str, Dict[str, str]]:
     return rows
 
 
+def _recorded_index(value: object) -> Optional[int]:
+    """A recorded problem index (an int, or a CSV cell), or ``None`` when none is recorded."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value if value is not None else "").strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
 def scan_run(run_dir: Union[str, Path], names: Sequence[str], require_solution: bool = True) -> RunScan:
     """Which of the problems ``names`` (indexed by position) a run folder holds finished.
+
+    A solution or CSV row counts for problem ``i`` only if what it records
+    matches: the index a solution stores (when not ``None``) and the id of
+    its saved row must be ``i`` and ``names[i]``, and a CSV row's index (when
+    set) must be ``i``. Else it belongs to another problem (e.g. the folder
+    was written under an older ilo-pl's ids, where another file had this id):
+    the problem is unfinished and the file is listed in ``mismatched``.
 
     Args:
         run_dir: the run folder.
@@ -102,6 +133,8 @@ def scan_run(run_dir: Union[str, Path], names: Sequence[str], require_solution: 
     csv_rows = read_csv_rows(run_dir)
     for i, name in enumerate(names):
         row = csv_rows.get(name)
+        row_at = None if row is None else _recorded_index(row.get("index"))
+        row_mismatch = row_at is not None and row_at != i
         if require_solution:
             path = run_dir / f"{name}_solution.pt"
             if not path.is_file():
@@ -111,8 +144,23 @@ def scan_run(run_dir: Union[str, Path], names: Sequence[str], require_solution: 
             except ValueError:
                 scan.unreadable.append(path)
                 continue
-            if row is None and isinstance(sol.get("row"), dict):
-                row = {k: "" if v is None else str(v) for k, v in sol["row"].items()}
+            saved_row = sol.get("row") if isinstance(sol.get("row"), dict) else None
+            at = _recorded_index(sol.get("index"))
+            saved_id = None if saved_row is None else saved_row.get("id")
+            if at is not None and at != i:
+                scan.mismatched.append((path, f"it holds the result of problem index {at}, not of {name!r} (index {i})"))
+                continue
+            if saved_id not in (None, "") and str(saved_id) != name:
+                scan.mismatched.append((path, f"it holds the result of {saved_id!r}, not of {name!r} (index {i})"))
+                continue
+            if (row is None or row_mismatch) and saved_row is not None:
+                # The solution is what marks the problem finished; its own row wins over a stale CSV's.
+                row, row_mismatch = {k: "" if v is None else str(v) for k, v in saved_row.items()}, False
+        if row_mismatch:
+            scan.mismatched.append(
+                (run_dir / "results.csv", f"its row for {name!r} records problem index {row_at}, not {i}")
+            )
+            continue
         if row is None:
             continue
         row = {k: row.get(k, "") for k in CSV_FIELDS}
@@ -120,6 +168,18 @@ def scan_run(run_dir: Union[str, Path], names: Sequence[str], require_solution: 
         scan.finished.append(i)
         scan.rows[i] = row
     return scan
+
+
+def has_results(run_dir: Union[str, Path]) -> bool:
+    """Whether ``run_dir`` holds any problem's result (a solution file or a CSV row), whatever its id."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    if any(p.is_file() for p in run_dir.glob("*_solution.pt")):
+        return True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unreadable CSV is reported when the folder is scanned
+        return bool(read_csv_rows(run_dir))
 
 
 def remove_partial_files(run_dir: Union[str, Path]) -> List[Path]:
@@ -146,8 +206,12 @@ def prepare_resume(run_dir: Union[str, Path], names: Sequence[str], require_solu
 
     Removes temporary files, merges left-over per-rank CSVs and rows kept only
     in solutions into ``results.csv`` (finished problems only, by index), and
-    warns about unreadable solutions (those problems are solved again). Call
-    it on one process only (rank 0), before any problem is solved.
+    warns about unreadable solutions (those problems are solved again) and
+    about solutions or rows recorded for another problem (``mismatched``:
+    solved again; such a solution file is first renamed to
+    ``<id>_solution.pt.index<k>.bak``, so solving the problem does not
+    overwrite the other problem's result). Call it on one process only
+    (rank 0), before any problem is solved.
     """
     run_dir = Path(run_dir)
     scan = RunScan()
@@ -157,6 +221,17 @@ def prepare_resume(run_dir: Union[str, Path], names: Sequence[str], require_solu
     scan = scan_run(run_dir, names, require_solution)
     for path in scan.unreadable:
         warnings.warn(f"{path} does not load (a damaged file); that problem is solved again", stacklevel=2)
+    for path, why in scan.mismatched:
+        kept = ""
+        if path.name.endswith("_solution.pt"):
+            aside = _aside_name(path)
+            path.rename(aside)
+            kept = f"; the file is kept as {aside.name}"
+        warnings.warn(
+            f"{path} does not belong to this problem: {why} (a folder written under an older ilo-pl's "
+            f"problem ids?), so that problem is solved again{kept}",
+            stacklevel=2,
+        )
     had_csv = any(run_dir.glob("results*.csv"))
     if scan.finished or had_csv:
         write_csv(run_dir / "results.csv", scan.ordered_rows())
@@ -165,6 +240,22 @@ def prepare_resume(run_dir: Union[str, Path], names: Sequence[str], require_solu
     if scan.finished or removed:
         log.info("resuming %s: %d of %d problems already finished", run_dir, len(scan.finished), len(names))
     return scan
+
+
+def _aside_name(path: Path) -> Path:
+    """A free name beside ``path`` for a solution that belongs to another problem (never an output name)."""
+    from ilo_pl.solutions import load_solution
+
+    try:
+        index = _recorded_index(load_solution(path).get("index"))
+    except ValueError:
+        index = None
+    base = f"{path.name}.index{index}" if index is not None else f"{path.name}.other"
+    aside = path.with_name(base + ".bak")
+    k = 2
+    while aside.exists():
+        aside, k = path.with_name(f"{base}.{k}.bak"), k + 1
+    return aside
 
 
 # -- what a resumed run must find unchanged ----------------------------------------------
@@ -204,9 +295,164 @@ def result_settings(trainer: Any) -> Dict[str, Any]:
     return out
 
 
-def make_manifest(trainer: Any, source: Any) -> Dict[str, Any]:
-    """What :data:`MANIFEST` records for a run: :func:`result_settings` and ``source.fingerprint()``."""
-    return {"format": MANIFEST_FORMAT, "settings": result_settings(trainer), "problems": source.fingerprint()}
+#: Module attributes that change results, recorded when the module has them (``ILOModule``'s
+#: names; ``project_to_range`` is stored as ``project_to_range_enabled``).
+MODULE_SETTINGS = {
+    "stages": "stages",
+    "loss_weights": "loss_weights",
+    "sna": "sna",
+    "sna_samples": "sna_samples",
+    "sphere": "sphere",
+    "selection": "selection",
+    "project_to_range": "project_to_range_enabled",
+    "range_steps": "range_steps",
+    "range_lr": "range_lr",
+    "rampup": "rampup",
+    "rampdown": "rampdown",
+}
+
+
+def _qualname(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _tensors_sha1(module: Any) -> str:
+    """SHA-1 of a module's parameters and buffers (non-persistent ones too: a loss target is one)."""
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    return _sha1_of(sorted(named, key=lambda kv: kv[0]))
+
+
+def _sha1_of(named: Sequence[Tuple[str, Any]]) -> str:
+    """SHA-1 of named tensors: names, shapes, dtypes and raw bytes (any dtype, bfloat16 too)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha1()
+    for name, tensor in named:
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def describe(value: Any, depth: int = 0) -> Any:
+    """A JSON-able, stable description of a setting (no memory addresses).
+
+    Plain values stay; paths become strings; dataclasses and plain objects
+    (e.g. an operator spec) become their class and public attributes; tensors
+    and modules are summarised by a SHA-1 of their values.
+    """
+    import dataclasses
+
+    import torch
+
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else repr(value)
+    if isinstance(value, Path):
+        return str(value)
+    if depth > 4:
+        return _qualname(value)
+    if isinstance(value, (list, tuple)):
+        return [describe(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): describe(v, depth + 1) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if torch.is_tensor(value):
+        return {"tensor": list(value.shape), "sha1": _sha1_of([("", value)])}
+    if isinstance(value, torch.nn.Module):
+        return describe_module(value, depth)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"class": _qualname(value),
+                **{f.name: describe(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)}}
+    if type(value).__repr__ is not object.__repr__ and " at 0x" not in repr(value):
+        return repr(value)
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict):
+        return {"class": _qualname(value),
+                **{k: describe(v, depth + 1) for k, v in sorted(attrs.items()) if not k.startswith("_")}}
+    return _qualname(value)
+
+
+def describe_module(module: Any, depth: int = 0) -> Dict[str, Any]:
+    """A module (e.g. a loss term) as its class, its init arguments it keeps, ``extra_repr`` and weights' SHA-1.
+
+    Init arguments are reachable when the module keeps them as attributes of
+    the same name (``GeodesicLoss.reduction``); ``extra_repr`` covers others
+    (``LPIPSLoss``'s ``net``).
+    """
+    import inspect
+
+    import torch
+
+    out: Dict[str, Any] = {"class": _qualname(module)}
+    try:
+        params = inspect.signature(type(module).__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    args = {}
+    for name in params:
+        if name == "self" or name.startswith("_") or name not in module.__dict__:
+            continue  # submodules, parameters and buffers are not in __dict__: the digest covers them
+        args[name] = describe(module.__dict__[name], depth + 1)
+    if args:
+        out["args"] = args
+    extra = module.extra_repr() if isinstance(module, torch.nn.Module) else ""
+    if extra and " at 0x" not in extra:
+        out["repr"] = extra
+    if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+        out["tensors_sha1"] = _tensors_sha1(module)
+    return out
+
+
+def module_settings(module: Any) -> Dict[str, Any]:
+    """The module's settings that change results (:data:`MODULE_SETTINGS` and its loss terms), those it has."""
+    out: Dict[str, Any] = {"class": _qualname(module)}
+    for key, attr in MODULE_SETTINGS.items():
+        if hasattr(module, attr) and not callable(getattr(module, attr)):
+            out[key] = describe(getattr(module, attr))
+    losses = getattr(module, "losses", None)
+    if hasattr(losses, "items"):
+        out["losses"] = {str(name): describe_module(term) for name, term in losses.items()}
+    return out
+
+
+def data_settings(datamodule: Any) -> Dict[str, Any]:
+    """The data module's settings that change results (``seed``, operator spec, ``resize``), those it has."""
+    out: Dict[str, Any] = {}
+    if datamodule is None:
+        return out
+    for key, attr in (("seed", "seed"), ("operator", "operator_spec"), ("resize", "resize")):
+        if hasattr(datamodule, attr):
+            out[key] = describe(getattr(datamodule, attr))
+    return out
+
+
+def make_manifest(trainer: Any, source: Any, datamodule: Any = None) -> Dict[str, Any]:
+    """What :data:`MANIFEST` records for a run (JSON-ready, as it reads back).
+
+    * ``settings``: :func:`result_settings` (trainer and torch);
+    * ``problems``: ``source.fingerprint()``;
+    * ``generator``: ``generator.identity()`` when the module has a generator
+      with one (class, weights SHA-1, render settings);
+    * ``module``: :func:`module_settings` (stages, loss weights and terms, SNA, ...);
+    * ``data``: :func:`data_settings` of ``datamodule`` (seed, operator, resize).
+
+    Only what exists is recorded, so any LightningModule and data module work.
+    """
+    manifest: Dict[str, Any] = {"format": MANIFEST_FORMAT, "settings": result_settings(trainer),
+                                "problems": source.fingerprint()}
+    module = getattr(trainer, "lightning_module", None)
+    if module is not None:
+        generator = getattr(module, "generator", None)
+        if callable(getattr(generator, "identity", None)):
+            # The same spelling as in solution files; the weights' digest is cached by the generator.
+            manifest["generator"] = {str(k): str(v) for k, v in generator.identity().items()}
+        manifest["module"] = module_settings(module)
+    if datamodule is not None:
+        manifest["data"] = data_settings(datamodule)
+    return json.loads(json.dumps(manifest, sort_keys=True))  # tuples -> lists etc., as read back
 
 
 def read_manifest(run_dir: Union[str, Path]) -> Optional[Dict[str, Any]]:
@@ -234,13 +480,79 @@ def write_manifest(run_dir: Union[str, Path], manifest: Dict[str, Any]) -> None:
     atomic_write_bytes(Path(run_dir) / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 
 
-def manifest_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    """The differences between a recorded manifest and this run's, one line each (empty: none)."""
-    diffs: List[str] = []
-    a, b = old.get("settings") or {}, new.get("settings") or {}
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key):
-            diffs.append(f"trainer setting {key}: {a.get(key, '(unset)')!r} -> {b.get(key, '(unset)')!r}")
+#: How a manifest's sections are named in messages: (one entry, the whole section).
+_SECTIONS = {"settings": ("trainer setting", "trainer settings"),
+             "generator": ("generator", "generator's identity"),
+             "module": ("module setting", "module's settings"),
+             "data": ("data setting", "data module's settings")}
+
+#: Entries of ``settings`` that are process-wide torch settings, not Trainer arguments.
+_TORCH_SETTINGS = {
+    "float32_matmul_precision": "set by torch.set_float32_matmul_precision, not a trainer argument",
+    "cudnn_benchmark": "torch.backends.cudnn.benchmark, set by trainer.benchmark or directly",
+    "cudnn_allow_tf32": "torch.backends.cudnn.allow_tf32, not a trainer argument",
+    "cuda_matmul_allow_tf32": "torch.backends.cuda.matmul.allow_tf32, not a trainer argument",
+}
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _leaf_differences(a: Any, b: Any, path: str) -> List[Tuple[str, Any, Any]]:
+    """``(dotted path, old, new)`` of the innermost entries where ``a`` and ``b`` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: List[Tuple[str, Any, Any]] = []
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, _MISSING) != b.get(key, _MISSING):
+                out += _leaf_differences(a.get(key, _MISSING), b.get(key, _MISSING), f"{path}.{key}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) if x != y for d in _leaf_differences(x, y, f"{path}.{i}")]
+    return [(path, a, b)]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+_MISSING = _Missing()
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def compare_manifests(old: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List[str], List[str]]:
+    """Compare a recorded manifest with this run's: ``(refusals, notes)``, one line each.
+
+    Refusals are differences that change results (a resume must be refused).
+    Notes are what cannot be checked and is accepted with a warning: a
+    section the recorded manifest lacks (written by an older ilo-pl), and
+    image files whose size is unchanged but whose modification time differs
+    (their contents cannot be compared: only names, sizes and times are
+    recorded).
+    """
+    refusals: List[str] = []
+    notes: List[str] = []
+    for section, (label, whole) in _SECTIONS.items():
+        if section not in new:
+            continue
+        if section not in old:
+            notes.append(f"its {MANIFEST} does not record the {whole} (an older ilo-pl wrote it): not checked")
+            continue
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, _MISSING) == b.get(key, _MISSING):
+                continue
+            if section == "settings" and key in _TORCH_SETTINGS:
+                refusals.append(f"torch setting {key} ({_TORCH_SETTINGS[key]}): "
+                                f"{_short(a.get(key, _MISSING))} -> {_short(b.get(key, _MISSING))}")
+                continue
+            for path, x, y in _leaf_differences(a.get(key, _MISSING), b.get(key, _MISSING), key)[:5]:
+                refusals.append(f"{label} {path}: {_short(x)} -> {_short(y)}")
     pa, pb = old.get("problems") or {}, new.get("problems") or {}
     if pa != pb:
         if "files" in pa and "files" in pb:
@@ -248,32 +560,53 @@ def manifest_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
             fb = {f["name"]: f for f in pb["files"]}
             added = sorted(set(fb) - set(fa))
             removed = sorted(set(fa) - set(fb))
-            changed = sorted(n for n in set(fa) & set(fb) if fa[n] != fb[n])
-            for what, names in (("added", added), ("removed", removed), ("changed", changed)):
+            common = sorted(set(fa) & set(fb))
+            resized = [n for n in common if fa[n].get("size") != fb[n].get("size")]
+            touched = [n for n in common if n not in resized and fa[n] != fb[n]]
+            for what, names in (("added", added), ("removed", removed), ("changed size", resized)):
                 if names:
-                    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-                    diffs.append(f"data folder: {what} {shown}")
+                    refusals.append(f"data folder: {what} {_listed(names)}")
+            if touched:
+                notes.append(
+                    f"data folder: {_listed(touched)} modified since recorded (same name and size, other "
+                    "modification time; contents are not recorded, so cannot be compared): assumed unchanged"
+                )
         else:
             keys = sorted(k for k in set(pa) | set(pb) if pa.get(k) != pb.get(k))
-            diffs.append(f"problems: {', '.join(keys)} differ")
-    return diffs
+            refusals.append(f"problems: {', '.join(keys)} differ")
+    return refusals, notes
 
 
-def check_manifest(run_dir: Union[str, Path], manifest: Dict[str, Any]) -> Optional[str]:
+def manifest_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """The differences that forbid resuming, one line each (empty: none); see :func:`compare_manifests`."""
+    return compare_manifests(old, new)[0]
+
+
+def check_manifest(run_dir: Union[str, Path], manifest: Dict[str, Any], finished: bool = True) -> Optional[str]:
     """Why ``run_dir`` cannot be resumed with ``manifest`` (a message naming the differences), or ``None``.
 
     A folder without a manifest (new, or written before manifests existed)
-    passes.
+    passes, and so does any folder that holds no result yet (``finished``
+    false: nothing could be mixed; the caller records this run's manifest).
+    What cannot be checked (see :func:`compare_manifests`) is accepted with a
+    warning naming it.
+
+    Raises:
+        ValueError: if a folder with results has a manifest that does not read.
     """
+    if not finished:
+        return None
     old = read_manifest(run_dir)
     if old is None:
         return None
-    diffs = manifest_differences(old, manifest)
-    if not diffs:
-        return None
-    return (
-        f"cannot resume {run_dir}: its results were made with other settings or problems "
-        f"({'; '.join(diffs)}), so resuming would mix results that do not belong together "
-        "(a changed data folder also shifts problem indices, seeds and masks). Resume with the "
-        "run's own settings and data, or start a new run folder (leave out --output.run_dir / run_dir)"
-    )
+    refusals, notes = compare_manifests(old, manifest)
+    if refusals:
+        return (
+            f"cannot resume {run_dir}: its results were made with other settings or problems "
+            f"({'; '.join(refusals)}), so resuming would mix results that do not belong together "
+            "(a changed data folder also shifts problem indices, seeds and masks). Start a new run folder "
+            "(leave out --output.run_dir / run_dir), or resume with the run's own settings and data"
+        )
+    for note in notes:
+        warnings.warn(f"resuming {run_dir}: {note}", stacklevel=3)
+    return None

@@ -1,4 +1,4 @@
-"""Saved solutions: the variables that regenerate a reconstruction (exactly for float32 runs).
+"""Saved solutions: the variables that regenerate a reconstruction (exactly for float32 runs on the CPU).
 
 A solution file (``<id>_solution.pt``, written by
 :class:`~ilo_pl.callbacks.ResultWriter`) holds plain tensors, numbers and
@@ -134,16 +134,25 @@ def check_generator_identity(saved: Mapping[str, str], generator) -> None:  # no
 def regenerate(path_or_solution: Union[PathLike, Dict[str, Any]], generator, check_identity: bool = True) -> Tensor:  # noqa: ANN001
     """Render a saved solution with ``generator``: ``[1, C, H, W]`` in ``[-1, 1]``.
 
-    Renders in the generator's dtype (float32) without autocast. For a run in
-    float32 (``precision`` ``32-true``, the default) the result equals the
-    saved image to 1e-6, on the CPU bit for bit (so its PNG is byte-identical).
-    A run under ``bf16-mixed``/``16-mixed`` rendered its images with
-    reduced-precision convolutions and matrix products: the regenerated float32
-    image is the exact rendering of the saved variables, and differs from the
-    saved image by that precision's rounding when the best iterate was taken
-    mid-stage (DCGAN, bf16, measured: up to 0.011; a fifth of the PNG's pixels
-    one or two levels apart; none when it is a stage's final state, which is
-    scored outside autocast).
+    Renders in the generator's dtype (float32) without autocast, on the
+    generator's device. How close that is to the saved image depends on how
+    the run rendered it:
+
+    * a float32 run (``precision`` ``32-true``, the default) on the CPU,
+      regenerated on the CPU: equal to within 1e-6, in practice bit for bit
+      (so its PNG is byte-identical);
+    * a float32 run on a GPU: cuDNN convolutions use TF32 by default
+      (``torch.backends.cudnn.allow_tf32``), so the saved image differs from
+      a CPU rendering (the default here) by about 1e-3; rendering on the run's
+      GPU model (``device="cuda"`` in :func:`regenerate_file`) agrees to about
+      1e-4 (the GPU tests' tolerance);
+    * a ``bf16-mixed``/``16-mixed`` run rendered every scored iterate, a
+      stage's final one included, in the steps' precision (under autocast,
+      with reduced-precision convolutions and matrix products): the
+      regenerated float32 image is the exact rendering of the saved
+      variables and may differ from the saved image by that precision's
+      rounding (DCGAN, CPU, bf16, measured: up to 0.011; a fifth of the PNG's
+      pixels one or two levels apart).
 
     Args:
         path_or_solution: a solution file or its loaded dict.

@@ -267,7 +267,7 @@ def test_resume_refuses_other_config(reference_run, setup_dir, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(reference_run / "config.yaml", run / "config.yaml")
-    with pytest.raises(ValueError, match=r"cannot resume .*data.seed: 0 -> 1"):
+    with pytest.raises(ValueError, match=r"cannot resume .*data.seed: 0 -> 1\. Start a new run folder"):
         main(["fit", "--config", str(setup_dir / "config.yaml"), "--output.run_dir", str(run), "--data.seed", "1"])
 
 
@@ -296,7 +296,7 @@ def test_resume_refuses_other_result_settings(reference_run, setup_dir, tmp_path
     for args, what in [(["--trainer.precision", "bf16-mixed"], "trainer setting precision: '32-true' -> 'bf16-mixed'"),
                        (["--trainer.accumulate_grad_batches", "2"], "trainer setting accumulate_grad_batches: 1 -> 2"),
                        (["--trainer.gradient_clip_val", "1.0"], "trainer setting gradient_clip_val: 0.0 -> 1.0")]:
-        with pytest.raises(ValueError, match=rf"cannot resume .*{re.escape(what)}.*start a new run folder"):
+        with pytest.raises(ValueError, match=rf"cannot resume .*{re.escape(what)}.*Start a new run folder"):
             main(["fit", "--config", str(cfg), "--output.run_dir", str(run), *args])
         assert _mtimes(run) == before, args  # refused before anything in the folder was touched
     # settings that do not change results may differ (and the default spelled out is the default)
@@ -306,18 +306,49 @@ def test_resume_refuses_other_result_settings(reference_run, setup_dir, tmp_path
 
 
 def test_resume_refuses_changed_data_folder(reference_run, setup_dir, tmp_path):
+    import json
+
     run, cfg, faces = _resume_copy(reference_run, setup_dir, tmp_path)
     cli = ILOCLI(args=["fit", "--config", str(cfg), "--output.run_dir", str(run)])  # same files: accepted
     assert _writer(cli).resumed == [0, 1, 2, 3]
+    # Only the modification time changed (e.g. copied without -p): the contents are not recorded,
+    # so this is accepted with a warning naming the file, and the manifest records the new time.
+    st = (faces / "img_1.png").stat()
+    os.utime(faces / "img_1.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.warns(UserWarning, match=r"img_1\.png modified since recorded.*assumed unchanged"):
+        cli = ILOCLI(args=["fit", "--config", str(cfg), "--output.run_dir", str(run)])
+    assert _writer(cli).resumed == [0, 1, 2, 3] and _writer(cli).written == []
+    files = {f["name"]: f for f in json.loads((run / "run_manifest.json").read_text())["problems"]["files"]}
+    assert files["img_1.png"]["mtime_ns"] == st.st_mtime_ns + 10**9
     before = _mtimes(run)
-    im = np.asarray(Image.open(faces / "img_2.png")).copy()
-    im[0, 0] = 255 - im[0, 0]  # one pixel edited: same name, same size class
-    Image.fromarray(im).save(faces / "img_2.png")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(faces / "img_2.png")  # edited: another size
     shutil.copy(faces / "img_0.png", faces / "img_00.png")  # sorts before img_1: indices shift
-    with pytest.raises(ValueError, match=r"cannot resume .*data folder: added img_00\.png; data folder: changed "
-                                         r"img_2\.png.*indices, seeds and masks.*start a new run folder"):
+    (faces / "img_3.png").rename(faces / "img_9.png")  # renamed
+    with pytest.raises(ValueError, match=r"cannot resume .*data folder: added img_00\.png, img_9\.png; data folder: "
+                                         r"removed img_3\.png; data folder: changed size img_2\.png.*indices, seeds "
+                                         r"and masks.*Start a new run folder"):
         main(["fit", "--config", str(cfg), "--output.run_dir", str(run)])
     assert _mtimes(run) == before
+
+
+def test_image_folder_fingerprint_reads_no_file(tmp_path, monkeypatch):
+    """Name, size and mtime_ns per file: cheap for 70k images (before: a SHA-1 of every file, every run)."""
+    import builtins
+    import io
+
+    folder = _write_images(tmp_path / "f", 2)
+    src = ImageFolder(folder)
+
+    def no_reading(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError(f"fingerprint opened {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(builtins, "open", no_reading)
+    monkeypatch.setattr(io, "open", no_reading)
+    fp = src.fingerprint()
+    monkeypatch.undo()
+    assert fp["files"] == [{"name": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+                           for p in sorted(folder.iterdir())]
 
 
 def test_run_manifest_records_effective_settings_and_files(reference_run):
@@ -329,7 +360,194 @@ def test_run_manifest_records_effective_settings_and_files(reference_run):
     assert settings["accumulate_grad_batches"] == 1 and settings["deterministic"] is False
     files = manifest["problems"]["files"]
     assert [f["name"] for f in files] == [f"{pid}.png" for pid in IDS]
-    assert all(len(f["sha1"]) == 40 and f["size"] > 0 for f in files)
+    assert all(set(f) == {"name", "size", "mtime_ns"} and f["size"] > 0 for f in files)
+    # what else changes results: the generator, the module's and the data module's settings
+    assert manifest["generator"] == load_solution(reference_run / "img_0_solution.pt")["generator"]
+    module = manifest["module"]
+    assert module["class"] == "ilo_pl.modules.ilo.ILOModule"
+    assert [(st["split"], st["steps"]) for st in module["stages"]] == [(0, 5), (1, 5), (2, 5)]
+    assert module["losses"] == {"mse": {"class": "ilo_pl.losses.base.MSELoss"}} and module["loss_weights"] == {"mse": 1.0}
+    assert {k: module[k] for k in ("sna", "sphere", "selection", "project_to_range")} == {
+        "sna": False, "sphere": False, "selection": "best", "project_to_range": False}
+    assert {"sna_samples", "range_steps", "range_lr", "rampup", "rampdown"} <= set(module)
+    assert manifest["data"] == {"seed": 0, "resize": "center_crop",
+                                "operator": {"class": "ilo_pl.operators.inpainting.BoxMask", "box": [38, 55, 14, 49]}}
+
+
+def _api_fit(run: Path, folder: Path, stages=None, seed: int = 0, box=(38, 55, 14, 49), gen=None,
+             **module_kwargs) -> ResultWriter:
+    """A Python-API run (no config.yaml) of the images in ``folder`` into ``run``."""
+    stages = stages or [Stage(split=0, steps=2, lr=0.1, free=["latent"])]
+    writer = ResultWriter(run_dir=run)
+    kw = default_trainer_kwargs()
+    kw.update(accelerator="cpu", callbacks=[writer])
+    dm = InverseProblemDataModule(BoxMask(box=box), data=str(folder), seed=seed)
+    pl.Trainer(**kw).fit(ILOModule(gen if gen is not None else DCGANGenerator(), stages, **module_kwargs), datamodule=dm)
+    return writer
+
+
+def test_python_api_resume_refuses_other_stages_seed_or_generator(tmp_path):
+    """The manifest covers the module, data module and generator: a Python-API resume has no config.yaml."""
+    import json
+
+    from ilo_pl.losses.base import GeodesicLoss, MSELoss
+
+    folder = _write_images(tmp_path / "faces", 2)
+    run = tmp_path / "run"
+    assert _api_fit(run, folder).written == ["img_0", "img_1"]
+    before = _mtimes(run)
+    torch.manual_seed(0)
+    other_gen = DCGANGenerator(weights="random")
+    three = [Stage(split=0, steps=3, lr=0.1, free=["latent"])]
+    for kwargs, what in [(dict(stages=three), "module setting stages.0.steps: 2 -> 3"),
+                         (dict(seed=1), "data setting seed: 0 -> 1"),
+                         (dict(box=(30, 55, 14, 49)), "data setting operator.box.0: 38 -> 30"),
+                         (dict(gen=other_gen), "generator weights_sha1: "),
+                         (dict(selection="last"), "module setting selection: 'best' -> 'last'"),
+                         (dict(losses={"mse": MSELoss(), "geo": GeodesicLoss("pair_sum")},
+                               loss_weights={"mse": 1.0, "geo": 0.0}), "module setting losses.geo: (unset) -> ")]:
+        with pytest.raises(ValueError, match=rf"cannot resume .*{re.escape(what)}.*Start a new run folder"):
+            _api_fit(run, folder, **kwargs)
+        assert _mtimes(run) == before, kwargs  # refused before anything in the folder was touched
+    again = _api_fit(run, folder)  # the same settings: resumed, nothing redone
+    assert again.resumed == [0, 1] and again.written == []
+    before = _mtimes(run)  # (resuming rewrote results.csv, with the same rows)
+
+    # A folder that holds no result yet cannot mix results: its manifest is replaced, not a refusal.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(run / "run_manifest.json", empty / "run_manifest.json")
+    assert _api_fit(empty, folder, seed=1).written == ["img_0", "img_1"]
+    assert json.loads((empty / "run_manifest.json").read_text())["data"]["seed"] == 1
+    # ... but results under other ids (here: another data folder's) still count as results.
+    other = _write_images(tmp_path / "other", 2)
+    for p in sorted(other.iterdir()):
+        p.rename(other / p.name.replace("img_", "pic_"))
+    with pytest.raises(ValueError, match=r"cannot resume .*data folder: added pic_0\.png, pic_1\.png"):
+        _api_fit(run, other)
+    assert _mtimes(run) == before
+
+
+def test_torch_settings_are_named_as_such():
+    from ilo_pl.resume import manifest_differences
+
+    old = {"settings": {"precision": "32-true", "float32_matmul_precision": "highest"}}
+    new = {"settings": {"precision": "32-true", "float32_matmul_precision": "high"}}
+    assert manifest_differences(old, new) == [
+        "torch setting float32_matmul_precision (set by torch.set_float32_matmul_precision, not a trainer "
+        "argument): 'highest' -> 'high'"]
+
+
+def test_resume_config_message_recommends_a_new_run_folder(tmp_path):
+    """A folder of an older ilo-pl lacks newer options: no --config resumes it, a new folder is the fix."""
+    from ilo_pl.cli import check_resume_config
+
+    old = tmp_path / "config.yaml"
+    old.write_text("model:\n  losses:\n    geo: {class_path: ilo_pl.losses.base.GeodesicLoss}\ndata: {seed: 0}\n")
+    newer = ("model:\n  losses:\n    geo: {class_path: ilo_pl.losses.base.GeodesicLoss, init_args: {reduction: authors}}\n"
+             "data: {seed: 0}\n")
+    with pytest.raises(ValueError, match=r"Start a new run folder \(leave out --output.run_dir\) "
+                                         r"\(model.losses.geo.init_args.reduction: not in its config.yaml; if these are "
+                                         r"options added since the ilo-pl version"):
+        check_resume_config(old, newer)
+    with pytest.raises(ValueError, match=r"data.seed: 0 -> 1\. Start a new run folder .*; if the differences are "
+                                         r"your own overrides, resume without them \(--config "):
+        check_resume_config(old, "model:\n  losses:\n    geo: {class_path: ilo_pl.losses.base.GeodesicLoss}\n"
+                                 "data: {seed: 1}\n")
+
+
+def test_resume_ignores_solution_recorded_for_another_problem(tmp_path):
+    """An older ilo-pl's ids (a.png and a_png.bmp both ``a_png``): the solution records which problem it is."""
+    from ilo_pl.problem import Solution
+    from ilo_pl.resume import write_csv
+    from ilo_pl.solutions import save_solution
+
+    gen = DCGANGenerator()
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def write(pid: str, index: int) -> Dict[str, object]:
+        state = gen.init_variables(1, torch.Generator().manual_seed(index))
+        with torch.no_grad():
+            image = gen.render(state, 0)
+        row = {"index": index, "id": pid, "measurement_loss": 0.5, "best_stage": 0, "split": 0}
+        save_solution(run / f"{pid}_solution.pt", Solution(split=0, stage=0, state=state), gen, image[0],
+                      index=index, row=row)
+        return row
+
+    # The old run: index 0 -> a_jpg; index 1 (a.png) and index 2 (a_png.bmp) both -> a_png; index 2 wrote last.
+    rows = [write("a_jpg", 0), write("a_png", 2)]
+    write_csv(run / "results.csv", rows)
+    names = ["a_jpg", "a_png", "a_png_bmp"]  # the new ids of a.jpg, a.png, a_png.bmp
+    scan = scan_run(run, names)
+    assert scan.finished == [0]  # before: [0, 1], index 1 counted finished with index 2's result
+    assert [p.name for p, _ in scan.mismatched] == ["a_png_solution.pt"]
+    kept = (run / "a_png_solution.pt").read_bytes()
+    with pytest.warns(UserWarning, match=r"a_png_solution\.pt does not belong to this problem: it holds the result of "
+                                         r"problem index 2, not of 'a_png' \(index 1\).*kept as "
+                                         r"a_png_solution\.pt\.index2\.bak"):
+        scan = prepare_resume(run, names)
+    assert scan.finished == [0] and [r["id"] for r in _csv(run)] == ["a_jpg"]
+    assert not (run / "a_png_solution.pt").exists()  # problem 1 is solved again ...
+    assert (run / "a_png_solution.pt.index2.bak").read_bytes() == kept  # ... without losing index 2's result
+    # Without solutions, a CSV row recorded for another index does not count either.
+    write_csv(run / "results.csv", rows)
+    with pytest.warns(UserWarning, match=r"results\.csv does not belong to this problem: its row for 'a_png' records "
+                                         r"problem index 2, not 1"):
+        assert prepare_resume(run, names, require_solution=False).finished == [0]
+    # A solution that does match wins over a stale CSV row.
+    write("a_png", 1)
+    write_csv(run / "results.csv", rows)
+    assert scan_run(run, names).finished == [0, 1]
+    assert scan_run(run, names).rows[1]["index"] == "1"
+
+
+def test_resume_failure_on_rank_zero_reaches_every_rank(tmp_path, monkeypatch):
+    """Any exception while rank 0 prepares the folder is broadcast: other ranks raise instead of hanging."""
+    from types import SimpleNamespace
+
+    class Strategy:
+        def __init__(self, incoming=None) -> None:  # noqa: ANN001
+            self.sent, self.incoming = "nothing", incoming
+
+        def broadcast(self, obj):  # noqa: ANN001, ANN202
+            self.sent = obj
+            return obj if self.incoming is None else self.incoming
+
+    def trainer(rank: int, strategy: Strategy) -> SimpleNamespace:
+        dm = SimpleNamespace(skip=set(), source=object())
+        return SimpleNamespace(is_global_zero=rank == 0, world_size=2, strategy=strategy, datamodule=dm)
+
+    class DiskGone(Exception):
+        pass
+
+    for exc, other_rank in [(OSError("disk gone"), OSError), (ValueError("bad folder"), ValueError),
+                            (DiskGone("disk gone"), RuntimeError)]:
+        writer = ResultWriter(run_dir=tmp_path)
+
+        def fail(trainer, dm, exc=exc):  # noqa: ANN001, ANN202
+            raise exc
+
+        monkeypatch.setattr(writer, "_scan", fail)
+        zero = Strategy()
+        with pytest.raises(type(exc)) as got:  # rank 0: the original exception
+            writer._resume(trainer(0, zero))
+        assert got.value is exc
+        payload = zero.sent
+        assert payload == ("error", type(exc).__name__, str(exc)), payload  # before: never broadcast (OSError)
+        with pytest.raises(other_rank, match=str(exc)):  # rank 1 gets it by broadcast
+            ResultWriter(run_dir=tmp_path)._resume(trainer(1, Strategy(incoming=payload)))
+
+
+def test_problem_id_rules_are_stated_exactly():
+    # What is valid in a POSIX file name is accepted, even what Windows forbids.
+    check_problem_ids(["a:b", 'q*?"<>|', "CON", "x. ", "naïve"])
+    with pytest.raises(ValueError) as err:
+        check_problem_ids(["../x"])
+    msg = str(err.value)
+    assert "use letters" not in msg  # before: told to use only letters, digits, '_', '-' and '.'
+    assert ("An id must be a non-empty string of at most 200 UTF-8 bytes without '/', '\\', control characters "
+            "or a leading '.'") in msg
 
 
 def test_clashing_file_names_get_distinct_ids_and_outputs(tmp_path):

@@ -25,6 +25,7 @@ from ilo_pl.resume import (
     CSV_FIELDS,
     MANIFEST,
     check_manifest,
+    has_results,
     make_manifest,
     prepare_resume,
     read_csv_rows,
@@ -82,9 +83,12 @@ class ResultWriter(_ResultHook):
     Resuming: when the run folder already holds finished problems (see
     :mod:`ilo_pl.resume`), they are left out of this run (the data module's
     ``skip`` set) and their CSV rows are kept. The folder's ``run_manifest.json``
-    (written when the folder is first used) records the settings that change
-    results and the data's fingerprint; a run whose settings or data differ is
-    refused with a ``ValueError`` naming the differences.
+    (see :func:`ilo_pl.resume.make_manifest`) records what results depend on
+    besides the config: trainer and torch settings, the generator's identity,
+    the module's and data module's result-changing settings and the data's
+    fingerprint; resuming a folder that holds results with any of them
+    different is refused with a ``ValueError`` naming the differences (a
+    folder without results yet just gets this run's manifest).
 
     Problem ids name the files; an id that is not a safe file-name prefix
     (see :func:`~ilo_pl.problem.check_problem_ids`) or that repeats is refused.
@@ -141,15 +145,19 @@ class ResultWriter(_ResultHook):
         if dm is None or not hasattr(dm, "skip") or getattr(dm, "source", None) is None:
             return  # problems not from a data module: nothing to match against
         payload = None
+        error: Optional[BaseException] = None
         if trainer.is_global_zero:
             try:
                 payload = self._scan(trainer, dm)
-            except ValueError as exc:
-                payload = str(exc)  # every rank raises it (a rank left waiting would hang)
+            except Exception as exc:  # noqa: BLE001 - any failure must reach every rank (a rank left waiting hangs)
+                error = exc
+                payload = ("error", type(exc).__name__, str(exc))
         if trainer.world_size > 1:
             payload = trainer.strategy.broadcast(payload)
-        if isinstance(payload, str):
-            raise ValueError(payload)
+        if error is not None:
+            raise error  # rank 0: the original exception, with its type and traceback
+        if isinstance(payload, tuple) and len(payload) == 3 and payload[0] == "error":
+            raise _rank0_error(payload[1], payload[2])
         finished, rows = payload
         self.resumed = list(finished)
         dm.skip |= set(finished)
@@ -173,19 +181,22 @@ class ResultWriter(_ResultHook):
         all_ids = check_problem_ids((dm.source.name(i) for i in range(n)), f"the problem ids of {type(dm.source).__name__}")
         if getattr(dm, "limit", None) is not None:
             n = min(n, int(dm.limit))
-        manifest = make_manifest(trainer, dm.source)
-        # Checked before anything in the folder is touched.
-        why = check_manifest(self.run_dir, manifest)
+        manifest = make_manifest(trainer, dm.source, dm)
+        # Checked before anything in the folder is touched. A folder without any result yet
+        # cannot mix results: its manifest (if any) is simply replaced by this run's.
+        had_results = has_results(self.run_dir)
+        why = check_manifest(self.run_dir, manifest, finished=had_results)
         if why is not None:
             raise ValueError(why)
+        old = read_manifest(self.run_dir) if had_results else None
         scan = prepare_resume(self.run_dir, all_ids[:n], self.save_solutions)
-        if read_manifest(self.run_dir) is None:
-            if scan.finished:
-                warnings.warn(
-                    f"{self.run_dir} has no {MANIFEST} (written by an older ilo-pl): cannot check that its "
-                    "settings and data are this run's; recording this run's",
-                    stacklevel=2,
-                )
+        if old is None and scan.finished:
+            warnings.warn(
+                f"{self.run_dir} has no {MANIFEST} (written by an older ilo-pl): cannot check that its "
+                "settings and data are this run's; recording this run's",
+                stacklevel=2,
+            )
+        if old != manifest:  # new, or accepted with notes (unrecorded sections, touched files): record this run's
             write_manifest(self.run_dir, manifest)
         return scan.finished, scan.ordered_rows()
 
@@ -254,6 +265,19 @@ class ResultWriter(_ResultHook):
             trainer.strategy.barrier("ilo_pl.ResultWriter.merge")
             if trainer.is_global_zero:
                 merge_csvs(self.run_dir)
+
+
+def _rank0_error(type_name: str, message: str) -> Exception:
+    """On ranks other than 0: rank 0's exception, as the same built-in type when there is one."""
+    import builtins
+
+    cls = getattr(builtins, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except Exception:  # noqa: BLE001 - a built-in that takes other arguments
+            pass
+    return RuntimeError(f"rank 0 failed to prepare the run folder: {type_name}: {message}")
 
 
 def make_run_dir(path: Union[str, Path]) -> Path:
