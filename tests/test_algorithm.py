@@ -298,7 +298,7 @@ class _ProjectedRecordCheck(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         if pl_module.stage_index != 2 or self.checked:
             return
-        rec = pl_module._stage_best[1]  # the record Algorithm 1's projection rewrote
+        rec = pl_module.tracker.records[1]  # the record Algorithm 1's projection rewrote
         with torch.no_grad():
             img = pl_module.generator.render(rec["state"], pl_module.stages[1].split).float()
             err = batch.operator.measurement_error(batch.operator.A(img), batch.observation)

@@ -17,6 +17,7 @@ from ilo_pl.modules import ILOModule
 from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.operators import BoxMask, Identity, Inpainting, RandomMask
 from ilo_pl.stages import Stage, ramp_lr
+from ilo_pl.tracking import BestIterate
 
 
 @pytest.fixture(scope="module")
@@ -289,15 +290,16 @@ def test_best_iterate_tracking_matches_brute_force(gen, host_reads, monkeypatch)
     accelerator uses (no host reads) on the CPU.
     """
     monkeypatch.setattr("ilo_pl.modules.ilo._host_reads_free", lambda t: host_reads)
-    seen, modules = [], []
-    track = ILOModule._track
+    seen, trackers = [], []
+    update = BestIterate.update
 
-    def recording(self, batch, image, err, per_sample, state, sna):  # noqa: ANN001, ANN202
-        modules[:] = [self]
-        seen.append((self._stage, err.detach().clone(), {k: v.detach().clone() for k, v in state.items()}))
-        return track(self, batch, image, err, per_sample, state, sna)
+    def recording(self, image, err, per_sample, state, names, step):  # noqa: ANN001, ANN202
+        trackers[:] = [self]
+        names = list(names)
+        seen.append((self.stage, err.detach().clone(), {k: state[k].detach().clone() for k in names}))
+        return update(self, image, err, per_sample, state, names, step)
 
-    monkeypatch.setattr(ILOModule, "_track", recording)
+    monkeypatch.setattr(BestIterate, "update", recording)
     g = torch.Generator().manual_seed(8)
     x = torch.cat([draw_from_generator(gen, g, split=0) for _ in range(2)])
     op = Inpainting.stack([RandomMask(0.5).build(gen.image_shape, s) for s in (3, 4)])
@@ -316,12 +318,13 @@ def test_best_iterate_tracking_matches_brute_force(gen, host_reads, monkeypatch)
     assert kinds == {0, 1, 2}, f"this problem should exercise every case of the tracking; got {kinds}"
     # every stage's best iterate (the start of the next stage, and a candidate result)
     stage_of = torch.tensor([st for st, _, _ in seen])
-    for s_idx, tracked in enumerate(modules[0]._stage_best):
+    assert trackers[0].host_reads is host_reads
+    for s_idx, tracked in enumerate(trackers[0].records):
         rows = (stage_of == s_idx).nonzero().flatten()
         for b in range(2):
             t = int(rows[errs[rows, b].argmin()])
             assert tracked["loss"][b] == errs[t, b]
-            for k in modules[0].variables.keys():
+            for k in seen[t][2]:
                 assert torch.equal(tracked["state"][k][b], seen[t][2][k][b]), (s_idx, b, k)
     for b in range(2):
         t = int(errs[:, b].argmin())
@@ -448,14 +451,14 @@ def test_sna_samples_average_fresh_draws(gen):
 @pytest.mark.parametrize("host_read", [True, False])  # False: the accelerator path (no host sync)
 @pytest.mark.parametrize("pattern", [(1, 1, 1), (0, 0, 0), (1, 0, 1)])
 def test_copy_rows_is_an_exact_masked_copy(host_read, pattern):
-    from ilo_pl.modules.ilo import _copy_rows_
+    from ilo_pl.tracking import copy_rows_
 
     g = torch.Generator().manual_seed(4)
     dst, src = torch.randn(3, 2, 5, 5, generator=g), torch.randn(3, 2, 5, 5, generator=g)
     rows = torch.tensor(pattern, dtype=torch.bool)
     want = torch.where(rows.view(-1, 1, 1, 1), src, dst)
     ptr = dst.data_ptr()
-    _copy_rows_(dst, src, rows, host_read=host_read)
+    copy_rows_(dst, src, rows, host_read)
     assert torch.equal(dst, want) and dst.data_ptr() == ptr  # in place
 
 
@@ -503,38 +506,6 @@ def test_l1_projection_callback_host_reads_choice(host_reads):
     (ws,) = cb._workspaces.values()
     assert ws.host_reads is (True if host_reads is None else host_reads)  # a CPU tensor
     torch.testing.assert_close(param.detach(), want, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("host_reads", [True, False], ids=["cpu-host-reads", "device-path"])
-def test_track_keeps_each_rows_best_through_all_none_and_some_improving(gen, host_reads, monkeypatch):
-    """``_track`` on a scripted error sequence: every row keeps the state and image of its own best step."""
-    modules = []
-    track = ILOModule._track
-
-    def grab(self, *args):  # noqa: ANN001, ANN202
-        modules[:] = [self]
-        return track(self, *args)
-
-    monkeypatch.setattr(ILOModule, "_track", grab)
-    x = torch.cat([draw_from_generator(gen, torch.Generator().manual_seed(s), split=0) for s in (1, 2)])
-    solve(gen, Identity(), x, [Stage(split=2, steps=2, lr=0.1, free=["state"])])
-    module = modules[0]
-    monkeypatch.setattr("ilo_pl.modules.ilo._host_reads_free", lambda t: host_reads)
-    (name,) = list(module.variables.keys())
-    shape = module.variables[name].shape
-    module._stage_best.append({"loss": torch.full((2,), math.inf), "image": None,
-                               "state": {name: torch.zeros(shape)}})
-    script = [([1.0, 1.0], 1.0), ([0.5, 2.0], 2.0), ([3.0, 0.7], 3.0), ([5.0, 5.0], 4.0), ([0.4, math.nan], 5.0)]
-    for errs, value in script:
-        state = {name: torch.full(shape, value)}
-        image = torch.full((2, 3, 64, 64), value)
-        err = torch.tensor(errs)
-        module._track(None, image, err, err.clone(), state, False)
-    best = module._stage_best[-1]
-    assert torch.equal(best["loss"], torch.tensor([0.4, 0.7]))
-    assert best["state"][name][0].unique().tolist() == [5.0] and best["state"][name][1].unique().tolist() == [3.0]
-    assert best["image"][0].unique().tolist() == [5.0] and best["image"][1].unique().tolist() == [3.0]
-    assert module._fail_at[1].tolist() != [-1, -1] and module._fail_at[0].tolist() == [-1, -1]  # the NaN row failed
 
 
 def test_configure_callbacks_adds_the_sphere_projection_only_with_sphere_constraints(gen):

@@ -78,7 +78,7 @@ class Invariants(pl.Callback):
                 n *= p.shape[d]
             norm = p.detach().pow(2).sum(dim=tuple(dims)).sqrt()
             self.sphere_error.append(float((norm - n**0.5).abs().max() / n**0.5))
-        best = pl_module._stage_best[-1]
+        best = pl_module.tracker.records[-1]
         self.dtypes |= {v.dtype for v in best["state"].values()}
         self.dtypes.add(best["loss"].dtype)
         if best["image"] is not None:

@@ -27,11 +27,12 @@ from ilo_pl.callbacks.projection import L1BallProjection, SphereProjection
 from ilo_pl.callbacks.stage import StageTransition
 from ilo_pl.losses.base import LossContext, LossTerm, MSELoss
 from ilo_pl.modules.generators.base import SplitGenerator, State
-from ilo_pl.problem import ProblemBatch, ProblemResult, Solution
+from ilo_pl.problem import ProblemBatch, ProblemResult
 from ilo_pl.modules.generators.range import FeasibleSet, computed_entries
 from ilo_pl.modules.generators.range import project_to_range as range_projection
 from ilo_pl.projections import project_sphere_
-from ilo_pl.stages import INF, Stage, check_stages, ramp_lr, stage_losses
+from ilo_pl.tracking import BestIterate, rows_finite
+from ilo_pl.stages import Stage, check_stages, ramp_lr, stage_losses
 
 
 _PLAIN = (int, float, str, bool, type(None))
@@ -55,36 +56,6 @@ def _host_reads_free(t: Tensor) -> bool:
     in the usual cases; on accelerators it stays on the device instead.
     """
     return t.device.type == "cpu"
-
-
-def _maybe_any(mask: Tensor) -> bool:
-    """``mask.any()`` on the CPU, where reading it is free; ``True`` elsewhere (no host sync per step)."""
-    return bool(mask.any()) if _host_reads_free(mask) else True
-
-
-def _copy_rows_(dst: Tensor, src: Tensor, rows: Tensor, host_read: Optional[bool] = None) -> None:
-    """``dst[b] = src[b]`` for the ``[B]`` bool ``rows``, in place and exact.
-
-    With ``host_read`` (default: on the CPU, where reading the mask is free)
-    the mask is read first so that the usual cases, all rows or none, are a
-    plain copy or nothing: ``torch.where`` costs ~7 copies on the CPU. Without
-    it (accelerators) one ``torch.where`` and no host sync.
-    """
-    if host_read is None:
-        host_read = _host_reads_free(rows)
-    if host_read:
-        n = int(rows.sum())
-        if n == 0:
-            return
-        if n == rows.numel():
-            dst.copy_(src)
-            return
-    torch.where(rows.view(-1, *([1] * (dst.dim() - 1))), src, dst, out=dst)
-
-
-def _where_rows(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``a[i]`` where the ``[B]`` bool ``rows[i]``, else ``b[i]`` (a new tensor)."""
-    return torch.where(rows.view(-1, *([1] * (a.dim() - 1))), a, b)
 
 
 class ILOModule(pl.LightningModule):
@@ -194,6 +165,8 @@ class ILOModule(pl.LightningModule):
         self._groups: Dict[str, str] = {}
         self._weighted: List[Tuple[str, float]] = []
         self.last_result: Optional[ProblemResult] = None
+        #: The current problem batch's best iterates and failures (set when a problem starts).
+        self.tracker: Optional[BestIterate] = None
         self._closed = False  # whether the current stage's final state was scored
         self._batch: Optional[ProblemBatch] = None
         self._bad_rows: Optional[Tensor] = None  # [B] rows with a non-finite gradient this step (GradScaler)
@@ -266,35 +239,25 @@ class ILOModule(pl.LightningModule):
                     state = self.generator.advance(state, 0, stage.split)
             self._key = batch.key
             self._problem_step = 0
-            self._stage_best: List[Dict[str, Any]] = []
-            # (stage, step) of each sample's first non-finite loss; -1 while healthy.
-            self._fail_at = torch.full((len(batch), 2), -1, dtype=torch.long, device=self.device)
+            streak = torch.zeros(len(batch), dtype=torch.long, device=self.device)
+            self.tracker = BestIterate(len(batch), self.device, self.selection, host_reads=_host_reads_free(streak))
             # Consecutive steps with a non-finite gradient row under a GradScaler (on_after_backward).
-            self._bad_streak = torch.zeros(len(batch), dtype=torch.long, device=self.device)
-            # Host-side "some sample failed" flag, kept on the CPU only (reading there is
-            # free): lets the healthy case skip the per-step failure bookkeeping.
-            self._host_failed = False
+            self._bad_streak = streak
             # SNA's noise: one stream per problem, from its seed, so that a problem's result
             # depends neither on its batch-mates nor on what ran before (resume, batch size).
             self._sna_generators = [
                 torch.Generator(device=self.device).manual_seed(_sna_seed(int(s))) for s in batch.seeds
             ]
         else:
-            prev = self._stage_best[index - 1]
+            prev = self.tracker.records[index - 1]
             with torch.no_grad():
                 state = self.generator.advance(prev["state"], self.stages[index - 1].split, stage.split)
         self._install(state, stage)
         self._stage = index
         self._stage_step = 0
-        b = len(batch)
-        self._stage_best.append(
-            {
-                "loss": torch.full((b,), INF, device=self.device),
-                "state": {k: v.detach().clone() for k, v in state.items()},
-                "image": None,
-                # The stage's feasible set, for project_to_range of a later stage.
-                "feasible": FeasibleSet(list(self.variables.keys()), dict(self._balls), dict(self._sphere_dims)),
-            }
+        # The stage's feasible set rides along, for project_to_range of a later stage.
+        self.tracker.begin_stage(
+            state, feasible=FeasibleSet(list(self.variables.keys()), dict(self._balls), dict(self._sphere_dims))
         )
         self._closed = False
 
@@ -353,28 +316,19 @@ class ILOModule(pl.LightningModule):
         if index < 2:
             return
         src, dst = self.stages[index - 2], self.stages[index - 1]
-        src_rec, dst_rec = self._stage_best[index - 2], self._stage_best[index - 1]
+        src_rec, dst_rec = self.tracker.records[index - 2], self.tracker.records[index - 1]
         target = dst_rec["state"]
         computed = computed_entries(self.generator, dst.split)
         if not computed:  # e.g. two CSGM rounds at split 0: no activation to project
             return
         merged, _ = range_projection(
-            self.generator, src_rec["state"], src.split, src_rec["feasible"], target, dst.split,
+            self.generator, src_rec["state"], src.split, src_rec["extra"]["feasible"], target, dst.split,
             steps=self.range_steps, lr=self.range_lr,
         )
         with torch.no_grad():
             image = self.generator.render(merged, dst.split).float()
-            op, y = batch.operator, batch.observation
-            err = op.measurement_error(op.A(image), y).detach().float()
-            ok = torch.isfinite(err)
-            for k in computed:
-                ok &= torch.isfinite(merged[k].flatten(1)).all(1)
-            old_image = dst_rec["image"]
-            if old_image is None:
-                old_image = self.generator.render(target, dst.split).float()
-            dst_rec["state"] = {k: _where_rows(ok, v, target[k]) for k, v in merged.items()}
-            dst_rec["image"] = _where_rows(ok, image, old_image)
-            dst_rec["loss"] = torch.where(ok, err, dst_rec["loss"])
+            err = batch.operator.measurement_error(batch.operator.A(image), batch.observation)
+            self.tracker.replace(index - 1, merged, image, err, render=lambda st: self.generator.render(st, dst.split))
 
     # ------------------------------------------------------------ projections
     def l1_constraints(self) -> Iterable[Tuple[nn.Parameter, Tensor, float]]:
@@ -450,7 +404,9 @@ class ILOModule(pl.LightningModule):
             logs[name] = term
         if per_sample is None:
             per_sample = image.new_zeros(len(batch), dtype=torch.float32)
-        all_finite = self._track(batch, image, err, per_sample, state, sna)
+        if sna:  # rank iterates by the noiseless measurement, not by the noise drawn
+            err = op.measurement_error(op.A(image), y)
+        all_finite = self.tracker.update(image, err, per_sample, state, self.variables.keys(), self._stage_step)
         # Sum over samples (never average): a sample's step is the same in any batch.
         # A non-finite sample contributes nothing (it keeps its last finite iterate).
         loss = per_sample.sum() if all_finite else torch.where(torch.isfinite(per_sample), per_sample, 0.0).sum()
@@ -489,9 +445,10 @@ class ILOModule(pl.LightningModule):
             state = self.current_state()
             image = self.generator.render(state, self.stages[self._stage].split)
             err = batch.operator.measurement_error(batch.operator.A(image), batch.observation)
-            self._track(batch, image, err, torch.zeros_like(err, dtype=torch.float32), state, False)
+            self.tracker.update(image, err, torch.zeros_like(err, dtype=torch.float32), state, self.variables.keys(), self._stage_step)
         if self._problem_step == self.steps_per_problem * acc:
-            self.last_result = self._finish(batch)
+            splits = [s.split for s in self.stages]
+            self.last_result = self.tracker.compute(batch, splits, self.generator.render)
 
     def _sna_measure(self, op: Any, image: Tensor) -> Tensor:
         """The SNA measurement: the mean of ``sna_samples`` fresh noisy measurements of ``image``.
@@ -515,18 +472,6 @@ class ILOModule(pl.LightningModule):
         scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
         return scaler if scaler is not None and scaler.is_enabled() else None
 
-    def _grad_rows_finite(self, params: List[Tensor]) -> Tensor:
-        """``[B]`` bool: whether every gradient entry of each sample is finite.
-
-        A row's sum is finite iff all its entries are (inf and NaN propagate,
-        inf - inf is NaN; an overflow of finite entries beyond 3e38 is
-        divergence anyway): one read pass per gradient, no temporary of its size.
-        """
-        total = params[0].grad.flatten(1).sum(1, dtype=torch.float32)
-        for p in params[1:]:
-            total = total + p.grad.flatten(1).sum(1, dtype=torch.float32)
-        return torch.isfinite(total)
-
     @torch.no_grad()
     def on_after_backward(self) -> None:
         # With a GradScaler (16-mixed) one sample's inf/NaN gradient would make the scaler
@@ -536,15 +481,15 @@ class ILOModule(pl.LightningModule):
         # this step (Adam's momentum still moves it a little, unlike a skipped step).
         # Runs per micro-batch; the streak and the scale back-off are per optimizer step
         # (on_before_optimizer_step, _back_off_scale).
-        if getattr(self, "_fail_at", None) is None or self._scaler() is None:
+        if self.tracker is None or self._scaler() is None:
             return
         params = [p for p in self.variables.values() if p.grad is not None]
         if not params:
             return
-        bad = ~self._grad_rows_finite(params)
+        bad = ~rows_finite([p.grad for p in params])
         self._bad_rows = bad if self._bad_rows is None else self._bad_rows | bad
-        drop = bad | (self._fail_at[:, 0] >= 0)
-        if not _maybe_any(drop):
+        drop = bad | self.tracker.failed
+        if _host_reads_free(drop) and not bool(drop.any()):
             return
         for p in params:  # (NaN rows: masked_fill, not mul)
             p.grad.masked_fill_(drop.view(-1, *([1] * (p.grad.dim() - 1))), 0.0)
@@ -563,12 +508,11 @@ class ILOModule(pl.LightningModule):
         bad, self._bad_rows = self._bad_rows, None
         if bad is None:
             return
-        healthy = self._fail_at[:, 0] < 0
-        bad = bad & healthy
+        bad = bad & ~self.tracker.failed
         self._bad_streak = torch.where(bad, self._bad_streak + 1, 0)
         newly = self._bad_streak >= OVERFLOW_PATIENCE
         began = max(0, self._stage_step - 1 - (OVERFLOW_PATIENCE - 1) * self._accumulate())
-        self._mark_failed(newly, began)
+        self.tracker.mark_failed(newly, began)
         self._backoffs = (bad & ~newly).any().to(torch.float32) - newly.any() * (OVERFLOW_PATIENCE - 1.0)
 
     @torch.no_grad()
@@ -592,122 +536,14 @@ class ILOModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # A failed sample (non-finite loss or gradient) keeps its last finite
         # iterate: zero its gradient rows, so NaN never reaches Adam or the
-        # projections and its batch-mates go on exactly as if alone. Device
-        # ops only (no host sync). With a GradScaler this was done before it
-        # unscaled the gradients (on_after_backward).
-        if getattr(self, "_fail_at", None) is None:
+        # projections and its batch-mates go on as if alone. Device ops only
+        # (no host sync). With a GradScaler the rows were dropped before it
+        # unscaled the gradients (on_after_backward); here the streaks are counted.
+        if self.tracker is None:
             return
-        params = [p for p in self.variables.values() if p.grad is not None]
+        grads = [p.grad for p in self.variables.values() if p.grad is not None]
         if self._scaler() is not None:
             self._count_overflows()
-        elif params:
-            finite = self._grad_rows_finite(params)
-            # On the CPU one host read settles the usual all-finite case.
-            if not _host_reads_free(finite) or not bool(finite.all()):
-                self._mark_failed(~finite & (self._fail_at[:, 0] < 0), self._stage_step - 1)
-        if _host_reads_free(self._fail_at) and not self._host_failed:
-            return  # every sample healthy: no gradient to zero
-        failed = self._fail_at[:, 0] >= 0
-        if not _maybe_any(failed):
-            return
-        for p in params:  # (NaN rows: masked_fill, not mul)
-            p.grad.masked_fill_(failed.view(-1, *([1] * (p.grad.dim() - 1))), 0.0)
-
-    @torch.no_grad()
-    def _mark_failed(self, newly: Tensor, step: int) -> None:
-        """Record ``(stage, step)`` in ``_fail_at`` for the samples flagged in ``newly`` (``[B]`` bool).
-
-        In place with Python scalars: no host-to-device copy per step (building
-        ``torch.tensor([stage, step], device=cuda)`` would be one, and a stream sync).
-        """
-        if _maybe_any(newly):
-            self._fail_at[:, 0].masked_fill_(newly, self._stage)
-            self._fail_at[:, 1].masked_fill_(newly, step)
-            if _host_reads_free(newly):
-                self._host_failed = True
-
-    @torch.no_grad()
-    def _track(
-        self, batch: ProblemBatch, image: Tensor, err: Tensor, per_sample: Tensor, state: Dict[str, Tensor], sna: bool
-    ) -> Optional[bool]:
-        """Keep each sample's best iterate of the stage by measurement error.
-
-        Returns whether every sample's loss is finite where that is known
-        without a host sync (the CPU), else ``None``.
-        """
-        if sna:  # rank iterates by the noiseless measurement, not by the noise drawn
-            err = batch.operator.measurement_error(batch.operator.A(image), batch.observation)
-        err = err.detach().float()
-        best = self._stage_best[-1]
-        all_finite: Optional[bool] = None
-        # err + loss is finite iff both are (an overflow past 3e38 is divergence anyway).
-        finite = torch.isfinite(err + per_sample.detach())
-        improved = finite & (err < best["loss"]) if self.selection == "best" else finite
-        if _host_reads_free(err):
-            # One host read of two counts (free on the CPU) turns the usual cases into
-            # no-ops or plain copies; no per-sample Python work.
-            n_finite, n_improved = torch.stack([finite.sum(), improved.sum()]).tolist()
-            b = finite.numel()
-            all_finite = n_finite == b
-            if not all_finite:
-                self._mark_failed(~finite & (self._fail_at[:, 0] < 0), self._stage_step)
-            if n_improved == 0:
-                return all_finite
-            if n_improved == b:
-                # The loss and the image are fresh tensors each step, never written to:
-                # keep references. The variables change in place: copy those.
-                best["loss"] = err
-                for name in self.variables.keys():  # fixed entries never change within a stage
-                    best["state"][name].copy_(state[name].detach())
-                best["image"] = image.detach().float()
-                return all_finite
         else:
-            # Recorded on the device without a host sync; read once at the end.
-            self._mark_failed(~finite & (self._fail_at[:, 0] < 0), self._stage_step)
-        best["loss"] = torch.where(improved, err, best["loss"])
-        # The state entries are the stage's own copies: updated in place, no allocation.
-        for name in self.variables.keys():  # fixed entries never change within a stage
-            _copy_rows_(best["state"][name], state[name].detach(), improved)
-        img = image.detach().float()
-        # Out of place: best["image"] may be a step's own render (kept by reference above).
-        best["image"] = img.clone() if best["image"] is None else torch.where(improved.view(-1, *([1] * (img.dim() - 1))), img, best["image"])
-        return all_finite
-
-    @torch.no_grad()
-    def _finish(self, batch: ProblemBatch) -> ProblemResult:
-        """Pick each sample's best iterate over all stages."""
-        losses = torch.stack([s["loss"] for s in self._stage_best])  # [S, B]
-        if self.selection == "best":
-            which = losses.argmin(0)
-        else:  # the last stage with a finite iterate
-            which = (torch.isfinite(losses) * torch.arange(1, losses.shape[0] + 1, device=losses.device)[:, None]).argmax(0)
-        bsz = len(batch)
-        images, solutions = [], []
-        for b in range(bsz):
-            s = int(which[b])
-            entry = self._stage_best[s]
-            img = entry["image"]
-            if img is None:  # no finite iterate at all: render the stage start
-                img = self.generator.render(entry["state"], self.stages[s].split)
-            images.append(img[b : b + 1])
-            solutions.append(
-                Solution(
-                    split=self.stages[s].split,
-                    stage=s,
-                    state={k: v[b : b + 1].detach().cpu().clone() for k, v in entry["state"].items()},
-                )
-            )
-        fail_at = self._fail_at.tolist()
-        failed = [
-            None if st < 0 else f"non-finite loss or gradient (NaN/inf) at stage {st}, step {step}; "
-            "the output is the best finite iterate before it" + ("" if torch.isfinite(losses[:, b]).any() else " (none: no finite iterate)")
-            for b, (st, step) in enumerate(fail_at)
-        ]
-        return ProblemResult(
-            batch=batch,
-            images=torch.cat(images).float().cpu(),
-            measurement_loss=losses.gather(0, which[None])[0].cpu(),
-            solutions=solutions,
-            stage_losses=[s["loss"].cpu() for s in self._stage_best],
-            failed=failed,
-        )
+            self.tracker.check_gradients(grads, self._stage_step - 1)
+        self.tracker.zero_failed_(grads)
