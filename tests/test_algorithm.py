@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import TINY
 from ilo_pl.api import solve
 from ilo_pl.losses.base import LossContext, LossTerm, MSELoss
 from ilo_pl.modules.generators import DCGANGenerator
@@ -30,8 +30,6 @@ from ilo_pl.modules.ilo import OVERFLOW_PATIENCE
 from ilo_pl.operators import BoxMask
 from ilo_pl.projections import project_sphere_
 from ilo_pl.stages import Stage
-
-TINY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stylegan2_rosinality_tiny.pt"
 
 
 @pytest.fixture(scope="module")

@@ -20,34 +20,25 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 import torch
 import yaml
 from PIL import Image
 
+from conftest import TINY
 from ilo_pl.cli import ILOCLI
 from ilo_pl.data import problem_seed
 from ilo_pl.modules.generators.stylegan2 import StyleGAN2Generator
 from ilo_pl.solutions import load_solution
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT.parent / "shared" / "fixtures" / "stylegan2_rosinality_tiny.pt"
 DCGAN_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 SG2_CONFIGS = sorted((ROOT / "configs" / "stylegan2").glob("*.yaml"))
 FFHQ_SIZE, TINY_SIZE = 1024, 32
 GAUSSIAN_FIT_SAMPLES = 2000  # the fit of the tiny mapping network; 100 000 is slow and not needed here
 IN_RANGE_STEPS = 12  # per stage, for the in-range recovery
-
-
-@pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201
-    """One intra-op thread: tiny networks gain nothing from threads, and two spin on 2 shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tiny() -> Path:

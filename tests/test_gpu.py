@@ -19,13 +19,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import TINY
 from ilo_pl.api import solve
 from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.operators import RandomMask
 from ilo_pl.projections import L1Workspace, project_l1_ball_, project_l1_ball_sort
 from ilo_pl.stages import Stage
 
-TINY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stylegan2_rosinality_tiny.pt"
 
 needs_gpu = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU: compares work done on the GPU with the same work on the CPU"

@@ -11,18 +11,15 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from conftest import TINY
 from ilo_pl.ops import FusedLeakyReLU, fused_leaky_relu, upfirdn2d, upfirdn2d_native
 from ilo_pl.ops import _cuda
 from ilo_pl.ops.upfirdn2d import grad_geometry
-
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-TINY = FIXTURES / "stylegan2_rosinality_tiny.pt"
 
 
 @pytest.fixture(scope="module")

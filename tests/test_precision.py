@@ -9,13 +9,13 @@ solve's.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, List
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import TINY
 from ilo_pl.api import solve
 from ilo_pl.callbacks import L1BallProjection, SphereProjection
 from ilo_pl.data import draw_from_generator
@@ -23,18 +23,6 @@ from ilo_pl.losses.base import LossContext, MSELoss
 from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.operators import Inpainting, RandomMask
 from ilo_pl.stages import Stage
-
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-TINY = FIXTURES / "stylegan2_rosinality_tiny.pt"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201
-    """One intra-op thread: small convolutions gain nothing from more on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class RecordingMSE(MSELoss):

@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from conftest import TINY
 from ilo_pl.api import default_trainer_kwargs, solve
 from ilo_pl.callbacks.progress import (
     OptimizationGIF,
@@ -146,9 +147,6 @@ def test_regenerate_refuses_other_generator_and_non_solutions(reference_run, tmp
     (tmp_path / "nogen.yaml").write_text("data: {seed: 0}\n")
     with pytest.raises(ValueError, match="has no model.generator entry"):
         regenerate_file(sol, tmp_path / "nogen.yaml")
-
-
-TINY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stylegan2_rosinality_tiny.pt"
 
 
 def test_regenerate_refuses_generator_with_other_render_settings(tmp_path):

@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import FIXTURES, TINY
 from ilo_pl.losses.base import GeodesicLoss, LossContext, MSELoss
 from ilo_pl.modules.generators.base import SplitGenerator
 from ilo_pl.modules.generators.stylegan2 import (
@@ -33,8 +34,6 @@ from ilo_pl.modules.generators.stylegan2 import (
 )
 from ilo_pl.operators.base import Identity
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-TINY = FIXTURES / "stylegan2_rosinality_tiny.pt"
 KEYS_1024 = FIXTURES / "stylegan2_config_f_1024_keys.json"
 
 
@@ -45,20 +44,6 @@ def _fixture(path: Path) -> Path:
             "relative to the repository root (see ../shared/README.md)"
         )
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201
-    """Run each test on one intra-op thread and restore the setting afterwards.
-
-    The tiny generator's convolutions are too small to gain from threads, and
-    on a 2-core machine shared with other jobs two OpenMP threads spin against
-    each other and make them ~20x slower.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
