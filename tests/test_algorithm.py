@@ -203,26 +203,31 @@ def test_sphere_start_is_the_stage_anchor(sg2: StyleGAN2Generator) -> None:
 
 
 # ---------------------------------------------------------------------- 16-mixed batch isolation
-class _NaNGradientOnSample0(torch.autograd.Function):
-    """Forward: a zero loss per sample; backward: NaN gradient rows for sample 0, zeros elsewhere."""
+class _PoisonSample0(torch.autograd.Function):
+    """Forward: a zero loss per sample; backward: ``value`` in sample 0's gradient rows, zeros elsewhere."""
 
     @staticmethod
-    def forward(ctx, image: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        ctx.shape = image.shape
+    def forward(ctx, image: torch.Tensor, value: float) -> torch.Tensor:  # noqa: ANN001
+        ctx.shape, ctx.value = image.shape, value
         return image.new_zeros(image.shape[0], dtype=torch.float32)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
         out = grad.new_zeros(ctx.shape)
-        out[0] = float("nan")
-        return out
+        out[0] = ctx.value
+        return out, None
 
 
-class NaNGradientOnSample0(LossTerm):
-    """A finite (zero) loss whose gradient is NaN for sample 0 only."""
+class PoisonedGradient(LossTerm):
+    """A finite (zero) loss whose gradient is ``value`` (NaN, inf) for sample 0 in its first ``steps`` backward passes."""
+
+    def __init__(self, value: float = float("nan"), steps: float = math.inf) -> None:
+        super().__init__()
+        self.value, self.steps, self.calls = value, steps, 0
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
-        return _NaNGradientOnSample0.apply(ctx.image)
+        self.calls += 1
+        return _PoisonSample0.apply(ctx.image, self.value if self.calls <= self.steps else 0.0)
 
 
 def _mixed_trainer(scaler: torch.amp.GradScaler) -> Dict[str, Any]:
@@ -237,7 +242,7 @@ def test_16_mixed_nan_gradient_does_not_freeze_batch_mates(dcgan: DCGANGenerator
         monkeypatch.setattr("ilo_pl.modules.ilo._host_reads_free", lambda t: False)
     op, y = box_problem
     steps = OVERFLOW_PATIENCE + 40
-    losses = {"mse": MSELoss(), "poison": NaNGradientOnSample0()}
+    losses = {"mse": MSELoss(), "poison": PoisonedGradient(float("nan"))}
     scalers = [torch.amp.GradScaler("cpu") for _ in range(3)]
     both = solve(dcgan, op, y, [Stage(0, steps, lr=0.05)], losses=losses, loss_weights={"mse": 1.0, "poison": 1.0},
                  seeds=[0, 1], trainer_kwargs=_mixed_trainer(scalers[0]))
@@ -258,30 +263,11 @@ def test_16_mixed_nan_gradient_does_not_freeze_batch_mates(dcgan: DCGANGenerator
 def test_16_mixed_overflow_backs_the_scale_off_without_failing(dcgan: DCGANGenerator, box_problem) -> None:
     """A short burst of non-finite gradients (an fp16 overflow) is no failure; the scale backs off once per step."""
 
-    class Burst(torch.autograd.Function):
-        calls = 0
-
-        @staticmethod
-        def forward(ctx, image: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-            ctx.shape = image.shape
-            return image.new_zeros(image.shape[0], dtype=torch.float32)
-
-        @staticmethod
-        def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-            Burst.calls += 1
-            out = grad.new_zeros(ctx.shape)
-            if Burst.calls <= 3:  # the first three steps of sample 0 overflow
-                out[0] = float("inf")
-            return out
-
-    class BurstLoss(LossTerm):
-        def forward(self, ctx: LossContext) -> torch.Tensor:
-            return Burst.apply(ctx.image)
-
     op, y = box_problem
     scaler = torch.amp.GradScaler("cpu", growth_interval=10**6)
-    result = solve(dcgan, op, y, [Stage(0, 10, lr=0.05)], losses={"mse": MSELoss(), "burst": BurstLoss()},
-                   loss_weights={"mse": 1.0, "burst": 1.0}, trainer_kwargs=_mixed_trainer(scaler))
+    losses = {"mse": MSELoss(), "burst": PoisonedGradient(float("inf"), steps=3)}  # sample 0 overflows 3 steps
+    result = solve(dcgan, op, y, [Stage(0, 10, lr=0.05)], losses=losses, loss_weights={"mse": 1.0, "burst": 1.0},
+                   trainer_kwargs=_mixed_trainer(scaler))
     assert result.failed == [None, None]
     assert scaler.get_scale() == 2.0**16 * 0.5**3
 
