@@ -1,8 +1,11 @@
 """Issue-2 acceptance check: ILO vs CSGM on the benchmark faces with a box over the mouth.
 
-Runs the stage schedule of ``configs/inpainting_box.yaml`` (ILO) and CSGM with
-the same total steps (one split-0 stage), on every face of a folder, and
-prints the mean true MSE ([-1, 1] scale) of each and their ratio.
+Runs ``configs/inpainting_box.yaml`` (ILO) and CSGM with the same total steps
+(one split-0 stage, the config's other module options), on every face of a
+folder, and prints the mean true MSE ([-1, 1] scale) of each and their ratio.
+The config is read by the command line's parser
+(``ilo_pl.config.build_from_config``): every module option reaches the solves
+and the problems are those its data module makes for the folder.
 
     python benchmarks/mouth_box.py --images ../shared/benchmark/faces/64
 """
@@ -10,50 +13,54 @@ prints the mean true MSE ([-1, 1] scale) of each and their ratio.
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
+from typing import List, Optional
 
 import torch
-import yaml
+
+from ilo_pl.api import solve
+from ilo_pl.config import build_from_config
+from ilo_pl.metrics import image_metrics
+from ilo_pl.stages import Stage
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ilo_pl.api import solve  # noqa: E402
-from ilo_pl.data import ImageFolder, problem_seed  # noqa: E402
-from ilo_pl.metrics import image_metrics  # noqa: E402
-from ilo_pl.modules.generators import DCGANGenerator  # noqa: E402
-from ilo_pl.operators import BoxMask  # noqa: E402
-from ilo_pl.stages import Stage  # noqa: E402
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", default=str(ROOT.parent / "shared" / "benchmark" / "faces" / "64"))
     p.add_argument("--config", default=str(ROOT / "configs" / "inpainting_box.yaml"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    cfg = yaml.safe_load(open(args.config))
-    ilo = [Stage(**s) for s in cfg["model"]["stages"]]
-    csgm = [Stage(split=0, steps=sum(s.steps for s in ilo), lr=ilo[0].lr, free=list(ilo[0].free))]
-    G = DCGANGenerator()
-    src = ImageFolder(args.images)
-    x = torch.stack([src.load(i, G.image_shape, 0) for i in range(len(src))])
-    op = BoxMask(cfg["data"]["operator"]["init_args"]["box"]).build(G.image_shape, 0)
-    y = op(x)
-    seeds = [problem_seed(0, i) for i in range(len(src))]
+    built = build_from_config([args.config], {"data": {"data": args.images, "limit": None}})
+    kwargs = {k: v for k, v in built.module_kwargs.items() if k not in ("generator", "stages")}
+    ilo = list(built.module.stages)
+    first = ilo[0]
+    csgm = [Stage(split=first.split, steps=sum(s.steps for s in ilo), lr=first.lr, free=list(first.free),
+                  radius=dict(first.radius))]
+    G = built.module.generator
+    dm = built.datamodule
+    dm.bind(G)
+    batch = dm.make_batch(dm.problem_indices())
     out = {}
     for name, stages in (("CSGM", csgm), ("ILO", ilo)):
-        res = solve(G, op, y, stages, target=x, seeds=seeds, **{k: v for k, v in cfg["model"].items() if k in ("sna", "sphere")})
-        m = image_metrics(res.images, x)
+        res = solve(G, batch.operator, batch.observation, stages, target=batch.target, seeds=batch.seeds,
+                    ids=batch.ids, trainer_kwargs=dict(built.trainer_kwargs), **kwargs)
+        m = image_metrics(res.images, batch.target)
         out[name] = m["true_mse"]
         print(f"{name:<5} mean true MSE {m['true_mse'].mean():.5f}  PSNR {m['psnr'].mean():.2f} dB  per image "
               + " ".join(f"{v:.4f}" for v in m["true_mse"].tolist()), flush=True)
     ratio = (out["ILO"].mean() / out["CSGM"].mean()).item()
-    print(f"ILO / CSGM mean true MSE = {ratio:.3f} over {len(src)} faces ({sum(s.steps for s in ilo)} steps each)")
+    print(f"ILO / CSGM mean true MSE = {ratio:.3f} over {len(batch.ids)} faces "
+          f"({sum(s.steps for s in ilo)} steps each)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -19,15 +19,21 @@ ONE batch (the engine solves each sample as if alone) by every method:
   of the three per image chosen by the *measurement* loss (never the true error);
 * the classical baseline of the task (see ``benchmarks/baselines.py``).
 
-The schedules are read from ``configs/<task>.yaml`` (``model.stages``,
-``model.sna``, ``model.sphere``, ``model.loss_weights``), so the configs in the
-README are what is benchmarked. Problems (images, masks, matrices, noise,
-initial latents) are made exactly as the data module makes them for a run with
-``--seed`` (``ilo_pl.data.problem_seed``).
+Each ``configs/<task>.yaml`` is read by the command line's own parser
+(``ilo_pl.config.build_from_config``): the solves get every module option of
+the config (stages, ``sna``, ``sphere``, ``selection``, ``loss_weights``, ...,
+and the defaults of those it leaves out), and each grid point's problems come
+from the config's data module with the image folder, seed and grid argument
+set, so the configs in the README are what is benchmarked. Problems (images,
+masks, matrices, noise, initial latents) are those ``ilo-pl fit --data.seed
+SEED`` makes (``ilo_pl.data.problem_seed``).
 
 Every (image, grid point, method) is a row of ``<out>/quality.csv``
-(``quality_quick.csv`` with ``--quick``); rows already there are not
-recomputed, so a killed run, or a grid run in parts (``--tasks``), resumes.
+(``quality_quick.csv`` with ``--quick``), tagged with the config's file name
+and fingerprint; rows already there are not recomputed, so a killed run, or a
+grid run in parts (``--tasks``), resumes. A task whose config changed since its
+rows were written is refused (the earlier rows are never overwritten or mixed
+in): move the CSV away or pass ``--csv``.
 The report (``<csv stem>.png``, ``<csv stem>_table.md``) is rebuilt from the
 whole CSV after each run.
 """
@@ -61,10 +67,10 @@ if str(_ROOT) not in sys.path:
 
 from baselines import baseline_name, classical_baseline  # noqa: E402
 
-from ilo_pl.data import InverseProblemDataModule  # noqa: E402
+from ilo_pl.config import build_from_config  # noqa: E402
 from ilo_pl.metrics import image_metrics  # noqa: E402
 from ilo_pl.modules.generators.base import SplitGenerator  # noqa: E402
-from ilo_pl.operators import Inpainting, OperatorSpec  # noqa: E402
+from ilo_pl.operators import Inpainting  # noqa: E402
 from ilo_pl.problem import ProblemBatch  # noqa: E402
 from ilo_pl.stages import Stage  # noqa: E402
 
@@ -147,7 +153,22 @@ def level_label(task: str, level: Any) -> str:
 # ---------------------------------------------------------------------------- configs
 @dataclass
 class TaskConfig:
-    """What the benchmark reads from ``configs/<task>.yaml``."""
+    """What the benchmark takes from ``configs/<task>.yaml``, read by the CLI's own parser.
+
+    Attributes:
+        path: the config file.
+        stages: its stage schedule.
+        module_kwargs: every other ``ILOModule`` argument as the config resolves it
+            (``ilo_pl.config.build_from_config``; options the config leaves out at
+            their defaults), minus ``generator`` (the benchmark brings its own).
+        operator_class: ``data.operator.class_path``.
+        operator_args: ``data.operator.init_args``, resolved.
+        level_key: the operator argument the grid varies.
+        fingerprint: a hash of the resolved config without what the benchmark sets
+            itself (image folder, limit, batch size, the grid's argument, ``log_every``);
+            rows made with another fingerprint are not this config's.
+        trainer_kwargs: ``trainer`` entries the config sets (e.g. ``precision``).
+    """
 
     path: Path
     stages: List[Stage]
@@ -155,7 +176,8 @@ class TaskConfig:
     operator_class: str
     operator_args: Dict[str, Any]
     level_key: str
-    text: str = field(repr=False, default="")
+    fingerprint: str = ""
+    trainer_kwargs: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def config_level(self) -> Any:
@@ -166,55 +188,67 @@ class TaskConfig:
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
 
+    @property
+    def label(self) -> str:
+        """``<file>@<fingerprint>``: the CSV's ``config`` column."""
+        return f"{self.path.name}@{self.fingerprint}"
 
-#: ``model`` keys passed on to ``ILOModule`` (``generator``/``stages`` are handled apart).
-_MODULE_KEYS = ("sna", "sna_samples", "sphere", "rampup", "rampdown", "project_to_range", "range_steps", "range_lr", "loss_weights")
+
+#: Resolved config entries the benchmark sets itself, left out of a config's fingerprint.
+_FINGERPRINT_EXCLUDE = ("data.data", "data.limit", "data.batch_size", "model.log_every")
 
 
 def load_task_config(task: str, config_dir: Path) -> TaskConfig:
-    """Read the stage schedule and the operator of ``task`` from its yaml.
+    """Read ``configs/<task>.yaml`` through the command line's parser (``build_from_config``).
+
+    Every module option of the config reaches the benchmark's solves: nothing
+    is picked by name, so an option the benchmark does not know is not dropped.
 
     Raises:
         FileNotFoundError: if the config is missing.
-        ValueError: if it has no ``model.stages`` or weighs a loss other than MSE.
+        ValueError: if the parser rejects it, or it weighs a loss other than MSE.
     """
-    import yaml
-
     name, level_key = TASKS[task]
     path = Path(config_dir) / name
     if not path.is_file():
         raise FileNotFoundError(f"config {path} of task {task!r} does not exist; pass --configs DIR")
-    text = path.read_text()
-    cfg = yaml.safe_load(text) or {}
-    model = cfg.get("model") or {}
-    if not model.get("stages"):
+    built = build_from_config([path])
+    kwargs = {k: v for k, v in built.module_kwargs.items() if k not in ("generator", "stages")}
+    stages = list(built.module.stages)
+    if not stages:
         raise ValueError(f"{path} has no model.stages; the benchmark runs the config's stage schedule")
-    stages = [Stage(**dict(s)) for s in model["stages"]]
-    kwargs = {k: model[k] for k in _MODULE_KEYS if k in model}
     weights = dict(kwargs.get("loss_weights") or {"mse": 1.0})
     other = sorted(k for k, w in weights.items() if k != "mse" and w)
-    if other or any(set(s.loss_weights or {}) - {"mse"} for s in stages):
+    if other or any(set(k for k, w in (s.loss_weights or {}).items() if w) - {"mse"} for s in stages):
         raise ValueError(
             f"{path} weighs loss terms {other or 'per stage'} besides mse; the quality benchmark "
-            "builds MSE-only modules: remove them from the config or extend the benchmark"
+            "compares MSE-only solvers: remove them from the config or extend the benchmark"
         )
-    op = ((cfg.get("data") or {}).get("operator")) or {}
-    if "class_path" not in op:
+    op = (built.config.get("data") or {}).get("operator") or {}
+    if not isinstance(op, dict) or "class_path" not in op:
         raise ValueError(f"{path} has no data.operator.class_path")
-    return TaskConfig(path, stages, kwargs, op["class_path"], dict(op.get("init_args") or {}), level_key, text)
+    exclude = _FINGERPRINT_EXCLUDE + (f"data.operator.init_args.{level_key}",)
+    if level_key == "ratio":
+        exclude += ("data.operator.init_args.m",)
+    return TaskConfig(path, stages, kwargs, op["class_path"], dict(op.get("init_args") or {}), level_key,
+                      built.fingerprint(exclude=exclude), dict(built.trainer_kwargs))
 
 
-def make_spec(cfg: TaskConfig, level: Any) -> OperatorSpec:
-    """The config's operator spec with its grid argument set to ``level``."""
-    module, _, cls = cfg.operator_class.rpartition(".")
-    spec_cls = getattr(importlib.import_module(module), cls)
-    args = dict(cfg.operator_args)
+def _level_value_for(cfg: TaskConfig, level: Any) -> Any:
     if cfg.level_key == "factor" and float(level) == int(level):
-        level = int(level)  # --levels gives floats; factors are integers
-    args[cfg.level_key] = level
+        return int(level)  # --levels gives floats; factors are integers
+    if cfg.level_key == "box":
+        return [int(v) for v in level]
+    return level
+
+
+def data_overrides(cfg: TaskConfig, level: Any, images: Path, seed: int, limit: Optional[int]) -> Dict[str, Any]:
+    """The ``data`` overrides of one grid point: image folder, seed, limit and the grid's argument."""
+    init_args: Dict[str, Any] = {cfg.level_key: _level_value_for(cfg, level)}
     if cfg.level_key == "ratio":
-        args.pop("m", None)
-    return spec_cls(**args)
+        init_args["m"] = None
+    return {"data": {"data": str(images), "seed": int(seed), "limit": limit,
+                     "operator": {"class_path": cfg.operator_class, "init_args": init_args}}}
 
 
 def scaled_stages(stages: Sequence[Stage], steps_scale: float = 1.0, radius_scale: float = 1.0) -> List[Stage]:
@@ -355,15 +389,22 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- running
-def make_problems(spec: OperatorSpec, images: Path, generator: SplitGenerator, seed: int, limit: Optional[int]) -> ProblemBatch:
-    """All problems of one grid point as one batch, made as the data module makes them."""
-    dm = InverseProblemDataModule(spec, data=str(images), seed=seed, limit=limit)
+def make_problems(cfg: TaskConfig, level: Any, images: Path, generator: SplitGenerator, seed: int,
+                  limit: Optional[int]) -> ProblemBatch:
+    """All problems of one grid point as one batch, made by the config's data module.
+
+    The data module is built from the config through the command line's parser
+    (with the grid point's overrides), so every ``data`` option (``resize``,
+    the operator's other arguments, ...) applies as in ``ilo-pl fit``.
+    """
+    dm = build_from_config([cfg.path], data_overrides(cfg, level, images, seed, limit)).datamodule
     dm.bind(generator)
     return dm.make_batch(dm.problem_indices())
 
 
 def solve_batch(
-    generator: SplitGenerator, batch: ProblemBatch, stages: List[Stage], module_kwargs: Mapping[str, Any]
+    generator: SplitGenerator, batch: ProblemBatch, stages: List[Stage], module_kwargs: Mapping[str, Any],
+    trainer_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> Tuple[Tensor, float]:
     """Solve the batch with one schedule: ``(images [B, C, H, W], wall seconds)``."""
     from ilo_pl.api import solve
@@ -371,7 +412,8 @@ def solve_batch(
     t0 = time.perf_counter()
     result = solve(
         generator, batch.operator, batch.observation, stages,
-        target=batch.target, seeds=batch.seeds, ids=batch.ids, **dict(module_kwargs),
+        target=batch.target, seeds=batch.seeds, ids=batch.ids,
+        trainer_kwargs=dict(trainer_kwargs or {}), **dict(module_kwargs),
     )
     return result.images, time.perf_counter() - t0
 
@@ -393,7 +435,12 @@ def read_rows(path: Path) -> List[Dict[str, str]]:
 
 
 class CsvLog:
-    """Append-only CSV of result rows; knows which (run, task, level, method, image) are done."""
+    """Append-only CSV of result rows; knows which (run, task, level, method, image, config) are done.
+
+    Rows are never rewritten. A config that changed since its rows were made
+    (another fingerprint in the ``config`` column) is refused rather than mixed
+    in or silently re-run over the earlier rows.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -403,10 +450,27 @@ class CsvLog:
             raise ValueError(
                 f"{self.path} has other columns than this benchmark writes; move it away or pass another --out"
             )
-        self.done = {(r["run"], r["task"], r["level"], r["method"], r["image"]) for r in rows}
+        self.done = {(r["run"], r["task"], r["level"], r["method"], r["image"], r["config"]) for r in rows}
+        self.configs: Dict[Tuple[str, str], set] = {}
+        for r in rows:
+            self.configs.setdefault((r["run"], r["task"]), set()).add(r["config"])
 
-    def has(self, run: str, task: str, level: str, method: str, images: Sequence[str]) -> bool:
-        return all((run, task, level, method, i) in self.done for i in images)
+    def check_config(self, run: str, task: str, config: str) -> None:
+        """Refuse to add rows of ``task`` made with ``config`` beside rows of another config.
+
+        Raises:
+            ValueError: naming the configs and how to keep the earlier rows.
+        """
+        other = sorted(self.configs.get((run, task), set()) - {config})
+        if other:
+            raise ValueError(
+                f"{self.path} holds {task} rows made with another config ({', '.join(other)}; now {config}): "
+                f"the config (or the steps scale) changed since. Its earlier rows are kept: move {self.path.name} "
+                "away (e.g. to benchmarks/results/archive/) or pass --csv NAME for a new table"
+            )
+
+    def has(self, run: str, task: str, level: str, method: str, images: Sequence[str], config: str) -> bool:
+        return all((run, task, level, method, i, config) in self.done for i in images)
 
     def write(self, rows: List[Dict[str, Any]]) -> None:
         new = not self.path.is_file() or self.path.stat().st_size == 0
@@ -416,7 +480,8 @@ class CsvLog:
                 w.writeheader()
             for r in rows:
                 w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
-                self.done.add((r["run"], r["task"], r["level"], r["method"], r["image"]))
+                self.done.add((r["run"], r["task"], r["level"], r["method"], r["image"], r["config"]))
+                self.configs.setdefault((r["run"], r["task"]), set()).add(r["config"])
 
 
 def metric_rows(
@@ -500,6 +565,9 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
     for task in settings.tasks:
         cfg = load_task_config(task, settings.config_dir)
         plans = method_plans(cfg, settings.steps_scale)
+        config_label = (cfg.label + (f"x{settings.steps_scale:g}" if settings.steps_scale != 1.0 else "")
+                        + (f"s{settings.seed}" if settings.seed != 0 else ""))
+        store.check_config(settings.run, task, config_label)
         if settings.quick:
             levels = [cfg.config_level]
         elif settings.levels is not None and task != "inpainting_box":
@@ -511,13 +579,12 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
             wanted += [m for m in ("ilo", *[f"ilo_r{r:g}" for r in RADIUS_SCALES if r != 1.0]) if m not in wanted]
         for level in levels:
             label = level_label(task, level)
-            spec = make_spec(cfg, level)
-            batch = make_problems(spec, images, generator, settings.seed, settings.limit)
-            common = dict(run=settings.run, task=task, level=label, generator=gen_name, config=str(cfg.path.name))
+            batch = make_problems(cfg, level, images, generator, settings.seed, settings.limit)
+            common = dict(run=settings.run, task=task, level=label, generator=gen_name, config=config_label)
             point_rows: List[Dict[str, Any]] = []
             for method in wanted:
                 stored = baseline_name(task) if method == "classical" else method
-                if store.has(settings.run, task, label, stored, batch.ids):
+                if store.has(settings.run, task, label, stored, batch.ids, config_label):
                     continue
                 if method == "classical":
                     t0 = time.perf_counter()
@@ -526,7 +593,7 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
                     row = dict(common, method=baseline_name(task), protocol="baseline", steps=None)
                 else:
                     stages, kwargs = plans[method]
-                    out, secs = solve_batch(generator, batch, stages, kwargs)
+                    out, secs = solve_batch(generator, batch, stages, kwargs, cfg.trainer_kwargs)
                     protocol = "primary" if method in ("csgm", "pulse", "ilo") else "sweep"
                     row = dict(common, method=method, protocol=protocol, steps=sum(s.steps for s in stages))
                 rows = metric_rows(row, batch, evaluate(out, batch, lpips_metric), secs)
@@ -534,10 +601,12 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
                 point_rows += rows
                 log.info("%s %s %-10s %6.1fs  true MSE %.4f", task, label, row["method"], secs,
                          sum(float(r["true_mse"]) for r in rows) / len(rows))
-            if "ilo_best3" in settings.methods and not store.has(settings.run, task, label, "ilo_best3", batch.ids):
+            if "ilo_best3" in settings.methods and not store.has(settings.run, task, label, "ilo_best3", batch.ids,
+                                                                 config_label):
                 sweep = ["ilo"] + [f"ilo_r{r:g}" for r in RADIUS_SCALES if r != 1.0]
                 have = [r for r in read_rows(store.path)
-                        if r["run"] == settings.run and r["task"] == task and r["level"] == label]
+                        if r["run"] == settings.run and r["task"] == task and r["level"] == label
+                        and r["config"] == config_label]
                 store.write(best_of_rows(have, sweep, "ilo_best3"))
     return store.path
 
@@ -780,6 +849,48 @@ def timing_table(rows: List[Dict[str, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
+#: Level labels of the README's summary table, per task.
+_SUMMARY_LEVEL = {
+    "inpainting_random": lambda lab: f"inpainting, {100 * float(lab):g}% observed",
+    "inpainting_box": lambda lab: "inpainting, box over the mouth",
+    "denoising": lambda lab: f"denoising, sigma {float(lab):g}",
+    "superres": lambda lab: f"super-resolution x{float(lab):g}",
+    "compressed_sensing": lambda lab: f"CS (partial circulant), m/n {100 * float(lab):g}%",
+}
+
+
+def summary_table(rows: List[Dict[str, str]]) -> str:
+    """The README's table: mean true MSE of CSGM, ILO and the classical baseline per grid point.
+
+    Fully observed inpainting (100%) is left out (every method that keeps the
+    observed pixels is exact there). For inpainting the verdict compares the
+    baseline with ILO's output with the observed pixels pasted back.
+    """
+    mse = summarize(rows)
+    pasted = summarize(rows, "true_mse_pasted")
+    out = ["| task, level | CSGM | ILO | ILO / CSGM | classical | classical vs ILO |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for task in [t for t in TASKS if any(r["task"] == t for r in rows)]:
+        first = True
+        for lab in _levels(rows, task):
+            if task == "inpainting_random" and float(lab) >= 1.0:
+                continue
+            csgm, ilo, cls = mse.get((task, lab, "csgm")), mse.get((task, lab, "ilo")), mse.get((task, lab, "classical"))
+            if not (csgm and ilo and cls):
+                continue
+            ratio = ilo["mean"] / csgm["mean"]
+            target = " (target 0.5 missed)" if required_point(task, lab) and ratio > 0.5 else ""
+            ref = pasted.get((task, lab, "ilo")) if task.startswith("inpainting") else ilo
+            rel = cls["mean"] / max(ref["mean"], 1e-12)
+            name = _baseline_of(task)
+            verdict = f"**classical wins** ({rel:.2f}x)" if cls["mean"] < ref["mean"] else f"ILO wins ({name} {rel:.2f}x)"
+            classical = f"{name} {cls['mean']:.4f}" if first else f"{cls['mean']:.4f}"
+            out.append(f"| {_SUMMARY_LEVEL[task](lab)} | {csgm['mean']:.4f} | {ilo['mean']:.4f} | "
+                       f"{ratio:.2f}{target} | {classical} | {verdict} |")
+            first = False
+    return "\n".join(out) + "\n"
+
+
 def write_report(csv_path: Path, out: Path) -> List[Path]:
     """Rebuild the plot and the markdown tables from the CSV; returns the files written.
 
@@ -800,7 +911,12 @@ def write_report(csv_path: Path, out: Path) -> List[Path]:
     png = plot_results(rows, out / f"{stem}.png",
                        title=f"{', '.join(gens)} on {n_images} images: mean true MSE, error bars = standard error over images")
     table = out / f"{stem}_table.md"
-    table.write_text(results_table(rows) + "\n### Compute (wall minutes, per method, summed over grid points)\n\n" + timing_table(rows))
+    configs = ", ".join(sorted({r["config"] for r in rows if r["protocol"] != "baseline"}))
+    table.write_text(
+        f"Configs (file@fingerprint): {configs}.\n\n" + results_table(rows)
+        + "\n### Summary (the README's table; inpainting verdicts against ILO with the observed pixels pasted back)\n\n"
+        + summary_table(rows)
+        + "\n### Compute (wall minutes, per method, summed over grid points)\n\n" + timing_table(rows))
     return [png, table]
 
 

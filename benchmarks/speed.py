@@ -172,13 +172,17 @@ def stages_for(name: str, split: int, steps: int) -> Tuple[List[Stage], Dict[str
 
 
 def dcgan_schedule(scale: float) -> Tuple[List[Stage], Dict[str, Any]]:
-    """The shipped DCGAN schedule (``SCHEDULE_CONFIG``) with steps scaled by ``scale``, and its module options."""
-    import yaml
+    """The shipped DCGAN schedule (``SCHEDULE_CONFIG``) with steps scaled by ``scale``, and its module options.
 
-    model = yaml.safe_load(SCHEDULE_CONFIG.read_text())["model"]
-    stages = [Stage(**s) for s in model["stages"]]
-    stages = [dataclasses.replace(s, steps=max(4, int(s.steps * scale))) for s in stages]
-    return stages, {k: model[k] for k in ("sphere",) if k in model}
+    The config is read by the command line's parser (``ilo_pl.config.build_from_config``):
+    the options are every ``ILOModule`` argument as the config resolves it, bar the
+    generator and the stages.
+    """
+    from ilo_pl.config import build_from_config
+
+    built = build_from_config([SCHEDULE_CONFIG])
+    stages = [dataclasses.replace(s, steps=max(4, int(s.steps * scale))) for s in built.module.stages]
+    return stages, {k: v for k, v in built.module_kwargs.items() if k not in ("generator", "stages")}
 
 
 def make_problem(gen: SplitGenerator, batch: int, seed: int = 0) -> Tuple[Operator, torch.Tensor]:

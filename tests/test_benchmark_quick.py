@@ -247,3 +247,199 @@ def test_bm3d_denoises():
     assert out.shape == x.shape
     assert (out - x).pow(2).mean() < 0.3 * (y - x).pow(2).mean()
     assert torch.equal(baselines.bm3d_denoise(y, 0), y)
+
+
+# ------------------------------------------------------------- config options reach the solves
+DCGAN_TASKS = list(quality.TASKS)
+
+
+@pytest.mark.parametrize("task", DCGAN_TASKS)
+def test_every_module_option_of_each_shipped_config_reaches_the_benchmark(task, tmp_path):
+    """The benchmark reads configs through the CLI's parser: no module option is dropped."""
+    import inspect
+
+    import yaml
+
+    from ilo_pl.modules.ilo import ILOModule
+
+    name, _ = quality.TASKS[task]
+    cfg = yaml.safe_load((ROOT / "configs" / name).read_text())
+    # Options the old benchmark dropped (it passed a fixed list of keys), set away from their defaults.
+    cfg["model"].update(selection="last", log_every=3, rampdown=0.3, range_lr=0.07)
+    (tmp_path / name).write_text(yaml.safe_dump(cfg))
+    tc = quality.load_task_config(task, tmp_path)
+    # Every ILOModule argument but the two the benchmark sets itself is carried, defaults included.
+    params = set(inspect.signature(ILOModule.__init__).parameters) - {"self", "generator", "stages"}
+    assert set(tc.module_kwargs) == params
+    plans = quality.method_plans(tc, 1.0)
+    assert set(plans) == {"csgm", "pulse", "ilo", "ilo_r0.5", "ilo_r2"}
+    for method, (stages, kw) in plans.items():
+        for key, value in cfg["model"].items():
+            if key in ("generator", "stages") or (key == "sphere" and method in ("csgm", "pulse")):
+                continue
+            assert kw[key] == value, (method, key)
+        module = ILOModule(DCGANGenerator(weights="random"), stages, **kw)
+        assert module.selection == "last" and module.log_every == 3 and module.rampdown == 0.3
+    assert [s.split for s in plans["ilo"][0]] == [s["split"] for s in cfg["model"]["stages"]]
+
+
+def test_run_benchmark_solves_with_the_configs_options(tmp_path, generator, monkeypatch):
+    """End to end: the options reach ``solve`` (captured), and the problems come from the config's data module."""
+    import types
+
+    import yaml
+
+    import ilo_pl.api
+
+    cfg = yaml.safe_load((ROOT / "configs" / "denoising.yaml").read_text())
+    cfg["model"].update(selection="last", log_every=5)
+    cfg["data"]["resize"] = "resize"
+    cfgs = tmp_path / "configs"
+    cfgs.mkdir()
+    (cfgs / "denoising.yaml").write_text(yaml.safe_dump(cfg))
+    seen = []
+
+    def fake_solve(generator, operator, observation, stages, target=None, seeds=None, ids=None, **kw):
+        seen.append(kw)
+        return types.SimpleNamespace(images=target.clone())
+
+    monkeypatch.setattr(ilo_pl.api, "solve", fake_solve)
+    images = _face(tmp_path / "images")
+    s = quality.BenchmarkSettings(images=images, out=tmp_path / "out", tasks=["denoising"],
+                                  methods=("csgm", "pulse", "ilo"), config_dir=cfgs, quick=True, limit=1)
+    rows = _rows(quality.run_benchmark(s, generator))
+    assert len(seen) == 3
+    for kw in seen:
+        assert kw["selection"] == "last" and kw["log_every"] == 5 and kw["sna"] is True
+    assert {r["config"] for r in rows} == {quality.load_task_config("denoising", cfgs).label}
+    # A changed config is refused, and the earlier rows stay as they were.
+    before = (tmp_path / "out" / "quality_quick.csv").read_text()
+    cfg["model"]["stages"][1]["lr"] = 0.5
+    (cfgs / "denoising.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="another config"):
+        quality.run_benchmark(s, generator)
+    assert (tmp_path / "out" / "quality_quick.csv").read_text() == before
+    # log_every does not change results: it is not in the fingerprint.
+    cfg["model"]["stages"][1]["lr"] = cfg["model"]["stages"][2]["lr"]
+    cfg["model"]["log_every"] = 50
+    (cfgs / "denoising.yaml").write_text(yaml.safe_dump(cfg))
+    quality.run_benchmark(s, generator)
+    assert (tmp_path / "out" / "quality_quick.csv").read_text() == before
+
+
+def test_grid_point_problems_come_from_the_config_data_module(tmp_path, generator):
+    cfg = quality.load_task_config("compressed_sensing", ROOT / "configs")
+    images = _face(tmp_path / "images")
+    batch = quality.make_problems(cfg, 0.05, images, generator, seed=3, limit=1)
+    from ilo_pl.data import problem_seed
+
+    assert batch.ids == ["synthetic"] and batch.seeds == [problem_seed(3, 0)]
+    assert batch.observation.shape[-1] == round(0.05 * 3 * 64 * 64)
+
+
+# ------------------------------------------------------------------------------- SNA table
+sna = _load("sna")
+
+
+def _sna_row(sigma, method, on, image, psnr=20.0, mse=0.04, config="c@1"):
+    return {"sigma": sigma, "method": method, "sna": on, "id": image, "psnr": psnr, "true_mse": mse, "config": config}
+
+
+def test_sna_rows_merge_by_sigma_method_and_image_and_keep_other_sigmas(tmp_path):
+    old = [_sna_row(s, m, on, i) for s in (50.0, 100.0) for m, on in sna.ORDER for i in ("a", "b")]
+    new = [_sna_row(100.0, m, on, i, psnr=30.0) for m, on in sna.ORDER for i in ("a", "b")]
+    merged, replaced = sna.merge_rows(old, new)
+    n = len(sna.ORDER) * 2
+    assert replaced == n and len(merged) == 2 * n
+    path = tmp_path / "sna.csv"
+    sna.write_rows(path, merged)
+    back = sna.read_rows(path)
+    assert {float(r["psnr"]) for r in back if float(r["sigma"]) == 50.0} == {20.0}
+    assert {float(r["psnr"]) for r in back if float(r["sigma"]) == 100.0} == {30.0}
+    table = sna.table(back)
+    assert "| 50 | " in table and "| 100 | " in table and "**" in table
+    # Rows written by the earlier sna.py (fewer columns, booleans as text) still merge.
+    legacy = [{"method": "ILO", "sna": "True", "sigma": "50.0", "id": "a", "psnr": "1", "true_mse": "1"}]
+    merged, replaced = sna.merge_rows(legacy, [_sna_row(50.0, "ILO", True, "a")])
+    assert replaced == 1 and len(merged) == 1
+
+
+def test_sna_table_flags_mixed_configs_and_images():
+    rows = [_sna_row(50.0, m, on, "a") for m, on in sna.ORDER]
+    rows[0] = _sna_row(50.0, "CSGM", False, "b", config="other@2")
+    table = sna.table(rows)
+    assert "different images" in table and "2 configs" in table
+
+
+# ------------------------------------------------------------------------------- tuning
+tune = _load("tune")
+
+
+def test_tune_refuses_the_evaluation_faces(tmp_path):
+    ev = tmp_path / "shared" / "faces" / "64"
+    _face(ev)
+    with pytest.raises(ValueError, match="evaluation folder"):
+        tune.check_tuning_folder(ev, eval_folders=[ev])
+    with pytest.raises(ValueError, match="evaluation folder"):  # by its name, wherever it is
+        tune.check_tuning_folder(ev, eval_folders=[])
+    copy = tmp_path / "mine"
+    copy.mkdir()
+    (copy / "x.png").write_bytes((ev / "synthetic.png").read_bytes())
+    with pytest.raises(ValueError, match="copy of the evaluation image"):
+        tune.check_tuning_folder(copy, eval_folders=[ev])
+    other = _face(tmp_path / "tune_faces")
+    (other / "synthetic.png").write_bytes(b"not the same bytes")
+    tune.check_tuning_folder(other, eval_folders=[ev])  # a disjoint folder is accepted
+    with pytest.raises(ValueError, match="evaluation folder"):  # the shipped ones are refused by default
+        tune.main(["--images", str(ROOT.parent / "shared" / "benchmark" / "faces" / "64"), "--out", str(tmp_path)])
+
+
+def test_tune_candidates_keep_the_total_steps_and_the_config_structure():
+    cfg = quality.load_task_config("denoising", ROOT / "configs")
+    cands = tune.candidates() + tune.split_candidates(tune.candidates()[0])
+    assert len(cands) == len(set(cands)) == 8
+    for cand in cands:
+        stages = tune.candidate_stages(cfg.stages, cand)
+        assert sum(s.steps for s in stages) == tune.TOTAL_STEPS
+        assert stages[0].steps == cand.csgm_steps and stages[0].lr == tune.CSGM_LR
+        assert [s.split for s in stages] == [s.split for s in cfg.stages]
+        assert [s.sna for s in stages] == [s.sna for s in cfg.stages]  # SNA stays where the config has it
+        assert [s.radius["state"] for s in stages[1:]] == [r * cand.radius_scale for r in tune.BASE_RADII]
+        assert all(s.lr == cand.ilo_lr for s in stages[1:])
+
+
+def test_tune_smoke_run_writes_rows_resumes_and_ranks(tmp_path, monkeypatch):
+    images = _face(tmp_path / "tune_faces")
+    out = tmp_path / "out" / "tuning.csv"
+    grid = {"csgm_steps": (200,), "ilo_lr": (0.01, 0.03), "radius_scale": (1.0,), "split_steps": (300,)}
+    tune.tune(images, out, ["inpainting_box"], grid, steps_scale=0.01)
+    rows = tune.read_rows(out)
+    assert sorted(r["candidate"] for r in rows)[:2] == ["z200_lr0.01_r1", "z200_lr0.03_r1"]
+    assert len(rows) == 3 and all(r["image"] == "synthetic" for r in rows)
+    phase2 = [r for r in rows if r["csgm_steps"] == "3"]  # 300 x 0.01
+    assert len(phase2) == 1
+    tune.tune(images, out, ["inpainting_box"], grid, steps_scale=0.01)  # resumes: nothing new
+    assert len(tune.read_rows(out)) == 3
+    text = tune.report(tune.read_rows(out))
+    assert "### inpainting_box" in text and text.count("**") == 2
+
+
+def test_summary_table_is_the_readme_table_from_the_csv_rows():
+    def row(task, level, method, mse, pasted="", protocol="primary"):
+        return {"task": task, "level": level, "method": method, "protocol": protocol, "true_mse": str(mse),
+                "true_mse_pasted": str(pasted), "image": "a"}
+
+    rows = [
+        row("inpainting_random", "0.1", "csgm", 0.06), row("inpainting_random", "0.1", "ilo", 0.04, 0.035),
+        row("inpainting_random", "0.1", "biharmonic", 0.028, 0.028, "baseline"),
+        row("inpainting_random", "1", "csgm", 0.05), row("inpainting_random", "1", "ilo", 0.004, 0.0),
+        row("inpainting_random", "1", "biharmonic", 0.0, 0.0, "baseline"),
+        row("denoising", "100", "csgm", 0.05), row("denoising", "100", "ilo", 0.02),
+        row("denoising", "100", "bm3d", 0.03, "", "baseline"),
+    ]
+    text = quality.summary_table(rows)
+    lines = text.strip().splitlines()
+    assert len(lines) == 4  # header, rule, 10% inpainting, sigma 100 (100% observed is left out)
+    assert lines[2] == ("| inpainting, 10% observed | 0.0600 | 0.0400 | 0.67 (target 0.5 missed) | biharmonic 0.0280 "
+                        "| **classical wins** (0.80x) |")
+    assert lines[3] == "| denoising, sigma 100 | 0.0500 | 0.0200 | 0.40 | BM3D 0.0300 | ILO wins (BM3D 1.50x) |"

@@ -39,7 +39,11 @@ def test_schedule_rows_run_the_shipped_config():
     assert [s.split for s in stages] == [s["split"] for s in model["stages"]]
     assert [s.steps for s in stages] == [max(4, int(s["steps"] * 0.1)) for s in model["stages"]]
     assert [s.radius for s in stages] == [s.get("radius", {}) for s in model["stages"]]
-    assert kw == {"sphere": model["sphere"]}
+    # Every module option of the config reaches the timed solves (read by the CLI's parser).
+    for key, value in model.items():
+        if key not in ("generator", "stages"):
+            assert kw[key] == value, key
+    assert "generator" not in kw and "stages" not in kw and kw["selection"] in ("best", "last")
 
 
 def test_bare_lightning_and_ilo_steps_are_timed_with_interleaved_floor_steps():

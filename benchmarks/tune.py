@@ -1,0 +1,396 @@
+#!/usr/bin/env python
+"""Tune the DCGAN task configs' stage schedules on the tuning faces (never on the evaluation faces).
+
+For each task of ``benchmarks/quality.py`` (at the grid point its config
+solves: 10% random pixels, the mouth box, sigma 50, 4x, m/n 10%), every
+candidate schedule of a small grid solves all tuning images as one problem
+batch (each problem is solved as if alone: the loss is summed over the batch)
+and is scored by the mean true MSE over the images ([-1, 1] scale, the
+benchmark's metric). Every candidate spends :data:`TOTAL_STEPS` steps per
+problem: some on CSGM (stage 0, on ``z``), the rest split equally over the ILO
+stages (splits 1-4). The grid (:data:`GRID`) has two phases, 8 solves per task:
+
+1. 200 CSGM steps, crossing the ILO stages' learning rate (0.01, 0.03) with a
+   scale (0.5, 1, 2) of their l1 radii :data:`BASE_RADII`;
+2. phase 1's best learning rate and radius scale with 100 and 300 CSGM steps.
+
+The best candidate of both phases (lowest mean true MSE) is the task's pick.
+
+Stage 0's learning rate is :data:`CSGM_LR`. Everything else comes from the
+task's config, read by the command line's parser (the stages' splits, free
+groups and per-stage SNA, and every module option: ``sna``, ``sphere``,
+``selection``, ...), and the problems are those its data module makes for the
+folder with ``--seed``. The grid is absolute (it does not scale the config's
+current values), so re-running after the configs took the tuned values
+reproduces the same rows.
+
+Rows (one per task, candidate and image) are appended to
+``benchmarks/results/tuning.csv``; rows already there are skipped, so a
+killed run resumes. A per-task ranking goes to ``tuning_table.md`` beside it.
+The evaluation folders (``faces/64``, ``faces/original`` of
+``../shared/benchmark``) and any folder holding one of their files are refused.
+
+    python benchmarks/tune.py --threads 1                           # ../shared/benchmark/faces/tune
+    python benchmarks/tune.py --tasks denoising --threads 1         # one task
+    python benchmarks/tune.py --report-only                         # the ranking from the CSV
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+# benchmarks/ is a folder of scripts: run as ``python benchmarks/tune.py`` this file's folder
+# is on sys.path, so the quality benchmark's helpers import as a module.
+import quality
+from ilo_pl.config import build_from_config, config_fingerprint
+from ilo_pl.metrics import image_metrics
+from ilo_pl.stages import Stage
+
+log = logging.getLogger("tune")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "benchmark" / "faces"
+#: The tuning faces (see ../shared/benchmark/README.md).
+TUNE_IMAGES = SHARED / "tune"
+#: Evaluation folders: never tuned on.
+EVAL_FOLDERS = (SHARED / "64", SHARED / "original")
+
+#: Steps per problem of every candidate (as in the shipped schedules).
+TOTAL_STEPS = 400
+#: Stage 0's (CSGM on ``z``) learning rate.
+CSGM_LR = 0.1
+#: l1 radii of the ILO stages at splits 1, 2, 3, 4 at radius scale 1.
+BASE_RADII = (500.0, 300.0, 300.0, 300.0)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One schedule of the grid."""
+
+    csgm_steps: int
+    ilo_lr: float
+    radius_scale: float
+
+    @property
+    def name(self) -> str:
+        return f"z{self.csgm_steps}_lr{self.ilo_lr:g}_r{self.radius_scale:g}"
+
+
+#: Phase 1 of the grid: CSGM steps (the rest split equally over the ILO stages) x ILO lr x radius
+#: scale; phase 2 (``split_steps``): the best (lr, radius scale) of phase 1 with other CSGM steps.
+GRID: Dict[str, Tuple[Any, ...]] = {
+    "csgm_steps": (200,),
+    "ilo_lr": (0.01, 0.03),
+    "radius_scale": (0.5, 1.0, 2.0),
+    "split_steps": (100, 300),
+}
+#: A tiny grid for smoke runs (``--grid smoke``).
+SMOKE_GRID: Dict[str, Tuple[Any, ...]] = {
+    "csgm_steps": (200,), "ilo_lr": (0.01, 0.03), "radius_scale": (1.0,), "split_steps": (300,),
+}
+
+COLUMNS = ["task", "level", "candidate", "csgm_steps", "ilo_steps", "csgm_lr", "ilo_lr", "radius_scale", "radii",
+           "image", "seed", "true_mse", "psnr", "ssim", "measurement_loss", "seconds", "steps_scale", "images",
+           "config"]
+
+
+def candidates(grid: Dict[str, Tuple[Any, ...]] = GRID) -> List[Candidate]:
+    """Phase 1: every combination of ``csgm_steps`` x ``ilo_lr`` x ``radius_scale``, in a fixed order."""
+    return [Candidate(int(z), float(lr), float(r))
+            for z, lr, r in itertools.product(grid["csgm_steps"], grid["ilo_lr"], grid["radius_scale"])]
+
+
+def split_candidates(best: Candidate, grid: Dict[str, Tuple[Any, ...]] = GRID) -> List[Candidate]:
+    """Phase 2: ``best``'s learning rate and radius scale with each of the grid's ``split_steps``."""
+    return [Candidate(int(z), best.ilo_lr, best.radius_scale) for z in grid.get("split_steps", ())
+            if int(z) != best.csgm_steps]
+
+
+def candidate_stages(config_stages: Sequence[Stage], cand: Candidate, total: int = TOTAL_STEPS,
+                     steps_scale: float = 1.0) -> List[Stage]:
+    """The config's stages with the candidate's steps, learning rates and radii.
+
+    Stage 0 (split 0) gets ``cand.csgm_steps`` steps at :data:`CSGM_LR`; the
+    later stages share the remaining steps equally, with ``cand.ilo_lr`` and
+    :data:`BASE_RADII` (one per ILO stage) times ``cand.radius_scale`` on the
+    groups the config constrains. Other stage fields (``free``, ``sna``, loss
+    weights) are the config's.
+
+    Raises:
+        ValueError: if the config's schedule does not fit the grid (not one split-0
+            stage and as many later stages as :data:`BASE_RADII`), or the steps do not split evenly.
+    """
+    first, rest = config_stages[0], list(config_stages[1:])
+    if first.split != 0 or len(rest) != len(BASE_RADII) or any(s.split == 0 for s in rest):
+        raise ValueError(f"the tuning grid expects one split-0 stage and {len(BASE_RADII)} later stages; "
+                         f"the config has splits {[s.split for s in config_stages]}")
+    left = total - cand.csgm_steps
+    if left <= 0 or left % len(rest):
+        raise ValueError(f"{total} - {cand.csgm_steps} CSGM steps do not split evenly over {len(rest)} ILO stages")
+    each = left // len(rest)
+
+    def scaled(n: int) -> int:
+        return max(1, int(round(n * steps_scale)))
+
+    out = [dataclasses.replace(first, steps=scaled(cand.csgm_steps), lr=CSGM_LR, free=list(first.free),
+                               radius=dict(first.radius))]
+    for st, base in zip(rest, BASE_RADII):
+        groups = list(st.radius) or ["state"]
+        out.append(dataclasses.replace(st, steps=scaled(each), lr=cand.ilo_lr, free=list(st.free),
+                                       radius={g: base * cand.radius_scale for g in groups}))
+    return out
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the repository root when it is beside it (``../shared/...``), else absolute."""
+    here = Path(path).resolve()
+    try:
+        return os.path.relpath(here, ROOT) if here.is_relative_to(ROOT.parent) else str(here)
+    except ValueError:  # another drive
+        return str(here)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_tuning_folder(images: Path, eval_folders: Iterable[Path] = EVAL_FOLDERS) -> None:
+    """Refuse to tune on the evaluation faces.
+
+    Refused: an evaluation folder itself (or a folder inside one), any folder
+    named ``faces/64`` or ``faces/original``, and any folder holding a file
+    whose bytes equal a file of an evaluation folder (a copy).
+
+    Raises:
+        ValueError: naming the reason.
+        FileNotFoundError: if ``images`` is not a folder.
+    """
+    images = Path(images)
+    if not images.is_dir():
+        raise FileNotFoundError(f"tuning folder {images} does not exist")
+    here = images.resolve()
+    if here.parent.name == "faces" and here.name in ("64", "original"):
+        raise ValueError(f"{images} is an evaluation folder (faces/{here.name}); tune on faces/tune only")
+    eval_digests: Dict[str, Path] = {}
+    for folder in eval_folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        ev = folder.resolve()
+        if here == ev or ev in here.parents:
+            raise ValueError(f"{images} is the evaluation folder {folder}; tune on faces/tune only")
+        for f in ev.iterdir():
+            if f.is_file():
+                eval_digests[_digest(f)] = f
+    for f in sorted(here.iterdir()):
+        if f.is_file():
+            hit = eval_digests.get(_digest(f))
+            if hit is not None:
+                raise ValueError(f"{f} is a copy of the evaluation image {hit}; tune on faces/tune only")
+
+
+def structure_fingerprint(config: Dict[str, Any], level_key: str) -> str:
+    """The config's fingerprint without what the grid sets (stage steps, lr, radius) or the benchmark sets."""
+    cfg = json.loads(json.dumps(config, default=str))
+    for st in (cfg.get("model") or {}).get("stages") or []:
+        for k in ("steps", "lr", "radius"):
+            st.pop(k, None)
+    exclude = list(quality._FINGERPRINT_EXCLUDE) + [f"data.operator.init_args.{level_key}"]
+    return config_fingerprint(cfg, exclude=exclude)
+
+
+def read_rows(path: Path) -> List[Dict[str, str]]:
+    """The rows of a tuning CSV (``[]`` if it does not exist)."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else str(v)
+
+
+def append_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
+    """Append ``rows`` to the CSV (header first if it is new); earlier rows are never rewritten.
+
+    Raises:
+        ValueError: if the CSV has other columns.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = read_rows(path)
+    if old and list(old[0].keys()) != COLUMNS:
+        raise ValueError(f"{path} has other columns than tune.py writes; move it away or pass --csv")
+    new = not path.is_file() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
+
+
+@dataclass
+class Score:
+    """Mean metrics of one (task, candidate) over its images."""
+
+    task: str
+    level: str
+    candidate: str
+    n: int
+    true_mse: float
+    sem: float
+    psnr: float
+    config: str
+
+
+def scores(rows: Sequence[Dict[str, str]]) -> Dict[Tuple[str, str, str, str], List[Score]]:
+    """Per (task, config, image folder, steps scale), the candidates' mean scores, best (lowest mean true MSE) first."""
+    groups: Dict[Tuple[str, str, str, str, str, str], List[Dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["config"], r["images"], r["steps_scale"], r["level"], r["candidate"]),
+                          []).append(r)
+    out: Dict[Tuple[str, str, str, str], List[Score]] = {}
+    for (task, cfg, images, scale, level, cand), rs in groups.items():
+        v = [float(r["true_mse"]) for r in rs]
+        n = len(v)
+        mean = sum(v) / n
+        sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else 0.0
+        out.setdefault((task, cfg, images, scale), []).append(
+            Score(task, level, cand, n, mean, sd / math.sqrt(n), sum(float(r["psnr"]) for r in rs) / n, cfg))
+    for key in out:
+        out[key].sort(key=lambda s: s.true_mse)
+    order = list(quality.TASKS)
+    return dict(sorted(out.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else 99, kv[0])))
+
+
+def report(rows: Sequence[Dict[str, str]]) -> str:
+    """Markdown: per task, every candidate's mean true MSE (± standard error) and PSNR, best first."""
+    lines = ["Tuning grid of `benchmarks/tune.py`: mean true MSE ([-1, 1] scale, ± standard error over images) "
+             "and mean PSNR (dB) per candidate, best first. Candidates are `z<CSGM steps>_lr<ILO lr>_r<radius "
+             f"scale>`: {TOTAL_STEPS} steps per problem in all, CSGM lr {CSGM_LR:g}, the rest split equally over "
+             f"the ILO stages (splits 1-4) with l1 radii {'/'.join(f'{r:g}' for r in BASE_RADII)} x the scale.", ""]
+    for (task, cfg, images, scale), ss in scores(rows).items():
+        extra = "" if float(scale) == 1.0 else f", steps x{scale}"
+        lines += [f"### {task} ({ss[0].level}; {cfg}; {ss[0].n} images of {images}{extra})", "",
+                  "| candidate | true MSE | PSNR | images |", "|---|---|---|---|"]
+        for i, s in enumerate(ss):
+            name = f"**{s.candidate}**" if i == 0 else s.candidate
+            lines.append(f"| {name} | {s.true_mse:.5f} ± {s.sem:.5f} | {s.psnr:.2f} | {s.n} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def tune(images: Path, out_csv: Path, tasks: Sequence[str], grid: Dict[str, Tuple[Any, ...]] = GRID,
+         config_dir: Path = ROOT / "configs", seed: int = 0, limit: Optional[int] = None,
+         steps_scale: float = 1.0) -> Path:
+    """Run every (task, candidate) not yet in ``out_csv``; returns the CSV path.
+
+    Raises:
+        ValueError: for an evaluation folder (:func:`check_tuning_folder`), or a config the grid does not fit.
+    """
+    check_tuning_folder(images)
+    where = display_path(images)
+    for task in tasks:
+        cfg = quality.load_task_config(task, config_dir)
+        built = build_from_config([cfg.path])
+        label = f"{cfg.path.name}@{structure_fingerprint(built.config, cfg.level_key)}"
+        level = cfg.config_level
+        gen = built.module.generator
+        batch = quality.make_problems(cfg, level, images, gen, seed, limit)
+        means: Dict[Candidate, float] = {}
+        phase1 = candidates(grid)
+        for phase in (1, 2):
+            cands = phase1 if phase == 1 else split_candidates(min(phase1, key=means.__getitem__), grid)
+            for cand in cands:
+                rows = [r for r in read_rows(out_csv)
+                        if (r["task"], r["candidate"], r["config"], r["images"], r["steps_scale"])
+                        == (task, cand.name, label, where, _fmt(steps_scale))]
+                if {r["image"] for r in rows} >= set(batch.ids):
+                    rows = [r for r in rows if r["image"] in set(batch.ids)]
+                    means[cand] = sum(float(r["true_mse"]) for r in rows) / len(rows)
+                    continue
+                stages = candidate_stages(cfg.stages, cand, steps_scale=steps_scale)
+                images_out, secs = quality.solve_batch(gen, batch, stages, cfg.module_kwargs, cfg.trainer_kwargs)
+                m = image_metrics(images_out.float(), batch.target.float())
+                with torch.no_grad():
+                    ml = batch.operator.measurement_error(batch.operator.A(images_out.float()),
+                                                          batch.observation).float()
+                rows = [dict(
+                    task=task, level=quality.level_label(task, level), candidate=cand.name,
+                    csgm_steps=stages[0].steps, ilo_steps=stages[1].steps, csgm_lr=CSGM_LR, ilo_lr=cand.ilo_lr,
+                    radius_scale=cand.radius_scale,
+                    radii="/".join(f"{v:g}" for st in stages[1:] for v in st.radius.values()),
+                    image=pid, seed=batch.seeds[b], true_mse=float(m["true_mse"][b]), psnr=float(m["psnr"][b]),
+                    ssim=float(m["ssim"][b]), measurement_loss=float(ml[b]), seconds=round(secs, 2),
+                    steps_scale=steps_scale, images=where, config=label,
+                ) for b, pid in enumerate(batch.ids)]
+                append_rows(out_csv, rows)
+                means[cand] = float(m["true_mse"].mean())
+                log.info("%s phase %d %-18s %6.1fs  mean true MSE %.5f over %d images", task, phase, cand.name,
+                         secs, means[cand], len(batch.ids))
+        best = min(means, key=means.__getitem__)
+        log.info("%s: best %s (mean true MSE %.5f)", task, best.name, means[best])
+    return Path(out_csv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry point (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=Path, default=TUNE_IMAGES, help="tuning images (default faces/tune)")
+    p.add_argument("--tasks", nargs="+", default=["all"], help="tasks (as quality.py's --tasks; default all)")
+    p.add_argument("--grid", choices=("full", "smoke"), default="full", help="the grid (smoke: 2 candidates)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
+    p.add_argument("--csv", default="tuning.csv", help="CSV file name inside --out")
+    p.add_argument("--configs", type=Path, default=ROOT / "configs", help="folder of the task configs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's steps (smoke runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the ranking from the CSV")
+    ns = p.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+    out_csv = ns.out / ns.csv
+    if (ns.steps_scale != 1.0 or ns.grid == "smoke" or ns.limit) and out_csv == p.get_default("out") / "tuning.csv":
+        p.error("--steps-scale, --grid smoke and --limit are for smoke runs: pass --out elsewhere")
+    if not ns.report_only:
+        grid = SMOKE_GRID if ns.grid == "smoke" else GRID
+        t0 = time.perf_counter()
+        tune(ns.images, out_csv, quality.expand_tasks(ns.tasks), grid, ns.configs, ns.seed, ns.limit, ns.steps_scale)
+        log.info("done in %.1f min", (time.perf_counter() - t0) / 60)
+    rows = read_rows(out_csv)
+    if not rows:
+        raise SystemExit(f"no tuning rows in {out_csv}")
+    text = report(rows)
+    table = out_csv.with_name(out_csv.stem + "_table.md")
+    table.write_text(text + "\n")
+    print(text)
+    log.info("wrote %s", table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
