@@ -921,6 +921,25 @@ def write_report(csv_path: Path, out: Path) -> List[Path]:
 
 
 # ------------------------------------------------------------------------------- cli
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the repository root when it is beside it (``../shared/...``), else absolute."""
+    here = Path(path).resolve()
+    try:
+        return os.path.relpath(here, _ROOT) if here.is_relative_to(_ROOT.parent) else str(here)
+    except ValueError:  # another drive
+        return str(here)
+
+
+def quiet_run_setup(threads: Optional[int]) -> None:
+    """Log to stderr with times, silence Lightning's chatter and set torch's CPU threads."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -945,11 +964,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-report", action="store_true", help="do not rebuild the report after the run")
     ns = p.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if ns.threads:
-        torch.set_num_threads(ns.threads)
+    quiet_run_setup(ns.threads)
     methods = tuple(ns.methods) if ns.methods else (QUICK_METHODS if ns.quick else METHODS)
     settings = BenchmarkSettings(
         images=ns.images if ns.images is not None else Path("."),

@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+import quality  # benchmarks/ is on sys.path when run as a script
 from ilo_pl.api import solve
 from ilo_pl.config import build_from_config
 from ilo_pl.metrics import image_metrics
@@ -126,14 +127,6 @@ def table(rows: Sequence[Dict[str, str]]) -> str:
     return "\n".join(lines) + f"\n\nMean PSNR in dB (true MSE on the [-1, 1] scale) over {n} images.\n"
 
 
-def display_path(path: Path) -> str:
-    """``path`` relative to the repository root when it is beside it (``../shared/...``), else absolute."""
-    here = Path(path).resolve()
-    try:
-        return os.path.relpath(here, ROOT) if here.is_relative_to(ROOT.parent) else str(here)
-    except ValueError:  # another drive
-        return str(here)
-
 
 def plans(built: Any) -> List[Tuple[str, bool, List[Stage], Dict[str, Any]]]:
     """``(method, sna, stages, module kwargs)`` of the solves of one config, in :data:`ORDER`."""
@@ -181,7 +174,7 @@ def run_sigma(config: Path, images: Path, sigma: float, seed: int, limit: Option
             rows.append({"sigma": float(sigma), "method": method, "sna": sna, "id": pid,
                          "psnr": float(m["psnr"][b]), "true_mse": float(m["true_mse"][b]),
                          "measurement_loss": float(res.measurement_loss[b]), "steps": sum(s.steps for s in stages),
-                         "seconds": round(dt, 2), "seed": batch.seeds[b], "images": display_path(images),
+                         "seconds": round(dt, 2), "seed": batch.seeds[b], "images": quality.display_path(images),
                          "config": label})
         print(f"{method:<6} {'on' if sna else 'off':<4} {m['psnr'].mean():8.2f} {m['true_mse'].mean():9.4f} {dt:8.1f}",
               flush=True)

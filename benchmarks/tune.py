@@ -45,7 +45,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,14 +153,6 @@ def candidate_stages(config_stages: Sequence[Stage], cand: Candidate, total: int
                                        radius={g: base * cand.radius_scale for g in groups}))
     return out
 
-
-def display_path(path: Path) -> str:
-    """``path`` relative to the repository root when it is beside it (``../shared/...``), else absolute."""
-    here = Path(path).resolve()
-    try:
-        return os.path.relpath(here, ROOT) if here.is_relative_to(ROOT.parent) else str(here)
-    except ValueError:  # another drive
-        return str(here)
 
 
 def _digest(path: Path) -> str:
@@ -307,7 +298,7 @@ def tune(images: Path, out_csv: Path, tasks: Sequence[str], grid: Dict[str, Tupl
         ValueError: for an evaluation folder (:func:`check_tuning_folder`), or a config the grid does not fit.
     """
     check_tuning_folder(images)
-    where = display_path(images)
+    where = quality.display_path(images)
     for task in tasks:
         cfg = quality.load_task_config(task, config_dir)
         built = build_from_config([cfg.path])
@@ -368,11 +359,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--report-only", action="store_true", help="only rebuild the ranking from the CSV")
     ns = p.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if ns.threads:
-        torch.set_num_threads(ns.threads)
+    quality.quiet_run_setup(ns.threads)
     out_csv = ns.out / ns.csv
     if (ns.steps_scale != 1.0 or ns.grid == "smoke" or ns.limit) and out_csv == p.get_default("out") / "tuning.csv":
         p.error("--steps-scale, --grid smoke and --limit are for smoke runs: pass --out elsewhere")
