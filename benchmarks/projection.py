@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/projection.py [--quick] [--csv out.csv] [--repeats N]
+    python -m benchmarks.projection [--quick] [--csv out.csv] [--repeats N]
 
 Prints, for each device (CPU, and CUDA when available), tensor size per sample,
 batch size and radius, the median time of each method over the repeats (ms; the methods alternate
@@ -11,10 +11,11 @@ repeat by repeat so that all see the same machine load): sort-based, ilo-pl's
 as the engine calls it every step (an ``L1Workspace`` carried across calls,
 after a small random step of the variable, whose add is timed too),
 the speed-up measured in the same run, and the largest deviation between the
-two results relative to the largest entry. On the CPU the in-place call runs
-the compiled kernel (:mod:`ilo_pl.ops._cpu`); ``native_warm_ms`` times the
-same call on the pure-PyTorch path (what runs where the kernel cannot be
-built, and on GPUs), and ``kernel_vs_native`` is their ratio. PyTorch's default thread count is
+two results relative to the largest entry. On the CPU the in-place call
+(``impl="auto"``) runs the compiled kernel (:mod:`ilo_pl.ops._cpu`);
+``native_warm_ms`` times the same call with ``impl="newton"``, the pure-PyTorch
+path (what runs where the kernel cannot be built), and ``kernel_vs_native`` is
+their ratio. PyTorch's default thread count is
 used (not changed here). On an oversubscribed CPU (more busy processes than
 cores), OpenMP's default spin-waiting makes every parallel op stall; run with
 ``OMP_WAIT_POLICY=passive`` there (see docs/projections.md).
@@ -22,23 +23,22 @@ cores), OpenMP's default spin-waiting makes every parallel op stall; run with
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: as ``python -m benchmarks.projection`` (see _script.py)
+    import _script
+
+    _script.run_as_module(__file__)
+
 import argparse
-import contextlib
 import csv
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, List
 
 import torch
 
-try:
-    from ilo_pl.projections import L1Workspace, project_l1_ball, project_l1_ball_, project_l1_ball_sort
-except ImportError:  # running from a checkout without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from ilo_pl.projections import L1Workspace, project_l1_ball, project_l1_ball_, project_l1_ball_sort
+from ilo_pl.projections import L1Workspace, project_l1_ball, project_l1_ball_, project_l1_ball_sort
 
 SIZES = [8 << 10, 32 << 10, 64 << 10, 128 << 10, 512 << 10, 2 << 20]
 QUICK_SIZES = [8 << 10, 64 << 10, 512 << 10]
@@ -63,19 +63,6 @@ def _time_pair_ms(
                 torch.cuda.synchronize(device)
             acc.append((time.perf_counter() - t0) * 1e3)
     return [statistics.median(t) for t in times]
-
-
-@contextlib.contextmanager
-def _native_path() -> Iterator[None]:
-    """Route :func:`project_l1_ball_` to its pure-PyTorch path (no compiled CPU kernel) inside the block."""
-    import ilo_pl.projections as projections
-
-    saved = projections._use_cpu_kernel
-    projections._use_cpu_kernel = lambda param: False
-    try:
-        yield
-    finally:
-        projections._use_cpu_kernel = saved
 
 
 #: The header of the printed table (``run`` prints one line per configuration under it).
@@ -113,10 +100,9 @@ def run(sizes: List[int], repeats: int, devices: List[torch.device]) -> List[Dic
 
                     param_n, ws_n = param.clone(), L1Workspace()
 
-                    def native_warm() -> None:
+                    def native_warm() -> None:  # the pure-PyTorch search (no compiled kernel)
                         param_n.add_(step)
-                        with _native_path():
-                            project_l1_ball_(param_n, anchor, r, ws_n)
+                        project_l1_ball_(param_n, anchor, r, ws_n, impl="newton")
 
                     param_r, ws_r = param.clone(), L1Workspace(host_reads=False)
 

@@ -10,17 +10,32 @@ All functions are batched over the leading dim (one constraint per sample)
 with no Python loop over samples, run on the device of their input, and
 compute in float32 or float64 whatever the autocast state (projections are
 precision-sensitive).
+
+The l1 projections take ``impl``, the algorithm that finds the threshold
+(:data:`L1_IMPLS`): ``"sort"`` (Duchi et al.'s sort, the specification),
+``"newton"`` (Michelot's exact search in PyTorch), ``"kernel"`` (the compiled
+CPU kernel, :mod:`ilo_pl.ops._cpu`) or ``"auto"`` (the default; see
+:func:`l1_impl_for`). An explicit ``impl`` that cannot run on its input
+raises; only ``"auto"`` falls back. ``ILO_PL_OPS=native`` changes only what
+``"auto"`` picks (never the kernel).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ilo_pl.ops._cpu import build_error, l1_projection_kernel
+from ilo_pl.ops._cuda import check_impl, native_only
+from ilo_pl.policy import work_dtype
+
 Radius = Union[float, Tensor]
+
+#: The values of the l1 projections' ``impl`` argument.
+L1_IMPLS = ("auto", "kernel", "newton", "sort")
 
 #: Newton (Michelot) iterations before the exact sort-based fallback on the
 #: remaining candidates. Observed counts are 2-9 (see docs/projections.md);
@@ -60,11 +75,6 @@ def _as_radius(radius: Radius, batch: int, like: Tensor) -> Tensor:
     return r
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Half precision is too coarse for the threshold search: compute in float32.
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _theta_sort(u: Tensor, r: Tensor) -> Tensor:
     """Duchi et al.'s threshold for rows of ``u >= 0`` with ``||u_b||_1 > r_b`` (``O(n log n)``)."""
     n = u.shape[1]
@@ -92,8 +102,10 @@ def project_l1_ball_sort(v: Tensor, radius: Radius) -> Tensor:
         The projected ``[B, n]`` tensor (a new tensor).
     """
     _check_rows(v, "project_l1_ball_sort")
-    b, _ = v.shape
+    b, n = v.shape
     r = _as_radius(radius, b, v)
+    if n == 0:  # empty rows are inside every ball (and have no entry to sort)
+        return v.clone()
     u = v.abs()
     inside = u.sum(1) <= r
     theta = _theta_sort(u, torch.where(inside, torch.zeros_like(r), r))
@@ -236,15 +248,28 @@ def _rows_outside(norm1: Tensor, r: Tensor) -> Tuple[Tensor, bool, bool, bool]:
     return outside, bool(any_outside), bool(all_outside), bool(any_zero)
 
 
-def _project_rows(v: Tensor, r: Tensor) -> Tuple[Tensor, Tensor]:
-    """Projection of ``v`` ([B, n], work dtype) and the ``[B]`` mask of rows that were outside."""
+def _sort_threshold(u: Tensor, r: Tensor, todo: Tensor) -> Tensor:
+    """Duchi et al.'s threshold of the ``todo`` rows of ``u >= 0``; 0 on the others (the ``"sort"`` impl)."""
+    zero = torch.zeros((), dtype=u.dtype, device=u.device)
+    # Rows not to solve get radius 0 (a valid, discarded problem), so one sort serves the batch.
+    return torch.where(todo, _theta_sort(u, torch.where(todo, r, zero)), zero)
+
+
+def _project_rows(v: Tensor, r: Tensor, impl: str = "newton") -> Tuple[Tensor, Tensor]:
+    """Projection of ``v`` ([B, n], work dtype) and the ``[B]`` mask of rows that were outside.
+
+    ``impl`` (``"newton"`` or ``"sort"``) only picks how the threshold is found.
+    """
     u = v.abs()
     norm1 = u.sum(1)
     outside, any_outside, _, _ = _rows_outside(norm1.detach(), r.detach())
     if not any_outside:  # early out: all rows inside (callers copy if needed)
         return v, outside
     todo = outside & (r > 0)
-    theta = _l1_threshold(u.detach(), r.detach(), todo, norm1.detach())
+    if impl == "sort":
+        theta = _sort_threshold(u.detach(), r.detach(), todo)
+    else:
+        theta = _l1_threshold(u.detach(), r.detach(), todo, norm1.detach())
     # radius 0: theta = max|v| gives exact zeros.
     theta = torch.where(outside & (r == 0), u.detach().amax(1), theta)
     if v.requires_grad or r.requires_grad:
@@ -262,20 +287,26 @@ def _project_rows(v: Tensor, r: Tensor) -> Tuple[Tensor, Tensor]:
     return torch.sub(v, out, out=out), outside
 
 
-def project_l1_ball(v: Tensor, radius: Radius) -> Tensor:
+def project_l1_ball(v: Tensor, radius: Radius, impl: str = "auto") -> Tensor:
     """Project each row of ``v`` ([B, n]) onto ``{w : ||w||_1 <= radius}`` exactly.
 
-    Uses Michelot's exact threshold search (see :func:`_l1_threshold` and
-    ``docs/projections.md``): ``O(n)`` per step, typically 2-9 steps, each
-    vectorised over the batch; many times faster than the sort-based
-    :func:`project_l1_ball_sort` and equal to it up to float rounding. Rows
-    already inside are returned unchanged (bit-identical); a radius of ``inf``
-    is no constraint and ``0`` projects to the origin. Differentiable almost
-    everywhere in ``v`` and ``radius``.
+    By default uses Michelot's exact threshold search (see
+    :func:`_l1_threshold` and ``docs/projections.md``): ``O(n)`` per step,
+    typically 2-9 steps, each vectorised over the batch; many times faster
+    than the sort-based :func:`project_l1_ball_sort` and equal to it up to
+    float rounding. Rows already inside are returned unchanged
+    (bit-identical); a radius of ``inf`` is no constraint and ``0`` projects
+    to the origin. Differentiable almost everywhere in ``v`` and ``radius``
+    (``impl="kernel"`` excepted).
 
     Args:
         v: ``[B, n]`` float tensor (half precision is computed in float32).
         radius: a scalar or a ``[B]`` tensor of radii (``>= 0``).
+        impl: how the threshold is found: ``"newton"`` (Michelot's search),
+            ``"sort"`` (Duchi et al.'s sort, the specification, in the same
+            dtype and with the same checks), ``"kernel"`` (the compiled CPU
+            kernel of :func:`project_l1_ball_`, applied to a copy around a
+            zero anchor; CPU tensors, no autograd) or ``"auto"`` (``"newton"``).
 
     Returns:
         The projected ``[B, n]`` tensor (always a new tensor, ``v``'s dtype).
@@ -283,20 +314,50 @@ def project_l1_ball(v: Tensor, radius: Radius) -> Tensor:
     Raises:
         TypeError: ``v`` is not a floating-point tensor.
         ValueError: ``v`` is not 2-D; ``radius`` has the wrong shape or is
-            negative / NaN; or a row with a finite radius holds inf/NaN.
+            negative / NaN; a row with a finite radius holds inf/NaN;
+            ``impl`` is unknown, or ``"kernel"`` with a non-CPU ``v`` or with
+            ``v`` or ``radius`` requiring grad.
+        RuntimeError: ``impl="kernel"`` and the kernel cannot be built here.
+
+    Example:
+        >>> import torch
+        >>> v = torch.tensor([[3.0, -2.0, 0.5], [0.5, -0.25, 0.0]])
+        >>> w = project_l1_ball(v, 3.0)  # row 0 is outside (l1 norm 5.5), row 1 inside
+        >>> w
+        tensor([[ 2.0000, -1.0000,  0.0000],
+                [ 0.5000, -0.2500,  0.0000]])
+        >>> w.abs().sum(1)
+        tensor([3.0000, 0.7500])
     """
     _check_rows(v, "project_l1_ball")
+    check_impl("project_l1_ball", impl, L1_IMPLS)
     b, n = v.shape
-    work = _work_dtype(v.dtype)
+    work = work_dtype(v.dtype)
     x = v.to(work)
     r = _as_radius(radius, b, x)
     if b == 0 or n == 0:
         return v.clone()
-    w, outside = _project_rows(x, r)
+    if impl == "kernel":
+        return _project_rows_kernel(v, x, r)
+    w, outside = _project_rows(x, r, "sort" if impl == "sort" else "newton")
     if w is x:  # all rows inside
         return v.clone()
     # Rows inside are exact in the work dtype, so casting back keeps them bit-identical.
     return w.to(v.dtype)
+
+
+def _project_rows_kernel(v: Tensor, x: Tensor, r: Tensor) -> Tensor:
+    """:func:`project_l1_ball` with ``impl="kernel"``: the in-place kernel on a copy, around a zero anchor."""
+    if torch.is_grad_enabled() and (v.requires_grad or r.requires_grad):
+        raise ValueError(
+            "project_l1_ball: impl='kernel' is not differentiable, and v or radius requires grad; "
+            "use impl='newton', 'sort' or 'auto', or call it under torch.no_grad()"
+        )
+    out = x.detach().clone(memory_format=torch.contiguous_format)  # x may be v itself: never write v
+    _require_kernel("project_l1_ball", out)
+    b, n = out.shape
+    _project_l1_ball_cpu_(out, torch.zeros_like(out), r.detach(), L1Workspace(), b, n)
+    return out.to(v.dtype)
 
 
 class L1Workspace:
@@ -305,23 +366,23 @@ class L1Workspace:
     Passing the same workspace to :func:`project_l1_ball_` at every optimizer
     step (as :class:`~ilo_pl.callbacks.L1BallProjection` does, one per
     constrained parameter) saves the allocation of ``[B, n]`` buffers per
-    step (one on the compiled CPU kernel's path, three on the pure-PyTorch
-    path) and starts the threshold search at the previous step's thresholds.
-    On the pure-PyTorch path that skips the strided-sample sort and about one
-    Newton step (4-5 steps remain typical: an optimizer step moves many
-    entries across the threshold); the CPU kernel packs only the entries
-    above 3/4 of the previous threshold and solves on those. It never
-    changes the result: both searches are exact from any start.
+    step (one for ``impl="kernel"``, two for ``"sort"``, three for
+    ``"newton"``) and starts the threshold search at the previous step's
+    thresholds. For ``"newton"`` that skips the strided-sample sort and about
+    one Newton step (4-5 steps remain typical: an optimizer step moves many
+    entries across the threshold); the kernel packs only the entries above
+    3/4 of the previous threshold and solves on those. It never changes the
+    result: both searches are exact from any start (``"sort"`` needs none).
 
     With ``host_reads=False`` (what :class:`~ilo_pl.callbacks.L1BallProjection`
     uses on accelerators) the projection never reads a value back to the
     host, so it does not stall the device's queue: Newton's method needs
-    host-side convergence tests (several per step), so that path computes
-    Duchi et al.'s sort-based threshold for every sample instead (exact, one
-    segmented sort; GPUs sort fast) and keeps samples inside their ball by
-    ``torch.where``. Raising on inf/NaN samples would need a read too: such a
-    sample is left as it is, and its loss turns non-finite at the next step,
-    where the engine marks it as failed.
+    host-side convergence tests (several per step), so only ``impl="sort"``
+    runs (``"auto"`` picks it): Duchi et al.'s sort-based threshold for every
+    sample (exact, one segmented sort; GPUs sort fast), samples kept inside
+    their ball by ``torch.where``. Raising on inf/NaN samples would need a
+    read too: such a sample is left as it is, and its loss turns non-finite
+    at the next step, where the engine marks it as failed.
 
     Args:
         anchor: the ball's centre this workspace serves, if any (kept only so
@@ -365,8 +426,76 @@ class L1Workspace:
         return bufs[:count]
 
 
+def _kernel_unfit(param: Tensor) -> Optional[str]:
+    """Why the compiled CPU kernel cannot take ``param``, or ``None`` if it can (its build aside)."""
+    # A device capability, not the host-read policy: the kernel is C++ over CPU memory.
+    if param.device.type != "cpu":
+        return f"it runs on CPU tensors; got a {param.device.type} tensor"
+    if param.dtype not in (torch.float32, torch.float64):
+        return f"it handles float32 and float64; got {param.dtype}"
+    if not param.is_contiguous():
+        return "it needs a contiguous tensor; got a non-contiguous view"
+    return None
+
+
+def _require_kernel(fn: str, param: Tensor) -> None:
+    """Raise unless an explicit ``impl="kernel"`` can run on ``param`` (builds the kernel if needed)."""
+    why = _kernel_unfit(param)
+    if why is not None:
+        raise ValueError(f"{fn}: impl='kernel' cannot run here: {why}; use impl='newton', 'sort' or 'auto'")
+    if l1_projection_kernel() is None:
+        raise RuntimeError(
+            f"{fn}: impl='kernel' but the CPU l1-projection kernel could not be built ({build_error()}); "
+            "install a C++ compiler and ninja, or use impl='newton', 'sort' or 'auto'"
+        )
+
+
+def l1_impl_for(param: Tensor, impl: str = "auto", host_reads: bool = True) -> str:
+    """The threshold method :func:`project_l1_ball_` runs for ``param``: ``"kernel"``, ``"newton"`` or ``"sort"``.
+
+    ``"auto"`` picks, in order: ``"sort"`` without host reads (the only
+    method that needs none); ``"kernel"`` for a contiguous float32/float64 CPU
+    tensor, unless ``ILO_PL_OPS=native`` is set or the kernel cannot be built
+    here (building it on first use); else ``"newton"``. An explicit ``impl``
+    is returned as it is once checked to run on ``param``.
+
+    Args:
+        param: the variable to project (its device, dtype and layout decide).
+        impl: one of :data:`L1_IMPLS`.
+        host_reads: whether the projection may read values on the host
+            (:attr:`L1Workspace.host_reads`).
+
+    Raises:
+        ValueError: ``impl`` is unknown, or cannot run on ``param``
+            (``"kernel"`` off the CPU or on another dtype or layout;
+            ``"kernel"`` or ``"newton"`` without host reads).
+        RuntimeError: ``impl="kernel"`` and the kernel cannot be built here.
+    """
+    check_impl("project_l1_ball_", impl, L1_IMPLS)
+    if impl == "auto":
+        if not host_reads:
+            return "sort"
+        if not native_only() and _kernel_unfit(param) is None and l1_projection_kernel() is not None:
+            return "kernel"
+        return "newton"
+    if not host_reads and impl != "sort":
+        raise ValueError(
+            f"project_l1_ball_: impl={impl!r} reads values on the host (its convergence test or "
+            "status), but the workspace has host_reads=False; use impl='sort' or 'auto'"
+        )
+    if impl == "kernel":
+        _require_kernel("project_l1_ball_", param)
+    return impl
+
+
 @torch.no_grad()
-def project_l1_ball_(param: Tensor, anchor: Tensor, radius: Radius, workspace: Optional[L1Workspace] = None) -> None:
+def project_l1_ball_(
+    param: Tensor,
+    anchor: Tensor,
+    radius: Radius,
+    workspace: Optional[L1Workspace] = None,
+    impl: str = "auto",
+) -> None:
     """In place: move each sample of ``param`` so that ``||param - anchor||_1 <= radius``.
 
     ``param`` and ``anchor`` are ``[B, ...]``; the deviation ``d = param -
@@ -375,20 +504,27 @@ def project_l1_ball_(param: Tensor, anchor: Tensor, radius: Radius, workspace: O
     with their exact threshold ``theta`` (entries with ``|d| <= theta`` land
     exactly on the anchor). Samples already inside are not written at all
     (bit-identical), so a projection that is a no-op never perturbs ``param``
-    by rounding. Costs a few passes over ``param`` per Newton step; with a
-    ``workspace`` carried from step to step, no allocation of the
-    parameter's size.
+    by rounding. With a ``workspace`` carried from step to step, no
+    allocation of the parameter's size.
 
     Args:
         param: ``[B, ...]`` floating tensor, modified in place.
         anchor: tensor of the same shape (the ball's centres).
         radius: a scalar or a ``[B]`` tensor of radii (``>= 0``).
         workspace: reusable buffers and warm start (see :class:`L1Workspace`).
+        impl: how the threshold is found (all exact; see :func:`l1_impl_for`):
+            ``"sort"`` -- Duchi et al.'s sort, the specification (the only
+            one without host reads); ``"newton"`` -- Michelot's search in
+            PyTorch, a few passes over ``param`` per step; ``"kernel"`` -- the
+            compiled CPU kernel (contiguous float32/float64 CPU tensors), one
+            call that also writes ``param``; ``"auto"`` -- the default pick.
 
     Raises:
-        ValueError: shapes differ, ``param`` has no batch dim, bad radius, or
-            a sample with a finite radius holds inf/NaN.
+        ValueError: shapes differ, ``param`` has no batch dim, bad radius, a
+            sample with a finite radius holds inf/NaN (with host reads), or
+            ``impl`` is unknown or cannot run on ``param``.
         TypeError: ``param`` is not floating point.
+        RuntimeError: ``impl="kernel"`` and the kernel cannot be built here.
     """
     if not isinstance(param, Tensor) or not isinstance(anchor, Tensor):
         raise TypeError("project_l1_ball_ expects tensors for param and anchor")
@@ -400,50 +536,47 @@ def project_l1_ball_(param: Tensor, anchor: Tensor, radius: Radius, workspace: O
         raise ValueError("project_l1_ball_ expects [B, ...] tensors; got a scalar (add a batch dim)")
     if not param.is_floating_point():
         raise TypeError(f"project_l1_ball_ expects a floating-point param; got {param.dtype}")
+    check_impl("project_l1_ball_", impl, L1_IMPLS)
     b = param.shape[0]
     n = param[0].numel() if b else 0
-    work = _work_dtype(param.dtype)
+    work = work_dtype(param.dtype)
     if b == 0 or n == 0:
         _as_radius(radius, b, torch.empty(0, dtype=work, device=param.device))  # still validated
         return
     ws = workspace if workspace is not None else L1Workspace()
-    if not ws.host_reads:
-        _project_l1_ball_no_reads_(param, anchor, ws.radius(radius, b, work, param.device), ws, b, n)
-        return
-    if _use_cpu_kernel(param):
+    impl = l1_impl_for(param, impl, ws.host_reads)
+    if impl == "kernel":
         _project_l1_ball_cpu_(param, anchor, radius, ws, b, n)
-        return
-    r = ws.radius(radius, b, work, param.device)
-    dev, u, buf = ws.buffers((b, n), work, param.device)
-    flat = param.reshape(b, n)
-    centre = anchor.reshape(b, n).to(device=param.device, dtype=work)
-    torch.sub(flat, centre, out=dev)
-    torch.abs(dev, out=u)
+    elif ws.host_reads:
+        _project_l1_ball_reads_(param, anchor, ws.radius(radius, b, work, param.device), ws, b, n, impl)
+    else:
+        _project_l1_ball_no_reads_(param, anchor, ws.radius(radius, b, work, param.device), ws, b, n)
+
+
+def _project_l1_ball_reads_(
+    param: Tensor, anchor: Tensor, r: Tensor, ws: L1Workspace, b: int, n: int, impl: str
+) -> None:
+    """:func:`project_l1_ball_` in PyTorch with host reads: ``impl`` ``"newton"`` or ``"sort"``.
+
+    One host read tells whether any sample is outside (else nothing is
+    written), whether all are (a faster write) and whether one holds inf/NaN
+    (which raises).
+    """
+    flat, centre, dev, u, *rest = _deviation(param, anchor, ws, b, n, count=3 if impl == "newton" else 2)
     norm1 = u.sum(1)
     outside, any_outside, all_outside, any_zero = _rows_outside(norm1, r)
     if not any_outside:
         return
     todo = outside & (r > 0)
-    theta = _l1_threshold(u, r, todo, norm1, guess=ws.theta, buf=buf)
+    if impl == "sort":
+        theta = _sort_threshold(u, r, todo)
+    else:
+        theta = _l1_threshold(u, r, todo, norm1, guess=ws.theta, buf=rest[0])
     if any_zero:  # radius 0: theta = max|v| gives exact zeros
         theta = torch.where(outside & (r == 0), u.amax(1), theta)
-    ws.theta = theta if ws.theta is None else torch.where(todo, theta, ws.theta)
-    t = theta[:, None]
-    # Soft threshold dev - clip(dev, -theta, theta): exact zeros where |dev| <= theta,
-    # so shrunk entries land exactly on the anchor.
-    # minimum/maximum, not clamp: a clamp with tensor bounds is ~10x slower on the CPU.
-    torch.maximum(torch.minimum(dev, t, out=u), -t, out=u)
-    dev.sub_(u)
-    inplace = flat.dtype == work and flat.data_ptr() == param.data_ptr() and param.is_contiguous()
-    if inplace and all_outside:
-        torch.add(centre, dev, out=flat)
-        return
-    dev.add_(centre)  # the projected point; rows inside keep param's own bits below
-    new = torch.where(outside[:, None], dev, flat)
-    if inplace:
-        flat.copy_(new)
-    else:
-        param.copy_(new.view(param.shape))
+    if impl == "newton":  # the next step's start (the sort needs none)
+        ws.theta = theta if ws.theta is None else torch.where(todo, theta, ws.theta)
+    _soft_threshold_(param, flat, centre, dev, u, theta, outside, all_outside)
 
 
 def _project_l1_ball_no_reads_(param: Tensor, anchor: Tensor, r: Tensor, ws: L1Workspace, b: int, n: int) -> None:
@@ -455,37 +588,57 @@ def _project_l1_ball_no_reads_(param: Tensor, anchor: Tensor, r: Tensor, ws: L1W
     ``torch.where``. Radius 0 needs no special case: the sort-based threshold
     is then ``max |d|``, which maps the sample onto its anchor.
     """
-    work = _work_dtype(param.dtype)
-    dev, u = ws.buffers((b, n), work, param.device, count=2)
+    flat, centre, dev, u = _deviation(param, anchor, ws, b, n, count=2)
+    norm1 = u.sum(1)
+    outside = (norm1 > r) & torch.isfinite(norm1)  # an inf/NaN sample is left as it is
+    theta = _theta_sort(u, torch.where(outside, r, torch.zeros_like(r)))
+    theta = torch.where(outside, theta, torch.zeros_like(theta))
+    _soft_threshold_(param, flat, centre, dev, u, theta, outside)
+
+
+def _deviation(param: Tensor, anchor: Tensor, ws: L1Workspace, b: int, n: int, count: int) -> List[Tensor]:
+    """``[flat, centre, dev, u, *scratch]``: ``param`` and ``anchor`` as ``[b, n]`` rows, the
+    deviation ``dev = flat - centre`` and ``u = |dev|`` in the work dtype (workspace buffers)."""
+    work = work_dtype(param.dtype)
+    dev, u, *rest = ws.buffers((b, n), work, param.device, count=count)
     flat = param.reshape(b, n)
     centre = anchor.reshape(b, n).to(device=param.device, dtype=work)
     torch.sub(flat, centre, out=dev)
     torch.abs(dev, out=u)
-    norm1 = u.sum(1)
-    outside = (norm1 > r) & torch.isfinite(norm1)  # an inf/NaN sample is left as it is
-    theta = _theta_sort(u, torch.where(outside, r, torch.zeros_like(r)))
-    t = torch.where(outside, theta, torch.zeros_like(theta))[:, None]
+    return [flat, centre, dev, u, *rest]
+
+
+def _soft_threshold_(
+    param: Tensor,
+    flat: Tensor,
+    centre: Tensor,
+    dev: Tensor,
+    u: Tensor,
+    theta: Tensor,
+    outside: Tensor,
+    all_outside: bool = False,
+) -> None:
+    """The write-back of every PyTorch impl: ``param = centre + dev - clip(dev, -theta, theta)`` where ``outside``.
+
+    Exact zeros where ``|dev| <= theta``, so shrunk entries land exactly on
+    the anchor; samples not ``outside`` keep their own bits (``(p - a) + a``
+    need not equal ``p``). ``dev`` and ``u`` (the deviation and a scratch
+    buffer, work dtype) are overwritten. ``all_outside`` (known from a host
+    read) lets a contiguous work-dtype ``param`` be written in one add.
+    """
+    t = theta[:, None]
+    # minimum/maximum, not clamp: a clamp with tensor bounds is ~10x slower on the CPU.
     torch.maximum(torch.minimum(dev, t, out=u), -t, out=u)
-    dev.sub_(u).add_(centre)  # the projected point
-    if flat.dtype == work and flat.data_ptr() == param.data_ptr() and param.is_contiguous():
+    dev.sub_(u)
+    inplace = flat.dtype == dev.dtype and flat.data_ptr() == param.data_ptr() and param.is_contiguous()
+    if inplace and all_outside:
+        torch.add(centre, dev, out=flat)
+        return
+    dev.add_(centre)  # the projected point
+    if inplace:
         torch.where(outside[:, None], dev, flat, out=flat)  # rows inside keep their own bits
     else:  # a copy (non-contiguous) or another dtype: rows inside are exact in the work dtype
         param.copy_(torch.where(outside[:, None], dev, flat).view(param.shape))
-
-
-def _use_cpu_kernel(param: Tensor) -> bool:
-    """Whether :func:`project_l1_ball_` takes the compiled CPU kernel for ``param``.
-
-    The kernel (:mod:`ilo_pl.ops._cpu`) handles contiguous float32/float64 CPU
-    tensors; anything else, a machine where it cannot be built, or
-    ``ILO_PL_OPS=native`` takes the pure-PyTorch path below (same result up
-    to float rounding).
-    """
-    if param.device.type != "cpu" or param.dtype not in (torch.float32, torch.float64) or not param.is_contiguous():
-        return False
-    from ilo_pl.ops._cpu import l1_projection_kernel
-
-    return l1_projection_kernel() is not None
 
 
 def _project_l1_ball_cpu_(param: Tensor, anchor: Tensor, radius: Radius, ws: L1Workspace, b: int, n: int) -> None:
@@ -495,10 +648,9 @@ def _project_l1_ball_cpu_(param: Tensor, anchor: Tensor, radius: Radius, ws: L1W
     previous step's threshold, kept in ``ws``) in the pass that computes the
     norms, runs Newton's method on those only, and re-packs from a proven
     lower bound when the guess was off, so the result is exact from any
-    guess. Sums over the candidates are in float64.
+    guess. Sums over the candidates are in float64. It writes ``param``
+    itself, with the formula of :func:`_soft_threshold_`.
     """
-    from ilo_pl.ops._cpu import l1_projection_kernel
-
     op = l1_projection_kernel()
     r = ws.radius(radius, b, torch.float64, param.device).contiguous()
     (scratch,) = ws.buffers((b, n), param.dtype, param.device, count=1)
@@ -549,6 +701,6 @@ def project_sphere_(param: Tensor, dims: Sequence[int]) -> None:
     if len({d % nd for d in dims}) != len(dims):
         raise ValueError(f"project_sphere_ dims {dims} repeat a dim")
     n = math.prod(param.shape[d] for d in dims)
-    work = _work_dtype(param.dtype)
+    work = work_dtype(param.dtype)
     norm = param.to(work).pow(2).sum(dim=dims, keepdim=True).sqrt().clamp_min(1e-12)
     param.mul_((math.sqrt(n) / norm).to(param.dtype))

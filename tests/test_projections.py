@@ -1,46 +1,89 @@
-"""Tests of ilo_pl.projections: exact l1-ball projection (fast and sort reference), in-place wrappers, sphere."""
+"""Tests of ilo_pl.projections: exact l1-ball projection (every ``impl`` against the sort reference),
+in-place wrappers, sphere."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from typing import Callable, List, Optional
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from ilo_pl import projections
+from ilo_pl.callbacks.projection import L1BallProjection
 from ilo_pl.ops import _cpu
 from ilo_pl.ops._cpu import l1_projection_kernel
 from ilo_pl.projections import (
+    L1_IMPLS,
+    SAMPLE_SIZE,
     L1Workspace,
     _l1_threshold,
     _theta_sort,
+    l1_impl_for,
     project_l1_ball,
     project_l1_ball_,
     project_l1_ball_sort,
     project_sphere_,
 )
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-METHODS = [project_l1_ball, project_l1_ball_sort]
+#: The implementations that compute (``"auto"`` is one of them).
+IMPLS = ["newton", "sort", "kernel"]
 
 
-@pytest.fixture(params=["kernel", "native", "no_reads"])
-def inplace_path(request, monkeypatch):
-    """Runs a test of :func:`project_l1_ball_` on the compiled CPU kernel, the pure-PyTorch path and the
-    path without host reads (``L1Workspace(host_reads=False)``, what accelerators use)."""
-    if request.param == "native":
-        monkeypatch.setattr("ilo_pl.projections._use_cpu_kernel", lambda param: False)
-    elif request.param == "no_reads":
-        init = projections.L1Workspace.__init__
-
-        def no_reads(self, anchor=None, host_reads=True):  # noqa: ANN001, ANN202
-            init(self, anchor, host_reads=False)
-
-        monkeypatch.setattr(projections.L1Workspace, "__init__", no_reads)
-    elif l1_projection_kernel() is None:
+def _kernel_or_skip():
+    op = l1_projection_kernel()
+    if op is None:
         pytest.skip("the CPU projection kernel cannot be built here (see test_cpu_kernel_builds_with_a_compiler)")
-    return request.param
+    return op
+
+
+def _runnable(impl: str, device: str = "cpu") -> str:
+    """``impl``, skipping the test where it cannot run (the kernel off the CPU or unbuilt)."""
+    if impl == "kernel":
+        if device != "cpu":
+            pytest.skip("impl='kernel' is the CPU kernel")
+        _kernel_or_skip()
+    return impl
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request) -> str:
+    """Each implementation of :func:`project_l1_ball` (on the CPU)."""
+    return _runnable(request.param)
+
+
+@pytest.fixture(params=["reference", "auto", *IMPLS])
+def method(request) -> Callable[..., torch.Tensor]:
+    """:func:`project_l1_ball` with each ``impl``, and the sort reference :func:`project_l1_ball_sort`."""
+    if request.param == "reference":
+        return project_l1_ball_sort
+    return functools.partial(project_l1_ball, impl=_runnable(request.param))
+
+
+class InPlace:
+    """:func:`project_l1_ball_` with one ``impl`` and workspaces of one ``host_reads`` setting."""
+
+    def __init__(self, impl: str, host_reads: bool) -> None:
+        self.impl, self.host_reads = impl, host_reads
+
+    def workspace(self) -> L1Workspace:
+        return L1Workspace(host_reads=self.host_reads)
+
+    def __call__(self, param, anchor, radius, ws: Optional[L1Workspace] = None) -> None:  # noqa: ANN001
+        project_l1_ball_(param, anchor, radius, ws if ws is not None else self.workspace(), impl=self.impl)
+
+
+@pytest.fixture(
+    params=[("kernel", True), ("newton", True), ("sort", True), ("sort", False)],
+    ids=["kernel", "newton", "sort", "sort-no-reads"],
+)
+def inplace_path(request) -> InPlace:
+    """Runs a test of :func:`project_l1_ball_` with every ``impl``, and the sort without host reads
+    (``L1Workspace(host_reads=False)``, what accelerators use)."""
+    impl, host_reads = request.param
+    return InPlace(_runnable(impl), host_reads)
 
 
 def brute_force_l1(v: torch.Tensor, r: float) -> torch.Tensor:
@@ -82,7 +125,6 @@ def _kkt_theta(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_matches_brute_force_on_small_vectors(method):
     g = torch.Generator().manual_seed(0)
     for trial in range(60):
@@ -95,7 +137,6 @@ def test_matches_brute_force_on_small_vectors(method):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_brute_force_with_ties_and_zeros(method):
     cases = [
         [3.0, 3.0, -3.0, 1.0, 1.0],
@@ -111,12 +152,12 @@ def test_brute_force_with_ties_and_zeros(method):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kkt_conditions(dtype):
+def test_kkt_conditions(dtype, impl):
     g = torch.Generator().manual_seed(1)
     scale = torch.rand(8, 1, generator=g, dtype=torch.float64) * 5
     v = (torch.randn(8, 1000, generator=g, dtype=torch.float64) * scale).to(dtype)
     r = v.abs().sum(1).double() * torch.tensor([1e-4, 1e-3, 0.01, 0.1, 0.3, 0.6, 0.9, 0.999], dtype=torch.float64)
-    w = project_l1_ball(v, r.to(dtype))
+    w = project_l1_ball(v, r.to(dtype), impl=impl)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     vd, wd = v.double(), w.double()
     # same signs (or zero), ||w||_1 == r, a single threshold theta >= 0 on the support
@@ -131,22 +172,20 @@ def test_kkt_conditions(dtype):
     assert (torch.where(wd == 0, vd.abs() - theta[:, None], -1) <= tol * scale).all()
 
 
-def test_inside_rows_unchanged_bit_identical_and_new_tensor():
+def test_inside_rows_unchanged_bit_identical_and_new_tensor(method):
     g = torch.Generator().manual_seed(2)
     v = torch.randn(4, 300, generator=g)
     norms = v.abs().sum(1)
     r = torch.stack([norms[0] * 2, norms[1], norms[2] * 0.5, torch.tensor(math.inf)])
-    for method in METHODS:
-        w = method(v, r)
-        assert torch.equal(w[[0, 1, 3]], v[[0, 1, 3]])
-        assert not torch.equal(w[2], v[2])
-        assert w.data_ptr() != v.data_ptr()
+    w = method(v, r)
+    assert torch.equal(w[[0, 1, 3]], v[[0, 1, 3]])
+    assert not torch.equal(w[2], v[2])
+    assert w.data_ptr() != v.data_ptr()
     # all inside: the early-out still returns a copy
-    w = project_l1_ball(v, norms * 3)
+    w = method(v, norms * 3)
     assert torch.equal(w, v) and w.data_ptr() != v.data_ptr()
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_radius_zero_and_inf(method):
     v = torch.randn(3, 50, dtype=torch.float64)
     assert torch.equal(method(v, 0.0), torch.zeros_like(v))
@@ -157,26 +196,27 @@ def test_radius_zero_and_inf(method):
     assert math.isclose(float(w[2].abs().sum()), 1.0, rel_tol=1e-12)
 
 
-def test_all_zero_row_and_radius_zero():
+def test_all_zero_row_and_radius_zero(method):
     v = torch.zeros(2, 10)
-    assert torch.equal(project_l1_ball(v, 0.0), v)
-    assert torch.equal(project_l1_ball(v, 1.0), v)
+    assert torch.equal(method(v, 0.0), v)
+    assert torch.equal(method(v, 1.0), v)
 
 
-def test_batch_equals_per_sample_with_per_sample_radii():
+def test_batch_equals_per_sample_with_per_sample_radii(impl):
     g = torch.Generator().manual_seed(3)
     scale = torch.logspace(-2, 2, 6, dtype=torch.float64)[:, None]
     v = torch.randn(6, 2000, generator=g, dtype=torch.float64) * scale
     r = v.abs().sum(1) * torch.tensor([0.001, 0.05, 0.5, 0.99, 1.5, 0.0], dtype=torch.float64)
-    w = project_l1_ball(v, r)
+    w = project_l1_ball(v, r, impl=impl)
     for b in range(6):
-        one = project_l1_ball(v[b : b + 1], r[b : b + 1])
+        one = project_l1_ball(v[b : b + 1], r[b : b + 1], impl=impl)
         torch.testing.assert_close(w[b : b + 1], one, rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl_name", IMPLS)
 @pytest.mark.parametrize("dist", ["gauss", "uniform", "cauchy", "sparse"])
-def test_large_random_matches_sort_reference(device, dist):
+def test_large_random_matches_sort_reference(device, dist, impl_name):
+    impl = _runnable(impl_name, device)
     g = torch.Generator().manual_seed(4)
     n = 1 << 16
     if dist == "gauss":
@@ -193,11 +233,11 @@ def test_large_random_matches_sort_reference(device, dist):
     ref = project_l1_ball_sort(v, r)
     scale = ref.abs().amax(1, keepdim=True)
     # float64: agree to 1e-6 relative (in practice ~1e-13)
-    w64 = project_l1_ball(v, r)
+    w64 = project_l1_ball(v, r, impl=impl)
     assert w64.device == v.device
     assert ((w64 - ref).abs() <= 1e-6 * scale).all()
     # float32: no worse than float32 rounding of the inputs allows
-    w32 = project_l1_ball(v.float(), r.float())
+    w32 = project_l1_ball(v.float(), r.float(), impl=impl)
     assert w32.dtype == torch.float32
     assert ((w32.double() - ref).abs() <= 1e-5 * scale).all()
 
@@ -212,25 +252,36 @@ def test_large_random_matches_sort_reference(device, dist):
     ],
     ids=["geometric", "quartic", "linear", "few-values"],
 )
-def test_structured_vectors_match_sort_reference(u):
+def test_structured_vectors_match_sort_reference(u, impl):
     v = (u * torch.where(torch.arange(u.numel()) % 3 == 0, -1.0, 1.0).double())[None]
     for frac in (1e-9, 1e-3, 0.1, 0.5, 0.999999):
         r = frac * v.abs().sum(1)
-        w, ref = project_l1_ball(v, r), project_l1_ball_sort(v, r)
+        w, ref = project_l1_ball(v, r, impl=impl), project_l1_ball_sort(v, r)
         assert ((w - ref).abs() <= 1e-9 * ref.abs().amax()).all(), frac
 
 
-def test_typical_inputs_converge_without_the_sort_fallback(monkeypatch):
-    import ilo_pl.projections as proj
+class _SortWidths(TorchDispatchMode):
+    """Records the row length of every ``aten.sort`` dispatched inside the block."""
 
-    def no_sort(*args, **kwargs):
-        raise AssertionError("the capped-iteration fallback ran")
+    def __init__(self) -> None:
+        super().__init__()
+        self.widths: List[int] = []
 
-    monkeypatch.setattr(proj, "_fallback_threshold", no_sort)
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func.overloadpacket is torch.ops.aten.sort:
+            self.widths.append(args[0].shape[-1])
+        return func(*args, **(kwargs or {}))
+
+
+def test_typical_inputs_converge_without_the_sort_fallback():
+    """Newton's search sorts only its strided start sample: the capped-iteration fallback (a sort of the
+    remaining candidates) never runs on typical rows."""
     g = torch.Generator().manual_seed(11)
     v = torch.randn(4, 1 << 17, generator=g)
     r = v.abs().sum(1) * torch.tensor([1e-4, 0.01, 0.3, 0.9])
-    w = proj.project_l1_ball(v, r)
+    with _SortWidths() as sorts:
+        w = project_l1_ball(v, r, impl="newton")
+    assert sorts.widths == [SAMPLE_SIZE], sorts.widths
     torch.testing.assert_close(w.abs().sum(1), r, rtol=1e-5, atol=0)
 
 
@@ -273,14 +324,14 @@ def test_zero_iteration_cap_is_rejected():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_input(dtype):
+def test_half_precision_input(dtype, impl):
     """Half-precision rows match an independent float64 projection to the dtype's rounding, and are feasible."""
     g = torch.Generator().manual_seed(13)
     v = (torch.randn(3, 500, generator=g) * torch.tensor([[1.0], [4.0], [0.25]])).to(dtype)
     exact = v.double()  # the half values themselves, exactly
     # a few entries survive / about half do / a radius close to ||v||_1
     r = exact.abs().sum(1) * torch.tensor([0.01, 0.5, 0.95], dtype=torch.float64)
-    w = project_l1_ball(v, r.to(torch.float32))
+    w = project_l1_ball(v, r.to(torch.float32), impl=impl)
     assert w.dtype == dtype
     ref = project_l1_ball_sort(exact, r)  # Duchi et al.'s sort, in float64: not the code under test
     eps = torch.finfo(dtype).eps
@@ -295,51 +346,64 @@ def test_half_precision_input(dtype):
     # against the brute-force face enumeration on short rows
     short = v[:, :6]
     rs = short.double().abs().sum(1) * 0.4
-    ws = project_l1_ball(short, rs.float())
+    ws = project_l1_ball(short, rs.float(), impl=impl)
     for b in range(3):
         want = brute_force_l1(short[b].double(), float(rs[b]))
         assert ((ws[b].double() - want).abs() <= eps * want.abs() + 1e-6).all(), (ws[b], want)
-    assert torch.equal(project_l1_ball(v, 1e4), v)  # inside: unchanged, bit for bit
+    assert torch.equal(project_l1_ball(v, 1e4, impl=impl), v)  # inside: unchanged, bit for bit
 
 
-def test_empty_inputs():
-    assert project_l1_ball(torch.zeros(0, 5), 1.0).shape == (0, 5)
-    assert project_l1_ball(torch.zeros(3, 0), 1.0).shape == (3, 0)
+def test_empty_inputs(method):
+    assert method(torch.zeros(0, 5), 1.0).shape == (0, 5)
+    assert method(torch.zeros(3, 0), 1.0).shape == (3, 0)
 
 
 # ---------------------------------------------------------------- projection properties
 
 
-def test_projection_properties():
+def test_projection_properties(method):
     """Idempotent, non-expansive, and the variational inequality of a projection onto a convex set."""
     g = torch.Generator().manual_seed(7)
     x = torch.randn(16, 400, generator=g, dtype=torch.float64) * 2
     y = torch.randn(16, 400, generator=g, dtype=torch.float64) * 2
     r = 5.0
-    px, py = project_l1_ball(x, r), project_l1_ball(y, r)
-    torch.testing.assert_close(project_l1_ball(px, r), px, rtol=0, atol=1e-12)
+    px, py = method(x, r), method(y, r)
+    torch.testing.assert_close(method(px, r), px, rtol=0, atol=1e-12)
     assert ((px - py).norm(dim=1) <= (x - y).norm(dim=1) + 1e-12).all()
     # <x - Px, z - Px> <= 0 for any z in the ball (here: random points of the ball)
-    z = project_l1_ball(torch.randn(16, 400, generator=g, dtype=torch.float64), r)
+    z = method(torch.randn(16, 400, generator=g, dtype=torch.float64), r)
     assert (((x - px) * (z - px)).sum(1) <= 1e-9).all()
 
 
-def test_gradcheck_float64_and_matches_sort_gradient():
+@pytest.mark.parametrize("impl", ["auto", "newton", "sort"])
+def test_gradcheck_float64_and_matches_sort_gradient(impl):
     g = torch.Generator().manual_seed(8)
     v = torch.randn(3, 40, generator=g, dtype=torch.float64, requires_grad=True)
     r = torch.tensor([1.0, 4.0, 1e3], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(project_l1_ball, (v, r))
+    fn = functools.partial(project_l1_ball, impl=impl)
+    assert torch.autograd.gradcheck(fn, (v, r))
     weights = torch.randn(3, 40, generator=g, dtype=torch.float64)
-    ga = torch.autograd.grad((project_l1_ball(v, r) * weights).sum(), (v, r))
+    ga = torch.autograd.grad((fn(v, r) * weights).sum(), (v, r))
     gb = torch.autograd.grad((project_l1_ball_sort(v, r) * weights).sum(), (v, r))
     for a, b in zip(ga, gb):
         torch.testing.assert_close(a, b)
 
 
+def test_kernel_impl_is_not_differentiable_and_says_so():
+    v = torch.randn(2, 10, requires_grad=True)
+    with pytest.raises(ValueError, match="impl='kernel' is not differentiable"):
+        project_l1_ball(v, 1.0, impl="kernel")
+    with pytest.raises(ValueError, match="impl='kernel' is not differentiable"):
+        project_l1_ball(v.detach(), torch.ones(2, requires_grad=True), impl="kernel")
+    _kernel_or_skip()
+    with torch.no_grad():  # no graph asked for: fine
+        w = project_l1_ball(v, 1.0, impl="kernel")
+    torch.testing.assert_close(w, project_l1_ball_sort(v.detach(), 1.0))
+
+
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_bad_shapes_and_dtypes(method):
     with pytest.raises(ValueError, match=r"expects a \[B, n\] tensor; got shape \(5,\)"):
         method(torch.randn(5), 1.0)
@@ -351,7 +415,6 @@ def test_bad_shapes_and_dtypes(method):
         method([[1.0, 2.0]], 1.0)
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_bad_radius(method):
     v = torch.randn(2, 3)
     with pytest.raises(ValueError, match=r"must be >= 0 \(use inf for no constraint\)"):
@@ -364,16 +427,16 @@ def test_bad_radius(method):
         method(v, "1.0")
 
 
-def test_non_finite_rows_raise():
+def test_non_finite_rows_raise(impl):
     v = torch.randn(3, 4)
     v[1, 2] = math.inf
     with pytest.raises(ValueError, match=r"rows \[1\] .* inf/NaN"):
-        project_l1_ball(v, 1.0)
+        project_l1_ball(v, 1.0, impl=impl)
     v[1, 2] = math.nan
     with pytest.raises(ValueError, match=r"rows \[1\] .* inf/NaN"):
-        project_l1_ball(v, 1.0)
+        project_l1_ball(v, 1.0, impl=impl)
     # with no constraint (inf radius) there is nothing to project
-    w = project_l1_ball(v, math.inf)
+    w = project_l1_ball(v, math.inf, impl=impl)
     assert torch.equal(torch.isnan(w), torch.isnan(v))
     assert torch.equal(torch.nan_to_num(w), torch.nan_to_num(v))
 
@@ -389,7 +452,7 @@ def test_project_l1_ball_inplace_around_anchor(dtype, inplace_path):
     before = param.clone()
     dev_norm = (before - anchor).abs().flatten(1).sum(1)
     radius = dev_norm * torch.tensor([0.1, 0.5, 2.0, 0.0], dtype=dtype)
-    project_l1_ball_(param, anchor, radius)
+    inplace_path(param, anchor, radius)
     after = (param - anchor).abs().flatten(1).sum(1)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(after[:2], radius[:2], rtol=tol, atol=tol)
@@ -405,21 +468,22 @@ def test_inplace_leaves_inside_samples_bit_identical_despite_rounding(inplace_pa
     param = torch.tensor([[1e-8, 3e-8]])
     assert not torch.equal((param - anchor) + anchor, param)
     before = param.clone()
-    project_l1_ball_(param, anchor, 10.0)
+    inplace_path(param, anchor, 10.0)
     assert torch.equal(param, before)
     # and a batch where only the other sample moves
     anchor2 = torch.cat([anchor, torch.zeros(1, 2)])
     param2 = torch.cat([param, torch.tensor([[5.0, -5.0]])])
     before2 = param2.clone()
-    project_l1_ball_(param2, anchor2, torch.tensor([10.0, 1.0]))
+    inplace_path(param2, anchor2, torch.tensor([10.0, 1.0]))
     assert torch.equal(param2[0], before2[0])
     torch.testing.assert_close(param2[1], torch.tensor([0.5, -0.5]))
 
 
-def test_inplace_half_param_and_errors():
+@pytest.mark.parametrize("impl", ["auto", "newton", "sort"])
+def test_inplace_half_param_and_errors(impl):
     anchor = torch.zeros(2, 100, dtype=torch.float16)
     param = torch.randn(2, 100).to(torch.float16)
-    project_l1_ball_(param, anchor, 1.0)
+    project_l1_ball_(param, anchor, 1.0, impl=impl)
     assert param.dtype == torch.float16
     assert (param.float().abs().sum(1) <= 1.0 + 1e-2).all()
     with pytest.raises(ValueError, match=r"parameter \(2, 3\) and anchor \(2, 4\) shapes differ"):
@@ -438,13 +502,13 @@ def test_workspace_warm_start_is_exact_along_a_drifting_trajectory(inplace_path)
     anchor = torch.randn(5, 4, 32, 32, generator=g, dtype=torch.float64)
     dev = torch.randn(5, 4, 32, 32, generator=g, dtype=torch.float64)
     radius = torch.tensor([5.0, 50.0, 400.0, 1e5, 0.0], dtype=torch.float64)  # row 3 inside
-    ws, param = L1Workspace(), anchor + dev
+    ws, param = inplace_path.workspace(), anchor + dev
     for step in range(8):
         # an optimizer-like step: small moves, and once a big jump (the guess is then far off)
         param += torch.randn(param.shape, generator=g, dtype=torch.float64) * (3.0 if step == 4 else 1e-3)
         cold, warm = param.clone(), param.clone()
-        project_l1_ball_(cold, anchor, radius)
-        project_l1_ball_(warm, anchor, radius, ws)
+        inplace_path(cold, anchor, radius)
+        inplace_path(warm, anchor, radius, ws)
         torch.testing.assert_close(warm, cold, rtol=0, atol=1e-12)
         ref = anchor + project_l1_ball_sort((param - anchor).flatten(1), radius).view_as(anchor)
         torch.testing.assert_close(warm, ref, rtol=0, atol=1e-12)
@@ -458,11 +522,11 @@ def test_workspace_with_any_stale_guess_is_exact(guess, inplace_path):
     anchor = torch.zeros(3, 5000, dtype=torch.float64)
     param = torch.randn(3, 5000, generator=g, dtype=torch.float64)
     r = param.abs().sum(1) * torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64)
-    ws = L1Workspace()
+    ws = inplace_path.workspace()
     ws.buffers((3, 5000), torch.float64, param.device)
     ws.theta = torch.full((3,), guess, dtype=torch.float64)
     want = project_l1_ball_sort(param, r)
-    project_l1_ball_(param, anchor, r, ws)
+    inplace_path(param, anchor, r, ws)
     torch.testing.assert_close(param, want, rtol=0, atol=1e-12)
 
 
@@ -551,22 +615,13 @@ def test_cpu_kernel_builds_with_a_compiler():
 
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler on this machine: the pure-PyTorch projection is used")
-    if _cpu.native_only():
-        pytest.skip("ILO_PL_OPS=native is set")
-    assert l1_projection_kernel() is not None
-
-
-def _kernel_or_skip():
-    op = l1_projection_kernel()
-    if op is None:
-        pytest.skip("the CPU projection kernel cannot be built here")
-    return op
+    assert l1_projection_kernel() is not None  # whatever ILO_PL_OPS says: it only steers impl="auto"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [1, 7, 16, 17, 2047, 2048, 2049, 70001])
 @pytest.mark.parametrize("guess_factor", [None, 0.0, 0.3, 0.9, 1.0, 1.2, 1.34, 2.0, 1e3])
-def test_kernel_matches_sort_reference_for_any_size_and_guess(dtype, n, guess_factor, monkeypatch):
+def test_kernel_matches_sort_reference_for_any_size_and_guess(dtype, n, guess_factor):
     """Sizes around the SIMD width and the summation block; guesses below, at and above the threshold.
 
     A guess above 4/3 of the threshold puts the packing cut-off above it (a
@@ -580,13 +635,11 @@ def test_kernel_matches_sort_reference_for_any_size_and_guess(dtype, n, guess_fa
     want = anchor + project_l1_ball_sort(dev, radius)
     ws = L1Workspace()
     if guess_factor is not None:
-        monkeypatch.setattr("ilo_pl.projections._use_cpu_kernel", lambda param: False)
         probe = anchor + dev
-        project_l1_ball_(probe, anchor, radius, ws)  # the exact thresholds, from the eager path
-        monkeypatch.undo()
+        project_l1_ball_(probe, anchor, radius, ws, impl="newton")  # the exact thresholds, from Newton in PyTorch
         ws.theta = ws.theta.double() * guess_factor
     param = anchor + dev
-    project_l1_ball_(param, anchor, radius, ws)
+    project_l1_ball_(param, anchor, radius, ws, impl="kernel")
     tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6 * float(dev.abs().max()))
     torch.testing.assert_close(param, want, **tol)
     # the thresholds it keeps are exact too (they start the next step)
@@ -595,21 +648,21 @@ def test_kernel_matches_sort_reference_for_any_size_and_guess(dtype, n, guess_fa
     torch.testing.assert_close(ws.theta.double(), theta, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=scale)
 
 
-def test_kernel_equals_native_path_on_a_batch_and_per_sample(monkeypatch):
+@pytest.mark.parametrize("other", ["newton", "sort"])
+def test_kernel_equals_the_pytorch_impls_on_a_batch_and_per_sample(other):
     _kernel_or_skip()
     g = torch.Generator().manual_seed(3)
     anchor = torch.randn(6, 3, 40, 40, generator=g, dtype=torch.float64)
     param = anchor + torch.randn(6, 3, 40, 40, generator=g, dtype=torch.float64)
     radius = torch.tensor([1.0, 100.0, 1e4, math.inf, 0.0, 2000.0], dtype=torch.float64)
     kernel = param.clone()
-    project_l1_ball_(kernel, anchor, radius)
+    project_l1_ball_(kernel, anchor, radius, impl="kernel")
     for i in range(6):  # batch equals per sample
         one = param[i : i + 1].clone()
-        project_l1_ball_(one, anchor[i : i + 1], radius[i : i + 1])
+        project_l1_ball_(one, anchor[i : i + 1], radius[i : i + 1], impl="kernel")
         assert torch.equal(one, kernel[i : i + 1])
-    monkeypatch.setattr("ilo_pl.projections._use_cpu_kernel", lambda param: False)
     native = param.clone()
-    project_l1_ball_(native, anchor, radius)
+    project_l1_ball_(native, anchor, radius, impl=other)
     torch.testing.assert_close(kernel, native, rtol=0, atol=1e-12)
     assert torch.equal(kernel[3], param[3]) and torch.equal(kernel[4], anchor[4])
 
@@ -653,8 +706,11 @@ def test_kernel_rejects_what_it_does_not_handle():
         op(x.half(), x.half(), r, th, x.half())
     with pytest.raises(RuntimeError, match="radius must be"):
         op(x, x, r.float(), th, x.clone())
-    # and the public function routes such tensors to the native path instead
+    # impl="auto" routes such tensors to Newton in PyTorch; an explicit impl="kernel" refuses them
     param = torch.randn(8, 2).t()  # not contiguous
+    assert l1_impl_for(param) == "newton"
+    with pytest.raises(ValueError, match="impl='kernel' cannot run here: it needs a contiguous tensor"):
+        project_l1_ball_(param, torch.zeros(2, 8), 0.5, impl="kernel")
     project_l1_ball_(param, torch.zeros(2, 8), 0.5)
     torch.testing.assert_close(param.abs().sum(1), torch.full((2,), 0.5))
 
@@ -669,26 +725,93 @@ def test_kernel_build_failure_falls_back_with_one_warning(monkeypatch, caplog):
 
     monkeypatch.setattr(cpp, "load", broken_load)
     monkeypatch.delenv("ILO_PL_OPS", raising=False)
-    saved = (_cpu._op, _cpu._failed)
+    saved = (_cpu._op, _cpu._failed, _cpu._error)
     _cpu._reset_for_tests()
     try:
         with caplog.at_level(logging.WARNING, logger="ilo_pl.ops._cpu"):
             assert l1_projection_kernel() is None
             param = torch.randn(2, 50)
-            project_l1_ball_(param, torch.zeros(2, 50), 1.0)  # the native path still projects
+            assert l1_impl_for(param) == "newton"
+            project_l1_ball_(param, torch.zeros(2, 50), 1.0)  # impl="auto" still projects, in PyTorch
             assert l1_projection_kernel() is None
+            # an explicit impl="kernel" raises, naming the build error, instead of falling back
+            with pytest.raises(RuntimeError, match=r"could not be built \(RuntimeError: Error building extension"):
+                project_l1_ball_(param, torch.zeros(2, 50), 1.0, impl="kernel")
         warnings = [r for r in caplog.records if r.name == "ilo_pl.ops._cpu" and r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "Error building extension" in warnings[0].getMessage()
         torch.testing.assert_close(param.abs().sum(1), torch.ones(2))
     finally:
-        _cpu._op, _cpu._failed = saved
+        _cpu._op, _cpu._failed, _cpu._error = saved
 
 
-def test_native_env_skips_the_kernel(monkeypatch):
+def test_native_env_makes_auto_skip_the_kernel_and_its_build(monkeypatch):
+    import torch.utils.cpp_extension as cpp
+
     monkeypatch.setenv("ILO_PL_OPS", "native")
-    from ilo_pl.projections import _use_cpu_kernel
+    monkeypatch.setattr(cpp, "load", lambda *a, **k: pytest.fail("ILO_PL_OPS=native: auto must not build the kernel"))
+    saved = (_cpu._op, _cpu._failed, _cpu._error)
+    _cpu._reset_for_tests()
+    try:
+        param = torch.randn(2, 50)
+        assert l1_impl_for(param) == "newton"
+        project_l1_ball_(param, torch.zeros(2, 50), 1.0)
+        torch.testing.assert_close(param.abs().sum(1), torch.ones(2))
+    finally:
+        _cpu._op, _cpu._failed, _cpu._error = saved
 
-    assert l1_projection_kernel() is None and not _use_cpu_kernel(torch.zeros(2, 3))
+
+def test_native_env_leaves_an_explicit_kernel_impl_alone(monkeypatch):
+    _kernel_or_skip()
+    monkeypatch.setenv("ILO_PL_OPS", "native")
+    param = torch.randn(3, 500, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    want = project_l1_ball_sort(param, 2.0)
+    assert l1_impl_for(param, "kernel") == "kernel"
+    project_l1_ball_(param, torch.zeros_like(param), 2.0, impl="kernel")
+    torch.testing.assert_close(param, want, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- choosing the implementation
+
+
+def test_impls_are_the_documented_ones():
+    assert L1_IMPLS == ("auto", "kernel", "newton", "sort")
+
+
+def test_auto_picks_sort_without_host_reads_then_the_kernel_then_newton():
+    x = torch.zeros(2, 3)
+    assert l1_impl_for(x, host_reads=False) == "sort"
+    assert l1_impl_for(x) == ("kernel" if l1_projection_kernel() is not None else "newton")
+    assert l1_impl_for(x.half()) == "newton"
+    assert l1_impl_for(torch.zeros(3, 2).t()) == "newton"  # not contiguous
+    assert l1_impl_for(torch.zeros(2, 3, device="meta")) == "newton"  # not on the CPU
+    for impl in ("newton", "sort"):  # explicit: returned as they are
+        assert l1_impl_for(x, impl) == impl
+
+
+def test_an_explicit_impl_that_cannot_run_raises():
+    choices = r"impl must be one of 'auto', 'kernel', 'newton', 'sort'; got 'native'"
+    with pytest.raises(ValueError, match=r"project_l1_ball_: " + choices):
+        project_l1_ball_(torch.zeros(2, 3), torch.zeros(2, 3), 1.0, impl="native")
+    with pytest.raises(ValueError, match=r"project_l1_ball: " + choices):
+        project_l1_ball(torch.zeros(2, 3), 1.0, impl="native")
+    with pytest.raises(ValueError, match=r"L1BallProjection: " + choices):
+        L1BallProjection(impl="native")
+    with pytest.raises(ValueError, match=r"impl='kernel' cannot run here: it handles float32 and float64; got torch.float16"):
+        project_l1_ball_(torch.ones(2, 3, dtype=torch.float16), torch.zeros(2, 3, dtype=torch.float16), 1.0, impl="kernel")
+    with pytest.raises(ValueError, match=r"impl='kernel' cannot run here: it runs on CPU tensors; got a meta tensor"):
+        project_l1_ball_(torch.ones(2, 3, device="meta"), torch.zeros(2, 3, device="meta"), 1.0, impl="kernel")
+    for impl in ("kernel", "newton"):  # both read on the host
+        with pytest.raises(ValueError, match=rf"impl='{impl}' reads values on the host .* host_reads=False; use impl='sort'"):
+            project_l1_ball_(torch.ones(2, 3), torch.zeros(2, 3), 1.0, L1Workspace(host_reads=False), impl=impl)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_kernel_impl_refuses_cuda_tensors():
+    p = torch.ones(2, 3, device="cuda")
+    with pytest.raises(ValueError, match="it runs on CPU tensors; got a cuda tensor"):
+        project_l1_ball_(p, torch.zeros_like(p), 1.0, impl="kernel")
+    with pytest.raises(ValueError, match="it runs on CPU tensors; got a cuda tensor"):
+        project_l1_ball(p, 1.0, impl="kernel")
 
 
 def test_kernel_build_is_announced_only_without_a_cached_build(tmp_path, monkeypatch):

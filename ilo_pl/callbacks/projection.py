@@ -30,7 +30,9 @@ import pytorch_lightning as pl
 import torch
 
 from ilo_pl.callbacks.protocols import L1Constrained, SphereConstrained, require
-from ilo_pl.projections import L1Workspace, project_l1_ball_, project_sphere_
+from ilo_pl.ops._cuda import check_impl
+from ilo_pl.policy import host_reads_free
+from ilo_pl.projections import L1_IMPLS, L1Workspace, project_l1_ball_, project_sphere_
 
 
 class _StepHookCallback(pl.Callback):
@@ -91,17 +93,24 @@ class L1BallProjection(_StepHookCallback):
 
     Args:
         host_reads: whether the projection may read values back to the host
-            (see :class:`~ilo_pl.projections.L1Workspace`). Default: yes for
-            CPU tensors (the compiled kernel; an inf/NaN sample raises), no on
+            (see :class:`~ilo_pl.projections.L1Workspace`). Default: where
+            reads are free (:func:`ilo_pl.policy.host_reads_free`: CPU
+            tensors; the compiled kernel, an inf/NaN sample raises), not on
             accelerators, where a read would stall the device's queue every
             step (an inf/NaN sample is left for the engine's failure masking).
+        impl: the threshold method, passed to
+            :func:`~ilo_pl.projections.project_l1_ball_` (``"auto"``,
+            ``"kernel"``, ``"newton"`` or ``"sort"``; without host reads only
+            ``"auto"`` and ``"sort"`` run).
     """
 
     protocol = L1Constrained
 
-    def __init__(self, host_reads: Optional[bool] = None) -> None:
+    def __init__(self, host_reads: Optional[bool] = None, impl: str = "auto") -> None:
         super().__init__()
+        check_impl("L1BallProjection", impl, L1_IMPLS)
         self.host_reads = host_reads
+        self.impl = impl
         # One workspace per constrained tensor (buffers + the last thresholds, the
         # next step's warm start); keyed by identity, dropped with the optimizer.
         self._workspaces: Dict[int, L1Workspace] = {}
@@ -114,9 +123,9 @@ class L1BallProjection(_StepHookCallback):
         for param, anchor, radius in pl_module.l1_constraints():
             ws = self._workspaces.get(id(param))
             if ws is None or ws.anchor is not anchor:
-                reads = param.device.type == "cpu" if self.host_reads is None else self.host_reads
+                reads = host_reads_free(param) if self.host_reads is None else self.host_reads
                 ws = self._workspaces[id(param)] = L1Workspace(anchor, host_reads=reads)
-            project_l1_ball_(param.data, anchor, radius, ws)
+            project_l1_ball_(param.data, anchor, radius, ws, impl=self.impl)
 
 
 class SphereProjection(_StepHookCallback):

@@ -11,8 +11,11 @@ shared by machines of different CPUs never runs a build on a CPU without its
 instructions.
 
 If the build fails (no compiler, no ninja), one ``logging.warning`` says why
-and :func:`ilo_pl.projections.project_l1_ball_` keeps its pure-PyTorch path
-(exact too, slower on the CPU). ``ILO_PL_OPS=native`` skips the build.
+(:func:`build_error` keeps it), ``impl="auto"`` of
+:func:`ilo_pl.projections.project_l1_ball_` keeps its pure-PyTorch search
+(exact too, slower on the CPU) and an explicit ``impl="kernel"`` raises.
+``ILO_PL_OPS=native`` makes ``impl="auto"`` skip the kernel and its build;
+an explicit ``impl="kernel"`` still builds it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-
-from ilo_pl.ops._cuda import native_only
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ _ISA_FLAGS = {
 _lock = threading.Lock()
 _op: Optional[Callable[..., torch.Tensor]] = None
 _failed = False
+_error = ""
 
 
 def _isa() -> str:
@@ -70,10 +72,12 @@ def l1_projection_kernel() -> Optional[Callable[..., torch.Tensor]]:
     1 projected; 2 radius 0, set to the anchor; 3 non-finite norm, and then no
     row was written). ``param``, ``anchor`` and the scratch are contiguous CPU
     tensors of one dtype, float32 or float64.
+
+    Builds whatever ``ILO_PL_OPS`` says: that variable only steers
+    ``impl="auto"`` (:func:`ilo_pl.projections.l1_impl_for`), which then never
+    calls this. A failed build is not retried.
     """
-    global _op, _failed
-    if native_only():
-        return None
+    global _op, _failed, _error
     if _op is not None or _failed:
         return _op
     with _lock:
@@ -109,6 +113,7 @@ def l1_projection_kernel() -> Optional[Callable[..., torch.Tensor]]:
         except Exception as err:  # noqa: BLE001 - any build failure means: fall back
             _failed = True
             lines = str(err).strip().splitlines()
+            _error = f"{type(err).__name__}: {lines[-1] if lines else ''}"
             logger.warning(
                 "ilo_pl.ops: could not build the CPU l1-projection kernel (%s: %s); using the "
                 "pure-PyTorch projection instead (exact, slower). Install a C++ compiler and ninja "
@@ -119,7 +124,12 @@ def l1_projection_kernel() -> Optional[Callable[..., torch.Tensor]]:
     return _op
 
 
+def build_error() -> str:
+    """Why the kernel's build failed (``"ExcType: last line"``); ``""`` if it has not failed."""
+    return _error
+
+
 def _reset_for_tests() -> None:
     """Forget the build state (tests only)."""
-    global _op, _failed
-    _op, _failed = None, False
+    global _op, _failed, _error
+    _op, _failed, _error = None, False, ""

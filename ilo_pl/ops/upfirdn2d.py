@@ -10,11 +10,13 @@ For each channel of a ``[B, C, H, W]`` tensor, separately per axis:
 
 The output size per axis is ``(in * up + pad0 + pad1 - k) // down + 1``.
 
-Two paths compute it: a pure-PyTorch one (CPU, and wherever the CUDA
-extension cannot be built; differentiable by autograd, so ``gradcheck`` runs
-on it) and a CUDA kernel that :mod:`ilo_pl.ops._cuda` compiles on first use
-with a GPU tensor. Both compute in float32 for half/bfloat16 inputs and with
-autocast off (the result is float32).
+Two implementations compute it, picked by ``impl``: ``"ref"``, pure PyTorch
+(any device; differentiable by autograd, so ``gradcheck`` runs on it; the
+specification), and ``"cuda"``, a CUDA kernel that :mod:`ilo_pl.ops._cuda`
+compiles on first use (CUDA tensors, a kernel that needs no gradient).
+``"auto"`` (the default) runs ``"cuda"`` where it can and ``ILO_PL_OPS=native``
+is not set, and ``"ref"`` otherwise. Both compute in float32 for half/bfloat16
+inputs and with autocast off (the result is float32).
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ilo_pl.ops._cuda import compute_dtype, extension_for, no_autocast
+from ilo_pl.ops._cuda import (
+    OP_IMPLS,
+    check_impl,
+    compute_dtype,
+    extension_for,
+    load_extension,
+    no_autocast,
+    require_extension,
+)
 
 IntPair = Union[int, Sequence[int]]
 
@@ -90,7 +100,7 @@ def _select(full: Tensor, dim: int, start: int, step: int, length: int) -> Tenso
 def upfirdn2d_native(
     x: Tensor, kernel: Tensor, up: IntPair = 1, down: IntPair = 1, pad: Sequence[int] = (0, 0)
 ) -> Tensor:
-    """The pure-PyTorch ``upfirdn2d`` (computes in ``x``'s dtype; see :func:`upfirdn2d`).
+    """The pure-PyTorch ``upfirdn2d``, ``impl="ref"`` (computes in ``x``'s dtype; see :func:`upfirdn2d`).
 
     Uses depthwise (grouped) convolutions, which CPU backends run far faster
     than a single-channel convolution over ``B * C`` planes: without
@@ -146,7 +156,7 @@ class _UpFirDn2dCUDA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kernel, up, down, pads):  # noqa: ANN001, ANN205
-        ext = extension_for(x)
+        ext = load_extension()
         ctx.save_for_backward(kernel)
         ctx.geometry = (tuple(x.shape[2:]), up, down, pads)
         (ux, uy), (dx, dy), (px0, px1, py0, py1) = up, down, pads
@@ -157,19 +167,34 @@ class _UpFirDn2dCUDA(torch.autograd.Function):
         (kernel,) = ctx.saved_tensors
         in_hw, up, down, pads = ctx.geometry
         g_up, g_down, g_pad = grad_geometry(in_hw, tuple(kernel.shape), up, down, pads)
-        grad_x = _dispatch(grad, torch.flip(kernel, [0, 1]), g_up, g_down, g_pad)
+        # The flipped kernel needs no gradient either, so the backward stays on the CUDA kernel.
+        grad_x = _dispatch(grad, torch.flip(kernel, [0, 1]), g_up, g_down, g_pad, "cuda")
         return grad_x, None, None, None, None
 
 
-def _dispatch(x: Tensor, kernel: Tensor, up, down, pads) -> Tensor:  # noqa: ANN001
-    # The kernel's CUDA backward gives no kernel gradient: a learnt kernel takes the autograd path.
-    if not kernel.requires_grad and extension_for(x) is not None:
+def _dispatch(x: Tensor, kernel: Tensor, up, down, pads, impl: str) -> Tensor:  # noqa: ANN001
+    if impl == "cuda":
+        require_extension("upfirdn2d", x)
+        if kernel.requires_grad:
+            raise ValueError(
+                "upfirdn2d: impl='cuda' gives no gradient w.r.t. the FIR kernel, which requires grad; "
+                "use impl='ref' or 'auto' (which picks it), or pass kernel.detach()"
+            )
+    elif impl == "auto":
+        # The kernel's CUDA backward gives no kernel gradient: a learnt kernel takes the autograd path.
+        impl = "cuda" if not kernel.requires_grad and extension_for(x) is not None else "ref"
+    if impl == "cuda":
         return _UpFirDn2dCUDA.apply(x, kernel, up, down, pads)
     return upfirdn2d_native(x, kernel, up, down, pads)
 
 
 def upfirdn2d(
-    x: Tensor, kernel: Tensor, up: IntPair = 1, down: IntPair = 1, pad: Sequence[int] = (0, 0)
+    x: Tensor,
+    kernel: Tensor,
+    up: IntPair = 1,
+    down: IntPair = 1,
+    pad: Sequence[int] = (0, 0),
+    impl: str = "auto",
 ) -> Tensor:
     """Upsample, FIR-filter and downsample each channel of ``x``.
 
@@ -180,6 +205,10 @@ def upfirdn2d(
         down: downsampling factor, an int or ``(x, y)``.
         pad: ``(pad0, pad1)`` applied to both axes, or ``(x0, x1, y0, y1)``;
             negative values crop.
+        impl: ``"ref"`` (pure PyTorch, the specification), ``"cuda"`` (the
+            CUDA kernel; CUDA tensors and a kernel that does not require
+            grad) or ``"auto"`` (``"cuda"`` where it runs and
+            ``ILO_PL_OPS=native`` is not set, else ``"ref"``).
 
     Returns:
         ``[B, C, H', W']`` with ``H' = (H * up + pad_y0 + pad_y1 - kh) // down + 1``
@@ -187,10 +216,13 @@ def upfirdn2d(
 
     Raises:
         ValueError: on a wrong-rank input or kernel, factors < 1, a malformed
-            ``pad``, or an empty output.
+            ``pad``, an empty output, an unknown ``impl``, or ``"cuda"`` with
+            a non-CUDA ``x`` or a kernel that requires grad.
+        RuntimeError: ``impl="cuda"`` and the CUDA kernels cannot be built.
     """
+    check_impl("upfirdn2d", impl, OP_IMPLS)
     up_, down_, pads = _pair(up, "up"), _pair(down, "down"), _pads(pad)
     _check(x, kernel, up_, down_, pads)
     dtype = compute_dtype(x)
     with no_autocast(x):
-        return _dispatch(x.to(dtype), kernel.to(device=x.device, dtype=dtype), up_, down_, pads)
+        return _dispatch(x.to(dtype), kernel.to(device=x.device, dtype=dtype), up_, down_, pads, impl)
