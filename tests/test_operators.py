@@ -1,20 +1,31 @@
-"""Tests of the linear forward operators (inpainting, denoising, SR, CS, composition)."""
+"""Tests of the forward operators (inpainting, denoising, SR, CS, classifier, composition).
+
+Every shipped operator is listed in :data:`OPERATORS` (deepinv-style, built by
+:func:`find_operator` on a device) and goes through the package's own contract
+checker, :func:`ilo_pl.testing.operators.check_operator`; the rest are the
+numeric facts of each operator.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Tuple
+import warnings
+from typing import Any, Callable, Dict, List, Tuple, Union
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from ilo_pl.operators.base import LinearOperator, Operator
+from ilo_pl.classifiers import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier
+from ilo_pl.losses import MeasurementLoss, MSELoss
+from ilo_pl.losses.base import LossContext
+from ilo_pl.operators.base import Identity, LambdaOperator, LinearOperator, Operator
+from ilo_pl.operators.classifier import ClassifierOperator
 from ilo_pl.operators.compose import Compose, ComposeSpec, LinearCompose, Noisy
 from ilo_pl.operators.cs import CompressedSensing, GaussianMatrix, PartialCirculant
-from ilo_pl.operators.inpainting import BoxMask, Inpainting, RandomMask
-from ilo_pl.operators.noise import Denoising, GaussianNoise, sigma_to_std
+from ilo_pl.operators.inpainting import BoxMask, FileMask, Inpainting, RandomMask
+from ilo_pl.operators.noise import Denoising, GaussianNoise, GaussianNoiseModel, NoiseModel, sigma_to_std
 from ilo_pl.operators.superres import (
     PADDINGS,
     BicubicDownsample,
@@ -23,6 +34,7 @@ from ilo_pl.operators.superres import (
     pad_index,
     upsample_bicubic,
 )
+from ilo_pl.testing.operators import PROPERTIES, check_operator
 
 F64 = torch.float64
 
@@ -34,113 +46,110 @@ def _mask(h: int, w: int, c: int = 1, seed: int = 0) -> torch.Tensor:
     return m
 
 
-# name -> (builder, image shape [C, H, W]); every one is linear.
-LINEAR: Dict[str, Tuple[Callable[[], LinearOperator], Tuple[int, int, int]]] = {
-    "inpainting": (lambda: Inpainting(_mask(6, 6)), (3, 6, 6)),
-    "inpainting_rgb_mask": (lambda: Inpainting(_mask(6, 6, c=3)), (3, 6, 6)),
-    "gaussian_noise": (lambda: GaussianNoise(25), (3, 6, 6)),
-    "sr1": (lambda: BicubicDownsample(1), (3, 12, 12)),
-    "sr2": (lambda: BicubicDownsample(2), (3, 12, 12)),
-    "sr3": (lambda: BicubicDownsample(3), (2, 12, 9)),
-    "sr4": (lambda: BicubicDownsample(4), (1, 8, 12)),
-    "sr3_symmetric": (lambda: BicubicDownsample(3, "symmetric"), (1, 6, 9)),
-    "sr2_replicate": (lambda: BicubicDownsample(2, "replicate"), (1, 6, 4)),
-    "sr2_circular": (lambda: BicubicDownsample(2, "circular"), (1, 6, 4)),
-    "circulant": (lambda: PartialCirculant((3, 4, 4), 20, seed=1), (3, 4, 4)),
-    "circulant_odd_n": (lambda: PartialCirculant((1, 5, 7), 11, seed=2), (1, 5, 7)),
-    "gaussian_matrix": (lambda: GaussianMatrix((3, 4, 4), 20, seed=1), (3, 4, 4)),
-    "compose_sr_mask": (lambda: Compose(BicubicDownsample(2), Inpainting(_mask(3, 3))), (3, 6, 6)),
-    "compose_sr_noise": (lambda: Compose(BicubicDownsample(2), GaussianNoise(10)), (3, 6, 6)),
-    "compose_sr_cs": (
-        lambda: Compose(BicubicDownsample(2), PartialCirculant((3, 3, 3), 9, seed=0)),
-        (3, 6, 6),
-    ),
-}
-
-
-@pytest.fixture(params=sorted(LINEAR))
-def linear(request) -> Tuple[LinearOperator, Tuple[int, int, int]]:
-    build, shape = LINEAR[request.param]
-    return build(), shape
-
-
 def _rand(shape, seed=0, dtype=F64) -> torch.Tensor:
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2 - 1
 
 
+def _tiny_classifier() -> ClassifierOperator:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    return ClassifierOperator(ImageClassifier(net, IMAGENET_MEAN, IMAGENET_STD, 8, num_classes=5))
+
+
+def _per_problem(spec: Any, shape: Tuple[int, int, int]) -> List[Operator]:
+    assert not spec.shared
+    return [spec.build(shape, seed) for seed in (0, 1, 2)]
+
+
 # ---------------------------------------------------------------------------
-# Every linear operator: shapes, adjointness, gradcheck, batch == per-sample.
+# Every shipped operator, deepinv-style: name -> () -> (operator or list of
+# one-sample operators, image shape (C, H, W), extra check_operator arguments).
 # ---------------------------------------------------------------------------
-def test_linear_is_linear_operator(linear):
-    op, _ = linear
-    assert isinstance(op, LinearOperator)
+Case = Tuple[Union[Operator, List[Operator]], Tuple[int, int, int], Dict[str, Any]]
 
-
-def test_linear_shapes_and_adjoint_shape(linear):
-    op, shape = linear
-    x = _rand((2, *shape), dtype=torch.float32)
-    y = op.A(x)
-    assert y.shape[0] == 2 and y.dtype == torch.float32
-    assert op.A_adjoint(y).shape == x.shape
-    assert op(x).shape == y.shape  # forward = noise(A(x)) keeps the measurement shape
-
-
-def test_linear_adjointness_float64(linear):
-    op, shape = linear
-    x = _rand((2, *shape), seed=1)
-    y = torch.randn(op.A(x).shape, generator=torch.Generator().manual_seed(2), dtype=F64)
-    lhs = (op.A(x) * y).sum()
-    rhs = (x * op.A_adjoint(y)).sum()
-    assert abs(lhs - rhs).item() <= 1e-5 * max(1.0, abs(lhs).item())
-
-
-def test_linear_gradcheck_float64(linear):
-    op, shape = linear
-    # fast_mode checks random directional derivatives (the full Jacobian of a
-    # 2x3x12x12 input would take a minute on a shared CPU).
-    x = _rand((2, *shape), seed=3).requires_grad_(True)
-    assert torch.autograd.gradcheck(op.A, (x,), fast_mode=True)
-    y = torch.randn(op.A(x).shape, dtype=F64, generator=torch.Generator().manual_seed(4))
-    assert torch.autograd.gradcheck(op.A_adjoint, (y.requires_grad_(True),), fast_mode=True)
-
-
-def test_linear_batch_equals_per_sample(linear):
-    op, shape = linear
-    x = _rand((3, *shape), seed=5, dtype=torch.float32)
-    batched = op.A(x)
-    single = torch.cat([op.A(x[i : i + 1]) for i in range(3)])
-    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
-    adj = op.A_adjoint(batched)
-    adj_single = torch.cat([op.A_adjoint(batched[i : i + 1]) for i in range(3)])
-    torch.testing.assert_close(adj, adj_single, rtol=1e-5, atol=1e-6)
-
-
-# Specs whose operators differ per problem: stacking must equal each alone.
-PER_SAMPLE_SPECS = {
-    "random_mask": (RandomMask(0.3, shared=False), (3, 6, 6)),
-    "cs_circulant": (CompressedSensing(m=17, kind="circulant", shared=False), (3, 4, 4)),
-    "cs_gaussian": (CompressedSensing(ratio=0.25, kind="gaussian", shared=False), (3, 4, 4)),
-    "compose": (ComposeSpec([SuperResolution(2), RandomMask(0.5, shared=False)]), (3, 8, 8)),
+OPERATORS: Dict[str, Callable[[], Case]] = {
+    "identity": lambda: (Identity(), (3, 6, 6), {}),
+    "inpainting": lambda: (Inpainting(_mask(6, 6)), (3, 6, 6), {}),
+    "inpainting_rgb_mask": lambda: (Inpainting(_mask(6, 6, c=3)), (3, 6, 6), {}),
+    "inpainting_noisy": lambda: (Inpainting(_mask(6, 6), noise_model=GaussianNoiseModel(10)), (3, 6, 6), {}),
+    "gaussian_noise": lambda: (GaussianNoise(25), (3, 6, 6), {}),
+    "sr1": lambda: (BicubicDownsample(1), (3, 12, 12), {}),
+    "sr2": lambda: (BicubicDownsample(2), (3, 12, 12), {}),
+    "sr3": lambda: (BicubicDownsample(3), (2, 12, 9), {}),
+    "sr4": lambda: (BicubicDownsample(4), (1, 8, 12), {}),
+    "sr3_symmetric": lambda: (BicubicDownsample(3, "symmetric"), (1, 6, 9), {}),
+    "sr2_replicate": lambda: (BicubicDownsample(2, "replicate"), (1, 6, 4), {}),
+    "sr2_circular": lambda: (BicubicDownsample(2, "circular"), (1, 6, 4), {}),
+    "circulant": lambda: (PartialCirculant((3, 4, 4), 20, seed=1), (3, 4, 4), {}),
+    "circulant_odd_n": lambda: (PartialCirculant((1, 5, 7), 11, seed=2), (1, 5, 7), {}),
+    "circulant_noisy": lambda: (
+        PartialCirculant((3, 4, 4), 20, seed=1).with_noise(GaussianNoiseModel(10, clip=False)), (3, 4, 4), {}),
+    "gaussian_matrix": lambda: (GaussianMatrix((3, 4, 4), 20, seed=1), (3, 4, 4), {}),
+    "compose_sr_mask": lambda: (Compose(BicubicDownsample(2), Inpainting(_mask(3, 3))), (3, 6, 6), {}),
+    "compose_sr_noise": lambda: (Compose(BicubicDownsample(2), GaussianNoise(10)), (3, 6, 6), {}),
+    "compose_sr_cs": lambda: (
+        Compose(BicubicDownsample(2), PartialCirculant((3, 3, 3), 9, seed=0)), (3, 6, 6), {}),
+    "compose_noise_model": lambda: (
+        Compose(BicubicDownsample(2), Inpainting(_mask(3, 3)), noise_model=GaussianNoiseModel(5)), (3, 6, 6), {}),
+    "noisy_cs": lambda: (Noisy(PartialCirculant((3, 4, 4), 12, seed=3), 10, clip=False), (3, 4, 4), {}),
+    "stacked_random_mask": lambda: (_per_problem(RandomMask(0.3), (3, 6, 6)), (3, 6, 6), {}),
+    "stacked_cs_circulant": lambda: (
+        _per_problem(CompressedSensing(m=17, kind="circulant", shared=False), (3, 4, 4)), (3, 4, 4), {}),
+    "stacked_cs_gaussian": lambda: (
+        _per_problem(CompressedSensing(ratio=0.25, kind="gaussian", shared=False), (3, 4, 4)), (3, 4, 4), {}),
+    "stacked_compose": lambda: (
+        _per_problem(ComposeSpec([SuperResolution(2), RandomMask(0.5)]), (3, 8, 8)), (3, 8, 8), {}),
+    "stacked_compose_noise": lambda: (
+        _per_problem(ComposeSpec([CompressedSensing(m=20, shared=False), Denoising(10, clip=False)]), (3, 4, 4)),
+        (3, 4, 4), {}),
+    "lambda_tanh": lambda: (LambdaOperator(torch.tanh), (1, 4, 4), {}),
+    "compose_callables": lambda: (Compose(nn.AvgPool2d(2), lambda t: 2 * t), (1, 4, 4), {}),
+    "classifier": lambda: (_tiny_classifier(), (3, 6, 6), {"observation": torch.tensor([0, 4, 2])}),
 }
 
+#: The operators of OPERATORS that are not linear (every other one must be checked as linear).
+NONLINEAR = {"lambda_tanh", "compose_callables", "classifier"}
 
-@pytest.mark.parametrize("name", sorted(PER_SAMPLE_SPECS))
-def test_stack_of_per_sample_operators_equals_each_alone(name):
-    spec, shape = PER_SAMPLE_SPECS[name]
-    assert not spec.shared
-    ops = [spec.build(shape, seed) for seed in (0, 1, 2)]
-    stacked = Operator.stack(ops)
-    x = _rand((3, *shape), seed=6)
-    y = stacked.A(x)
-    torch.testing.assert_close(y, torch.cat([o.A(x[i : i + 1]) for i, o in enumerate(ops)]))
-    torch.testing.assert_close(
-        stacked.A_adjoint(y), torch.cat([o.A_adjoint(y[i : i + 1]) for i, o in enumerate(ops)])
-    )
-    # The problems really differ (otherwise this test could not fail).
-    assert not torch.allclose(ops[0].A(x[:1]), ops[1].A(x[:1]))
-    # And the stacked operator is still exactly adjoint.
-    yy = torch.randn(y.shape, dtype=F64)
-    assert torch.allclose((y * yy).sum(), (x * stacked.A_adjoint(yy)).sum())
+
+def find_operator(name: str, device: Union[str, torch.device]) -> Case:
+    """The operator (or one-sample operators) called ``name``, its image shape and check arguments, on ``device``."""
+    op, shape, kwargs = OPERATORS[name]()
+    op = [o.to(device) for o in op] if isinstance(op, list) else op.to(device)
+    return op, shape, dict(kwargs)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    return torch.device(request.param)
+
+
+@pytest.mark.parametrize("name", sorted(OPERATORS))
+def test_operator_contract(name, device):
+    op, shape, kwargs = find_operator(name, device)
+    checked = check_operator(op, shape, device=device, **kwargs)
+    linear = name not in NONLINEAR
+    assert isinstance(op[0] if isinstance(op, list) else op, LinearOperator) == linear
+    assert checked == [p for p in PROPERTIES if linear or p not in ("linearity", "adjoint shape", "adjointness")]
+
+
+def test_operator_contract_in_float32():
+    for name in ("circulant", "sr3", "stacked_cs_gaussian", "inpainting_noisy"):
+        op, shape, kwargs = find_operator(name, "cpu")
+        assert "adjointness" in check_operator(op, shape, dtype=torch.float32, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in OPERATORS if n.startswith("stacked_")))
+def test_per_problem_operators_really_differ(name):
+    # Otherwise "stacked == each alone" could not fail.
+    ops, shape, _ = find_operator(name, "cpu")
+    x = _rand((1, *shape), 6)
+    assert not torch.allclose(ops[0].A(x), ops[1].A(x))
 
 
 def test_stacked_operator_rejects_other_batch_size():
@@ -152,6 +161,117 @@ def test_stacked_operator_rejects_other_batch_size():
         Operator.stack(masks).A(torch.zeros(3, 1, 4, 4))
 
 
+# ---------------------------------------------------------------------------
+# check_operator cannot pass vacuously: broken operators fail, naming the property.
+# ---------------------------------------------------------------------------
+class _WrongAdjoint(LinearOperator):
+    def A(self, x):  # noqa: N802
+        return x.flip(-1)
+
+    def A_adjoint(self, y):  # noqa: N802
+        return y  # the adjoint of a flip is the flip
+
+
+class _NotLinear(LinearOperator):
+    def A(self, x):  # noqa: N802
+        return x * x.abs()
+
+    def A_adjoint(self, y):  # noqa: N802
+        return y
+
+
+class _GlobalRNGNoise(NoiseModel):
+    def forward(self, y, generator=None):
+        return y + 0.1 * torch.randn_like(y)  # ignores the generator
+
+
+class _NoisyA(Operator):
+    def A(self, x):  # noqa: N802
+        return x + 0.1 * torch.randn_like(x)
+
+
+class _ForwardNotNoiseOfA(Identity):
+    def forward(self, x, generator=None):
+        return 2 * x
+
+
+class _BadErrorShape(Identity):
+    def measurement_error(self, Ax, y):  # noqa: N803
+        return (Ax - y).pow(2).mean()  # a scalar, not [B]
+
+
+class _AdjointWrongShape(LinearOperator):
+    def A(self, x):  # noqa: N802
+        return x[..., ::2, ::2]
+
+    def A_adjoint(self, y):  # noqa: N802
+        return y  # forgot to scatter back to the image size
+
+
+class _BadGradient(Operator):
+    def A(self, x):  # noqa: N802
+        return _Square.apply(x)
+
+
+class _Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        return grad * x  # should be 2 * x
+
+
+class _ReversedStack(Inpainting):
+    def _stacked(self, ops):
+        return super()._stacked(list(reversed(ops)))  # problems' masks in the wrong rows
+
+
+BROKEN = {
+    "wrong adjoint": (lambda: _WrongAdjoint(), {}, "'adjointness'.*not the adjoint of A"),
+    "batch-dependent": (lambda: LambdaOperator(lambda x: x - x.mean(0, keepdim=True)), {},
+                        "'batch == per-sample'.*A\\(batch\\) != A of each sample alone"),
+    "stack differs from each alone": (
+        lambda: [_ReversedStack(_mask(4, 4, seed=s)) for s in (0, 1)], {}, "'batch == per-sample'"),
+    "noise ignores the generator": (
+        lambda: Identity(noise_model=_GlobalRNGNoise()), {}, "'noise'.*draw all noise from the generator"),
+    "random A": (lambda: _NoisyA(), {}, "'deterministic A'.*put randomness in the noise model"),
+    "forward is not noise(A(x))": (
+        lambda: _ForwardNotNoiseOfA(), {}, "'noise'.*forward must be noise\\(A\\(x\\)\\)"),
+    "error is not [B]": (lambda: _BadErrorShape(), {}, "'measurement_error'.*must be a float tensor \\[B\\]"),
+    "not linear": (lambda: _NotLinear(), {}, "'linearity'.*A\\(a x \\+ b x'\\) != a A\\(x\\) \\+ b A\\(x'\\)"),
+    "linear=True without adjoint": (
+        lambda: LambdaOperator(torch.tanh), {"linear": True}, "'linearity'.*not a LinearOperator"),
+    "adjoint of the wrong shape": (lambda: _AdjointWrongShape(), {}, "'adjoint shape'.*must map measurements back"),
+    "wrong gradient": (lambda: _BadGradient(), {}, "'gradcheck'.*raised GradcheckError"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_check_operator_fails_broken_operators(case):
+    build, kwargs, message = BROKEN[case]
+    op = build()
+    with pytest.raises(AssertionError, match=f"check_operator: .* fails {message}"):
+        check_operator(op, (1, 4, 4), **kwargs)
+
+
+def test_check_operator_bad_arguments():
+    stacked = Operator.stack([RandomMask(0.5).build((1, 4, 4), s) for s in (0, 1)])
+    with pytest.raises(ValueError, match="give check_operator the list of one-sample operators"):
+        check_operator(stacked, (1, 4, 4))
+    with pytest.raises(TypeError, match="takes an Operator or a non-empty list"):
+        check_operator(torch.tanh, (1, 4, 4))
+    with pytest.raises(ValueError, match=r"shape must be the image shape \(C, H, W\)"):
+        check_operator(Identity(), (2, 1, 4, 4))
+
+
+def test_check_operator_leaves_the_operator_alone():
+    op = Inpainting(_mask(4, 4))
+    check_operator(op, (1, 4, 4), dtype=F64)
+    assert op.mask.dtype == torch.float32  # checked on a float64 copy
 # ---------------------------------------------------------------------------
 # Inpainting
 # ---------------------------------------------------------------------------
@@ -431,6 +551,230 @@ def test_observation_reproducible_from_seed(spec):
 
 
 # ---------------------------------------------------------------------------
+# Noise as a component: noise_model=, with_noise, bit-identical observations
+# ---------------------------------------------------------------------------
+def _g(seed: int = 7) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_gaussian_noise_draws_are_pinned():
+    # The observation of a seed is fixed: x + std * randn(generator), then clipped.
+    x = _rand((2, 3, 8, 8), 0, dtype=torch.float32)
+    want = (x + sigma_to_std(25) * torch.randn(x.shape, generator=_g())).clamp(-1, 1)
+    assert torch.equal(GaussianNoise(25)(x, _g()), want)
+    assert torch.equal(Identity(noise_model=GaussianNoiseModel(25))(x, _g()), want)
+    cs = PartialCirculant((3, 8, 8), 40, seed=2)
+    ax = cs.A(x)
+    want = ax + sigma_to_std(10) * torch.randn(ax.shape, generator=_g())
+    assert torch.equal(Noisy(cs, 10, clip=False)(x, _g()), want)
+    assert torch.equal(cs.with_noise(GaussianNoiseModel(10, clip=False))(x, _g()), want)
+
+
+def test_noise_model_constructor_with_noise_and_compose_agree():
+    mask = _mask(8, 8)
+    x = _rand((2, 3, 8, 8), 1, dtype=torch.float32)
+    built = Inpainting(mask, noise_model=GaussianNoiseModel(10))
+    plain = Inpainting(mask)
+    swapped = plain.with_noise(GaussianNoiseModel(10))
+    composed = Compose(Inpainting(mask), GaussianNoise(10))
+    ys = [op(x, _g(3)) for op in (built, swapped, composed)]
+    assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
+    # with_noise returns a new operator: the original stays noiseless and shares the mask.
+    assert plain.noise_model is None and torch.equal(plain(x), plain.A(x))
+    assert swapped is not plain and swapped.mask is plain.mask
+    assert swapped.with_noise(None).noise_model is None and swapped.noise_model is not None
+    # The noise model is a child module: it moves with the operator and shows in its repr.
+    assert "GaussianNoiseModel(sigma=10" in repr(built)
+    assert isinstance(built.noise_model, NoiseModel)
+
+
+def test_noise_is_fresh_without_generator_and_differentiable():
+    op = Inpainting(_mask(4, 4), noise_model=GaussianNoiseModel(5))
+    x = torch.zeros(1, 3, 4, 4)
+    assert not torch.equal(op(x), op(x))
+    xr = x.clone().requires_grad_(True)
+    op(xr).sum().backward()
+    torch.testing.assert_close(xr.grad, op.mask.expand_as(xr))
+
+
+def test_noise_model_must_be_a_module():
+    with pytest.raises(TypeError, match="a noise model must be an nn.Module .* got function"):
+        Inpainting(_mask(4, 4), noise_model=lambda y, g: y)
+    with pytest.raises(TypeError, match="a noise model must be an nn.Module"):
+        Identity().with_noise(0.1)
+    with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
+        GaussianNoiseModel(-1)
+
+
+def test_compose_has_one_noise_model():
+    sr, mask = BicubicDownsample(2), _mask(3, 3)
+    op = Compose(sr, Inpainting(mask), noise_model=GaussianNoiseModel(5))
+    x = _rand((1, 3, 6, 6), 0, dtype=torch.float32)
+    assert torch.equal(op(x, _g()), Compose(sr, Inpainting(mask, noise_model=GaussianNoiseModel(5)))(x, _g()))
+    assert torch.equal(op.with_noise(None)(x, _g()), op.A(x))
+    with pytest.raises(ValueError, match="both the last part .* and noise_model= give"):
+        Compose(sr, GaussianNoise(5), noise_model=GaussianNoiseModel(5))
+    with pytest.raises(ValueError, match="at position 0 of Compose has a noise model, but a composition has one"):
+        Compose(GaussianNoise(25), BicubicDownsample(2))
+
+    class OwnNoise(Identity):
+        def noise(self, y, generator=None):
+            return y + 1
+
+    with pytest.raises(TypeError, match="OwnNoise at position 1 of Compose overrides Operator.noise"):
+        Compose(sr, OwnNoise())
+    # Stacking keeps the composition's noise model.
+    spec = ComposeSpec([SuperResolution(2), RandomMask(0.5)])
+    parts = [spec.build((3, 6, 6), s).with_noise(GaussianNoiseModel(5)) for s in (0, 1)]
+    stacked = Operator.stack(parts)
+    assert isinstance(stacked.noise_model, GaussianNoiseModel)
+
+
+# ---------------------------------------------------------------------------
+# adjointness_test and compute_sqnorm
+# ---------------------------------------------------------------------------
+def test_adjointness_test_separates_exact_and_wrong_adjoints():
+    exact = BicubicDownsample(2)
+    err = exact.adjointness_test((3, 8, 8))
+    assert err.dtype == F64 and err.dim() == 0 and err < 1e-14
+    assert _WrongAdjoint().adjointness_test((1, 16, 16)) > 1e-3
+    # (C, H, W) takes the batch from the per-problem buffers; (B, C, H, W) is used as is.
+    stacked = Operator.stack(_per_problem(RandomMask(0.5), (1, 4, 4)))
+    assert stacked.adjointness_test((1, 4, 4)) < 1e-14
+    assert stacked.adjointness_test((3, 1, 4, 4)) < 1e-14
+    with pytest.raises(ValueError, match="3 per-problem masks but the batch has 2"):
+        stacked.adjointness_test((2, 1, 4, 4))
+    with pytest.raises(ValueError, match="A_adjoint returns shape .* must map measurements back"):
+        _AdjointWrongShape().adjointness_test((1, 4, 4))
+
+
+def test_diagnostics_are_reproducible_and_leave_the_global_rng_alone():
+    op = GaussianMatrix((1, 4, 4), 8, seed=0)
+    state = torch.get_rng_state()
+    a, b = op.adjointness_test((1, 4, 4)), op.adjointness_test((1, 4, 4))
+    s1 = op.compute_sqnorm((1, 4, 4), max_iter=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b) and torch.equal(s1, op.compute_sqnorm((1, 4, 4), max_iter=5))
+    assert not torch.equal(s1, op.compute_sqnorm((1, 4, 4), max_iter=5, generator=_g(1)))
+
+
+def _sqnorm(op: LinearOperator, shape) -> torch.Tensor:
+    return op.compute_sqnorm(shape, max_iter=3000, tol=1e-13)
+
+
+def _spectral_sq(mat: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(mat.to(F64), ord=2) ** 2)
+
+
+def _dense_of(op: LinearOperator, shape) -> torch.Tensor:
+    n = math.prod(shape)
+    return op.A(torch.eye(n, dtype=F64).view(n, *shape)).flatten(1).T  # column j = A e_j
+
+
+@pytest.mark.parametrize("op", [Identity(), GaussianNoise(25), BicubicDownsample(1), Inpainting(_mask(6, 6)),
+                                Inpainting(_mask(6, 6, c=3))], ids=lambda o: type(o).__name__)
+def test_sqnorm_of_projections_is_one(op):
+    # A^T A is the identity or a 0/1 diagonal: its largest eigenvalue is exactly 1.
+    assert op.compute_sqnorm((3, 6, 6)).tolist() == [pytest.approx(1.0, abs=1e-12)]
+
+
+def test_sqnorm_of_full_circulant_is_its_largest_squared_frequency_over_m():
+    # m = n: A = C D / sqrt(m) with D orthogonal, so A A^T = C C^T / m, whose
+    # eigenvalues are the squared magnitudes of the filter's DFT, over m.
+    op = PartialCirculant((1, 4, 5), 20, seed=4)
+    want = float(torch.fft.fft(op.filter()[0]).abs().max() ** 2 / op.m)
+    assert float(_sqnorm(op, (1, 4, 5))) == pytest.approx(want, rel=1e-8)
+
+
+@pytest.mark.parametrize("op", [PartialCirculant((3, 4, 4), 20, seed=1), PartialCirculant((1, 5, 7), 11, seed=2),
+                                GaussianMatrix((3, 4, 4), 20, seed=1)], ids=lambda o: f"{type(o).__name__}{o.m}")
+def test_sqnorm_of_cs_is_the_largest_squared_singular_value(op):
+    want = _spectral_sq(op.dense()[0])
+    assert float(_sqnorm(op, op.image_shape)) == pytest.approx(want, rel=1e-7)
+    # A partial circulant's rows are rows of the full one: its norm is at most the full one's.
+    if isinstance(op, PartialCirculant):
+        assert want <= float(torch.fft.fft(op.filter()[0]).abs().max() ** 2 / op.m) * (1 + 1e-12)
+
+
+def _sr_matrix_1d(length: int, factor: int, padding: str) -> torch.Tensor:
+    # The 1-D filter as a matrix: output j reads inputs j * s + t (t >= t_min) through the padding.
+    t_min, w = bicubic_taps(factor)
+    if padding == "circular":
+        index = lambda p: p % length  # noqa: E731
+    else:
+        table = pad_index(length, -t_min, len(w), padding)
+        index = lambda p: int(table[p - t_min])  # noqa: E731
+    mat = torch.zeros(length // factor, length, dtype=F64)
+    for j in range(length // factor):
+        for k, wk in enumerate(w):
+            mat[j, index(j * factor + t_min + k)] += wk
+    return mat
+
+
+@pytest.mark.parametrize("factor,padding,shape", [(2, "circular", (1, 8, 12)), (3, "circular", (2, 9, 6)),
+                                                  (2, "reflect", (1, 8, 8)), (4, "symmetric", (1, 16, 8))])
+def test_sqnorm_of_sr_is_the_product_of_its_separable_norms(factor, padding, shape):
+    # A = A_H (x) A_W on each channel, so ||A||^2 = ||A_H||^2 ||A_W||^2.
+    _, h, w = shape
+    want = _spectral_sq(_sr_matrix_1d(h, factor, padding)) * _spectral_sq(_sr_matrix_1d(w, factor, padding))
+    op = BicubicDownsample(factor, padding)
+    assert float(_sqnorm(op, shape)) == pytest.approx(want, rel=1e-7)
+    assert _spectral_sq(_dense_of(op, shape)) == pytest.approx(want, rel=1e-10)  # the 1-D matrices are A's
+
+
+def test_sqnorm_of_compositions_and_stacks():
+    op = Compose(BicubicDownsample(2), Inpainting(_mask(3, 3)))
+    assert float(_sqnorm(op, (1, 6, 6))) == pytest.approx(_spectral_sq(_dense_of(op, (1, 6, 6))), rel=1e-7)
+    ops = _per_problem(CompressedSensing(ratio=0.5, kind="gaussian", shared=False), (1, 4, 4))
+    got = _sqnorm(Operator.stack(ops), (1, 4, 4))
+    assert got.shape == (3,)
+    torch.testing.assert_close(got, torch.tensor([_spectral_sq(o.dense()[0]) for o in ops], dtype=F64),
+                               rtol=1e-7, atol=0)
+    assert len(set(got.tolist())) == 3  # one norm per problem
+    with pytest.raises(ValueError, match="max_iter >= 1 and tol >= 0"):
+        op.compute_sqnorm((1, 6, 6), max_iter=0)
+
+
+# ---------------------------------------------------------------------------
+# Specs declare the problem's name; the measurement loss
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "spec,shape",
+    [(BoxMask([0, 1, 0, 1]), (3, 4, 4)), (RandomMask(0.5), (3, 4, 4)), (Denoising(5), (3, 4, 4)),
+     (SuperResolution(2), (3, 4, 4)), (CompressedSensing(m=4), (3, 4, 4)),
+     (ComposeSpec([SuperResolution(2), Denoising(5)]), (3, 4, 4))],
+    ids=lambda v: type(v).__name__,
+)
+def test_every_spec_takes_the_problem_name(spec, shape):
+    x = _rand((1, *shape), 0, dtype=torch.float32)
+    a = spec.build(shape, 3, name="img_0.png")(x, _g())
+    assert torch.equal(a, spec.build(shape, 3)(x, _g()))  # the name changes nothing here
+
+
+def test_file_mask_folder_through_compose_spec(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((4, 4), 255, dtype=np.uint8)).save(tmp_path / "face.png")
+    spec = ComposeSpec([FileMask(tmp_path), Denoising(5)])
+    assert spec.build((3, 4, 4), 0, name="face.jpg").ops[0].mask.sum() == 16
+    with pytest.raises(ValueError, match="a folder of masks needs the problem's name"):
+        spec.build((3, 4, 4), 0)
+
+
+def test_measurement_loss_is_the_operators_measurement_error():
+    op = Inpainting(_mask(4, 4))
+    image, y = _rand((2, 3, 4, 4), 0), _rand((2, 3, 4, 4), 1)
+    ctx = LossContext(image=image, measured=op.A(image), observation=y, operator=op, state={}, groups={}, split=0)
+    torch.testing.assert_close(MeasurementLoss()(ctx), op.measurement_error(op.A(image), y))
+    with pytest.warns(DeprecationWarning, match="MSELoss is deprecated.*use ilo_pl.losses.MeasurementLoss"):
+        old = MSELoss()
+    assert isinstance(old, MeasurementLoss) and torch.equal(old(ctx), MeasurementLoss()(ctx))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MeasurementLoss()  # the new name does not warn
+
+
+# ---------------------------------------------------------------------------
 # Composition
 # ---------------------------------------------------------------------------
 def test_compose_sr_then_noise():
@@ -443,7 +787,7 @@ def test_compose_sr_then_noise():
     assert torch.equal(op.A(x), BicubicDownsample(4).A(x))
     assert op.superimpose(x, y) is None
     noisy = Noisy(BicubicDownsample(4), 25)
-    assert isinstance(noisy, LinearCompose) and noisy.ops[-1].sigma == 25
+    assert isinstance(noisy, LinearCompose) and noisy.ops[-1].sigma == 25 and noisy.noise_model.sigma == 25
 
 
 def test_compose_inpainting_noise_keeps_inpainting_measurement_space():
@@ -463,8 +807,6 @@ def test_compose_accepts_callables_and_modules():
 
 
 def test_compose_bad_input():
-    with pytest.raises(ValueError, match="only the last operator's noise is applied"):
-        Compose(GaussianNoise(25), BicubicDownsample(2))
     with pytest.raises(ValueError, match="at least one operator"):
         Compose()
     with pytest.raises(TypeError, match="operators or callables; got int"):

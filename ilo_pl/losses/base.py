@@ -8,8 +8,9 @@ sample's gradient does not depend on how many other problems share its batch.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -52,13 +53,61 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
 
-class MSELoss(LossTerm):
-    """Measurement-space squared error, as the operator defines it (``operator.measurement_error``)."""
+def weighted_sum(
+    terms: Mapping[str, LossTerm], weights: Sequence[Tuple[str, float]], ctx: LossContext, batch_size: int
+) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """The per-sample objective ``sum_i w_i * term_i(ctx)`` (float32 ``[B]``) and each term's value.
+
+    Args:
+        terms: loss terms by name.
+        weights: ``(name, weight)`` of the terms to add (zero weights left out by the caller).
+        ctx: what the terms look at.
+        batch_size: ``B`` (the objective is zeros when no term is weighted).
+    """
+    total: Optional[Tensor] = None
+    values: Dict[str, Tensor] = {}
+    for name, weight in weights:
+        term = terms[name](ctx).float()
+        weighted = term if weight == 1.0 else weight * term
+        total = weighted if total is None else total + weighted
+        values[name] = term
+    if total is None:
+        total = ctx.image.new_zeros(batch_size, dtype=torch.float32)
+    return total, values
+
+
+class MeasurementLoss(LossTerm):
+    """The operator's measurement error ``operator.measurement_error(measured, observation)``: ``[B]``.
+
+    What it measures is the operator's to define: the mean squared error over
+    the measurements (super-resolution, denoising, compressed sensing), over
+    the observed pixels only (inpainting), or the cross entropy
+    ``-log p(y | x)`` (classifier guidance). Inside the engine it returns the
+    error the engine computed once per step (``ctx.measurement_error``).
+    Configs weight it under the loss name ``mse``.
+    """
 
     def forward(self, ctx: LossContext) -> Tensor:
         if ctx.measurement_error is not None:
             return ctx.measurement_error
         return ctx.operator.measurement_error(ctx.measured, ctx.observation)
+
+
+class MSELoss(MeasurementLoss):
+    """Deprecated name of :class:`MeasurementLoss` (the error is not always a squared error).
+
+    A subclass rather than an alias, so configs and run manifests that name
+    ``ilo_pl.losses.MSELoss`` keep working and keep describing the same class.
+    """
+
+    def __init__(self) -> None:
+        warnings.warn(
+            "ilo_pl.losses.MSELoss is deprecated: it returns the operator's measurement error, which is "
+            "not always a squared error (cross entropy for a classifier); use ilo_pl.losses.MeasurementLoss",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__()
 
 
 #: How :class:`GeodesicLoss` reduces the squared angles of a sample's row pairs.

@@ -5,7 +5,7 @@ Two ways to use it:
 * **With a** :class:`~ilo_pl.operators.classifier.ClassifierOperator` (no
   arguments): the target is the observation and the logits are the
   measurement the engine already computed (``ctx.measured``), so the
-  classifier runs once per step. This is the same quantity as ``MSELoss`` on
+  classifier runs once per step. This is the same quantity as ``MeasurementLoss`` on
   that operator; use it when you want the class term under its own name and
   weight.
 * **With its own classifier and target** (``ClassifierLoss(classifier,

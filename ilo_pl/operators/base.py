@@ -5,42 +5,127 @@ In the style of deepinv's physics:
 * :meth:`Operator.A` -- the noiseless forward map ``x -> A(x)``; batched
   (``x`` is ``[B, C, H, W]`` in ``[-1, 1]``), differentiable, on the device of
   its buffers. This is what sits inside the loss.
-* :meth:`Operator.noise` -- the measurement noise model applied to ``A(x)``
-  (identity unless the operator says otherwise).
+* :attr:`Operator.noise_model` -- the measurement noise, a component of the
+  operator (``None``: noiseless). It is given at construction
+  (``Inpainting(mask, noise_model=GaussianNoiseModel(10))``) or swapped with
+  :meth:`Operator.with_noise`, which returns a new operator.
+* :meth:`Operator.noise` -- applies the noise model to ``A(x)`` (the identity
+  without one).
 * :meth:`Operator.forward` -- ``y = noise(A(x))``: how observations are *made*
   (always with the same ``A`` that sits in the loss).
-* :meth:`LinearOperator.A_adjoint` -- the exact adjoint of a linear ``A``.
+* :meth:`LinearOperator.A_adjoint` -- the exact adjoint of a linear ``A``;
+  :meth:`LinearOperator.adjointness_test` and
+  :meth:`LinearOperator.compute_sqnorm` check it and measure ``||A||^2``.
 
 Per-sample parameters (masks, seeds) are buffers whose leading dim is the
 batch; :meth:`Operator.stack` concatenates one-sample operators into one
 batched operator so the per-step path has no Python loop over samples.
+
+:func:`ilo_pl.testing.operators.check_operator` checks the whole contract on
+any operator, a user's own included.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 
+def check_noise_model(noise_model: Optional[nn.Module]) -> Optional[nn.Module]:
+    """Return ``noise_model`` if it can be an operator's noise model, else raise.
+
+    A noise model is an ``nn.Module`` called as ``noise_model(y, generator)``
+    (see :class:`~ilo_pl.operators.noise.NoiseModel`); ``None`` means noiseless.
+
+    Raises:
+        TypeError: if ``noise_model`` is neither ``None`` nor an ``nn.Module``.
+    """
+    if noise_model is None or isinstance(noise_model, nn.Module):
+        return noise_model
+    raise TypeError(
+        f"a noise model must be an nn.Module called as noise_model(y, generator) (subclass "
+        f"ilo_pl.operators.NoiseModel), or None for no noise; got {type(noise_model).__name__}"
+    )
+
+
+def _draw(
+    shape: Sequence[int], generator: Optional[torch.Generator], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    # Drawn on the generator's device, then moved: a seed gives the same draw on
+    # every device. The default is a private generator, so diagnostics never
+    # consume the global RNG (which would shift a seeded run's later draws).
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    return torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype).to(device)
+
+
+def _row_norm(v: Tensor) -> Tensor:
+    """Per-sample Euclidean norm ``[B, 1, ...]`` (broadcastable against ``v``)."""
+    n = v.flatten(1).norm(dim=1)
+    return n.view(-1, *([1] * (v.dim() - 1)))
+
+
 class Operator(nn.Module):
     """Base class of forward operators ``y = noise(A(x))``.
+
+    Args:
+        noise_model: the measurement noise, an ``nn.Module`` called as
+            ``noise_model(y, generator)`` (e.g.
+            :class:`~ilo_pl.operators.noise.GaussianNoiseModel`); ``None``
+            (default) for noiseless measurements.
 
     Attributes:
         batched_buffers: names of buffers with a per-sample leading dim;
             :meth:`stack` concatenates them along dim 0.
+        noise_model: the noise model (``None``: noiseless). It is a child
+            module, so ``.to(device)`` moves it with the operator.
+
+    Raises:
+        TypeError: if ``noise_model`` is neither ``None`` nor an ``nn.Module``.
     """
 
     batched_buffers: Tuple[str, ...] = ()
+
+    def __init__(self, noise_model: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        # Registered as a child even when None, so it never lands in __dict__
+        # (run manifests describe a module by the init arguments found there).
+        self.register_module("noise_model", check_noise_model(noise_model))
 
     def A(self, x: Tensor) -> Tensor:  # noqa: N802 (deepinv naming)
         """The noiseless forward map. Subclasses override."""
         raise NotImplementedError(f"{type(self).__name__} does not define A(x)")
 
     def noise(self, y: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Measurement noise applied to ``A(x)`` when observations are made."""
-        return y
+        """Apply the noise model to a measurement ``y`` (``y`` itself when there is none).
+
+        With a seeded ``generator`` the noise is reproducible; without one it is
+        fresh at every call (what Stochastic Noise Addition needs).
+        """
+        if self.noise_model is None:
+            return y
+        return self.noise_model(y, generator)
+
+    def with_noise(self, noise_model: Optional[nn.Module]) -> "Operator":
+        """A new operator with the same ``A`` and ``noise_model`` as its noise (``None``: noiseless).
+
+        ``self`` is unchanged: operators may be shared between problems (a
+        shared spec builds one), so the noise is never swapped in place. The
+        copy shares ``self``'s buffers, parameters and child modules.
+
+        Raises:
+            TypeError: if ``noise_model`` is neither ``None`` nor an ``nn.Module``.
+        """
+        noise_model = check_noise_model(noise_model)
+        out = copy.copy(self)
+        # Own registries, so registering the new noise model leaves self's alone.
+        out._modules = dict(self._modules)
+        out._buffers = dict(self._buffers)
+        out._parameters = dict(self._parameters)
+        out.register_module("noise_model", noise_model)
+        return out
 
     def forward(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """Make an observation ``y = noise(A(x))`` (seeded by ``generator``)."""
@@ -93,8 +178,8 @@ class Operator(nn.Module):
         """Merge per-sample operators (each with batch dim 1) into one batched operator.
 
         Buffers listed in :attr:`batched_buffers` are concatenated along dim 0;
-        every other buffer and attribute is taken from the first operator and
-        must be the same in all (shared parameters).
+        every other buffer and attribute, the noise model included, is taken
+        from the first operator and must be the same in all (shared parameters).
         """
         ops = list(ops)
         if not ops:
@@ -110,13 +195,38 @@ class Operator(nn.Module):
         return first._stacked(ops)
 
     def _stacked(self, ops: List["Operator"]) -> "Operator":
-        import copy
-
         out = copy.copy(self)
         out._buffers = dict(self._buffers)  # shallow copies share modules; own buffer dict
         for name in self.batched_buffers:
             out._buffers[name] = torch.cat([getattr(o, name) for o in ops], 0)
         return out
+
+    def _stack_size(self) -> int:
+        """The number of per-problem parameter sets held (1 for a shared operator)."""
+        sizes = [
+            getattr(m, name).shape[0]
+            for m in self.modules()
+            if isinstance(m, Operator)
+            for name in m.batched_buffers
+        ]
+        return max(sizes, default=1)
+
+    def _device(self) -> torch.device:
+        """The device of the operator's first buffer or parameter (the CPU when it has none)."""
+        for t in list(self.buffers()) + list(self.parameters()):
+            return t.device
+        return torch.device("cpu")
+
+    def _input_shape(self, shape: Sequence[int]) -> Tuple[int, ...]:
+        """``(B, C, H, W)`` from ``(C, H, W)`` (``B`` = :meth:`_stack_size`) or ``(B, C, H, W)``."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) == 3:
+            return (self._stack_size(), *shape)
+        if len(shape) == 4:
+            return shape
+        raise ValueError(
+            f"shape must be an image shape (C, H, W) or a batch shape (B, C, H, W); got {shape}"
+        )
 
     def extra_repr(self) -> str:
         return ", ".join(f"{n}={tuple(getattr(self, n).shape)}" for n in self.batched_buffers)
@@ -129,9 +239,132 @@ class LinearOperator(Operator):
         """The adjoint ``A^T y``. Subclasses override."""
         raise NotImplementedError(f"{type(self).__name__} does not define A_adjoint(y)")
 
+    @torch.no_grad()
+    def adjointness_test(
+        self,
+        shape: Sequence[int],
+        generator: Optional[torch.Generator] = None,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: Optional[torch.device] = None,
+    ) -> Tensor:
+        """Relative adjointness error ``|<A x, y> - <x, A^T y>| / max(||A x|| ||y||, ||x|| ||A^T y||)``.
+
+        ``x`` (of ``shape``) and ``y`` (of ``A(x)``'s shape) are standard normal
+        draws. The error is at the rounding level of ``dtype`` (about ``1e-16``
+        in float64) when :meth:`A_adjoint` is the exact adjoint. The
+        denominator bounds both inner products (Cauchy-Schwarz), so the value
+        is scale-free and defined even when the inner products are close to 0;
+        random inner products are themselves about ``1/sqrt(m)`` of that bound
+        (``m`` measurements), so a wrong adjoint gives an error of that order:
+        far above rounding, but not of order 1.
+
+        Args:
+            shape: ``(C, H, W)`` of the images (the batch is the operator's
+                number of per-problem parameter sets) or ``(B, C, H, W)``.
+            generator: the random stream of ``x`` and ``y``; by default a
+                private one seeded with 0, so the result is reproducible and the
+                global RNG is left alone.
+            dtype: the dtype of ``x`` and ``y`` (ilo-pl's operators compute in
+                their input's dtype).
+            device: where ``x`` and ``y`` live (default: the operator's device).
+
+        Returns:
+            A 0-d tensor of ``dtype``.
+
+        Raises:
+            ValueError: if ``A_adjoint`` does not map measurements back to the images' shape.
+
+        Example:
+            >>> from ilo_pl.operators import BicubicDownsample
+            >>> float(BicubicDownsample(2).adjointness_test((3, 8, 8))) < 1e-12
+            True
+        """
+        device = self._device() if device is None else torch.device(device)
+        x = _draw(self._input_shape(shape), generator, dtype, device)
+        ax = self.A(x)
+        y = _draw(ax.shape, generator, ax.dtype, device)
+        aty = self.A_adjoint(y)
+        if tuple(aty.shape) != tuple(x.shape):
+            raise ValueError(
+                f"{type(self).__name__}.A_adjoint returns shape {tuple(aty.shape)} for measurements of "
+                f"shape {tuple(y.shape)}, but the images are {tuple(x.shape)}; A_adjoint must map "
+                "measurements back to image space"
+            )
+        lhs = (ax * y).sum()
+        rhs = (x * aty).sum()
+        scale = torch.maximum(ax.norm() * y.norm(), x.norm() * aty.norm())
+        return (lhs - rhs).abs() / scale.clamp_min(torch.finfo(scale.dtype).tiny)
+
+    @torch.no_grad()
+    def compute_sqnorm(
+        self,
+        shape: Sequence[int],
+        max_iter: int = 100,
+        tol: float = 1e-6,
+        generator: Optional[torch.Generator] = None,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: Optional[torch.device] = None,
+    ) -> Tensor:
+        """The squared operator norm ``||A||_2^2`` per problem, by power iteration on ``A^T A``.
+
+        ``||A||_2^2`` is the largest eigenvalue of ``A^T A`` (the largest
+        squared singular value of ``A``): the Lipschitz constant of the
+        gradient of ``||A x - y||^2 / 2``. Starting from a standard normal
+        ``v``, each iteration sets ``w = A^T A v``, the estimate to the
+        Rayleigh quotient ``<v, w>`` (``||v|| = 1``) and ``v = w / ||w||``, and
+        stops when no estimate changed by more than ``tol`` relative to itself.
+        Each problem of a stacked operator is iterated on its own. The estimate
+        approaches the norm from below; how fast depends on the gap between the
+        two largest singular values.
+
+        Args:
+            shape: ``(C, H, W)`` of the images (the batch is the operator's
+                number of per-problem parameter sets) or ``(B, C, H, W)``.
+            max_iter: the most iterations.
+            tol: the relative change of the estimate at which to stop.
+            generator: the random stream of the start vector; by default a
+                private one seeded with 0.
+            dtype: the dtype the iteration runs in.
+            device: where it runs (default: the operator's device).
+
+        Returns:
+            ``[B]``: one squared norm per problem (``[1]`` for a shared operator).
+
+        Raises:
+            ValueError: if ``max_iter < 1`` or ``tol < 0``.
+
+        Example:
+            >>> import torch
+            >>> from ilo_pl.operators import Inpainting
+            >>> Inpainting(torch.tensor([[1.0, 0.0], [1.0, 1.0]])).compute_sqnorm((1, 2, 2))
+            tensor([1.], dtype=torch.float64)
+        """
+        if int(max_iter) < 1 or not tol >= 0:
+            raise ValueError(f"compute_sqnorm needs max_iter >= 1 and tol >= 0; got max_iter={max_iter}, tol={tol}")
+        device = self._device() if device is None else torch.device(device)
+        v = _draw(self._input_shape(shape), generator, dtype, device)
+        tiny = torch.finfo(dtype).tiny
+        v = v / _row_norm(v).clamp_min(tiny)
+        estimate: Optional[Tensor] = None
+        for _ in range(int(max_iter)):
+            w = self.A_adjoint(self.A(v))
+            new = (v * w).flatten(1).sum(1)
+            v = w / _row_norm(w).clamp_min(tiny)
+            done = estimate is not None and bool(((new - estimate).abs() <= tol * new.abs()).all())
+            estimate = new
+            if done:
+                break
+        return estimate
+
 
 class Identity(LinearOperator):
-    """``A = I``: the fully observed case."""
+    """``A = I``: the fully observed case (with ``noise_model``: denoising).
+
+    Args:
+        noise_model: the measurement noise (``None``: noiseless).
+    """
 
     def A(self, x: Tensor) -> Tensor:  # noqa: N802
         return x
@@ -141,10 +374,15 @@ class Identity(LinearOperator):
 
 
 class LambdaOperator(Operator):
-    """Wrap any callable or ``nn.Module`` ``f`` as an operator with ``A = f``."""
+    """Wrap any callable or ``nn.Module`` ``f`` as an operator with ``A = f``.
 
-    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
+    Args:
+        fn: the forward map ``[B, C, H, W] -> measurements``.
+        noise_model: the measurement noise (``None``: noiseless).
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], *, noise_model: Optional[nn.Module] = None) -> None:
+        super().__init__(noise_model=noise_model)
         if not callable(fn):
             raise TypeError(f"LambdaOperator needs a callable, got {type(fn).__name__}")
         self.fn = fn
@@ -163,12 +401,19 @@ class OperatorSpec:
 
     Specs are what configs name (``operator: {class_path: ..., init_args:
     ...}``); the data module calls :meth:`build` once per problem with that
-    problem's seed, so random operators (masks, sign patterns, noise) are
-    reproducible, and then :meth:`Operator.stack` batches them.
+    problem's seed and name, so random operators (masks, sign patterns,
+    noise) are reproducible, and then :meth:`Operator.stack` batches them.
     """
 
-    def build(self, image_shape: Tuple[int, int, int], seed: int) -> Operator:
-        """The operator for one image of shape ``(C, H, W)`` (its buffers have batch dim 1)."""
+    def build(self, image_shape: Tuple[int, int, int], seed: int, name: Optional[str] = None) -> Operator:
+        """The operator for one image of shape ``(C, H, W)`` (its buffers have batch dim 1).
+
+        Args:
+            image_shape: ``(C, H, W)`` of the problem's image.
+            seed: the problem's seed (shared specs use their own).
+            name: the problem's name (its image file name), for specs that read
+                per-problem files; others ignore it. Every spec accepts it.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define build()")
 
     #: Whether all problems share one operator (built with the spec's own seed).

@@ -74,6 +74,7 @@ class ClassifierOperator(Operator):
         std: per-channel std on ``[0, 1]`` images (only for a bare module).
         input_size: input size the bare module expects (``None``: no resize).
         num_classes: ``K`` of a bare module, when known.
+        noise_model: noise on the logits (``None``, the default: none).
 
     Raises:
         TypeError: if ``classifier`` is not an ``nn.Module``.
@@ -88,8 +89,10 @@ class ClassifierOperator(Operator):
         std: Optional[Sequence[float]] = None,
         input_size: Union[int, Sequence[int], None] = None,
         num_classes: Optional[int] = None,
+        *,
+        noise_model: Optional[nn.Module] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(noise_model=noise_model)
         if isinstance(classifier, ImageClassifier):
             if mean is not None or std is not None or input_size is not None:
                 raise ValueError(
@@ -215,7 +218,9 @@ class ClassGuidance(OperatorSpec):
                 f"(valid indices are 0..{k - 1})"
             )
 
-    def build(self, image_shape: Tuple[int, int, int], seed: int) -> ClassifierOperator:
+    def build(
+        self, image_shape: Tuple[int, int, int], seed: int, name: Optional[str] = None
+    ) -> ClassifierOperator:
         """The (shared) classifier operator; ``image_shape`` must have 3 channels."""
         channels = int(self.operator.classifier.mean.shape[1])
         if image_shape[0] != channels:

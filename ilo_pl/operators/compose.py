@@ -1,10 +1,12 @@
-"""Composition of operators: ``A = A_n o ... o A_1`` with the last operator's noise.
+"""Composition of operators: ``A = A_n o ... o A_1``, with one noise model.
 
 ``Compose(BicubicDownsample(4), GaussianNoise(25))`` is "downsample, then add
 noise": its ``A`` is the downsampling (the identity ``A`` of the noise adds
-nothing) and its ``noise`` is the Gaussian noise. Only the last operator may
-carry a noise model: noise in the middle of a chain would be silently dropped,
-so it is an error.
+nothing) and its noise model is the Gaussian one. Like every operator, a
+composition has one noise model, applied to its output: the one given as
+``Compose(..., noise_model=...)``, else the last part's. A noise model on any
+other part would act between parts, which ``y = noise(A(x))`` cannot express,
+so it is an error rather than silently dropped.
 
 When every part is a :class:`LinearOperator` the composition is one too (the
 constructor returns a :class:`LinearCompose`) with the exact adjoint
@@ -15,7 +17,6 @@ composition non-linear, since their adjoint is unknown).
 
 from __future__ import annotations
 
-import inspect
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -27,23 +28,20 @@ from ilo_pl.operators.noise import GaussianNoise
 OperatorLike = Union[Operator, nn.Module, Callable[[Tensor], Tensor]]
 
 
-def has_noise(op: Operator) -> bool:
-    """Whether ``op`` overrides the identity noise model."""
-    if isinstance(op, Compose):
-        return has_noise(op.ops[-1])
-    return type(op).noise is not Operator.noise
-
-
 class Compose(Operator):
-    """``A(x) = A_n(...A_1(x))``, ``noise`` = the last operator's noise.
+    """``A(x) = A_n(...A_1(x))`` with one noise model on the output.
 
     Args:
         *ops: operators (or callables / ``nn.Module`` s) in the order they apply.
+        noise_model: the composition's measurement noise. By default the last
+            part's noise model (so ``Compose(op, GaussianNoise(25))`` is ``op``
+            with Gaussian noise).
 
     Raises:
-        ValueError: if no operator is given, or an operator other than the last
-            one has a noise model.
-        TypeError: if a part is neither an operator nor callable.
+        ValueError: if no operator is given; if a part other than the last has
+            a noise model; if both the last part and ``noise_model`` give one.
+        TypeError: if a part is neither an operator nor callable, or a part
+            overrides :meth:`Operator.noise` instead of having a noise model.
     """
 
     def __new__(cls, *ops: OperatorLike, **kwargs: object) -> "Compose":
@@ -56,8 +54,7 @@ class Compose(Operator):
             cls = LinearCompose
         return super().__new__(cls)
 
-    def __init__(self, *ops: OperatorLike) -> None:
-        super().__init__()
+    def __init__(self, *ops: OperatorLike, noise_model: Optional[nn.Module] = None) -> None:
         if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
             ops = tuple(ops[0])
         if not ops:
@@ -66,12 +63,27 @@ class Compose(Operator):
             if not callable(o):
                 raise TypeError(f"Compose parts must be operators or callables; got {type(o).__name__}")
         parts = [as_operator(o) for o in ops]
-        for i, o in enumerate(parts[:-1]):
-            if has_noise(o):
-                raise ValueError(
-                    f"{type(o).__name__} at position {i} of Compose has a noise model, but only the "
-                    "last operator's noise is applied; put the noise operator last"
+        for i, o in enumerate(parts):
+            if type(o).noise is not Operator.noise:
+                # Its noise is code, not a component: the composition could not carry it.
+                raise TypeError(
+                    f"{type(o).__name__} at position {i} of Compose overrides Operator.noise; give its "
+                    "noise as a noise model instead (noise_model=..., see ilo_pl.operators.NoiseModel)"
                 )
+        for i, o in enumerate(parts[:-1]):
+            if o.noise_model is not None:
+                raise ValueError(
+                    f"{type(o).__name__} at position {i} of Compose has a noise model, but a composition "
+                    "has one noise model, on its output; put the noisy operator last or give the noise "
+                    "as Compose(..., noise_model=...)"
+                )
+        last = parts[-1].noise_model
+        if noise_model is not None and last is not None:
+            raise ValueError(
+                f"both the last part ({type(parts[-1]).__name__}) and noise_model= give Compose a noise "
+                "model; give one of them"
+            )
+        super().__init__(noise_model=noise_model if noise_model is not None else last)
         self.ops = nn.ModuleList(parts)
 
     # -- operator ---------------------------------------------------------
@@ -79,9 +91,6 @@ class Compose(Operator):
         for op in self.ops:
             x = op.A(x)
         return x
-
-    def noise(self, y: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        return self.ops[-1].noise(y, generator)
 
     def _measuring(self) -> Operator:
         # The part that defines the measurement space: the last one whose A is
@@ -105,7 +114,10 @@ class Compose(Operator):
         n = len(self.ops)
         if any(len(o.ops) != n for o in ops):
             raise ValueError("cannot batch compositions of different lengths")
-        return Compose(*[Operator.stack([o.ops[i] for o in ops]) for i in range(n)])
+        out = Compose(*[Operator.stack([o.ops[i] for o in ops]) for i in range(n)])
+        # The first composition's noise model, as for any stacked operator.
+        out.register_module("noise_model", self.noise_model)
+        return out
 
     def extra_repr(self) -> str:
         return ""
@@ -145,8 +157,8 @@ class ComposeSpec(OperatorSpec):
               - {class_path: ilo_pl.operators.superres.SuperResolution, init_args: {factor: 4}}
               - {class_path: ilo_pl.operators.noise.Denoising, init_args: {sigma: 25}}
 
-    Every part is built with the problem's seed; the composition is shared when
-    all parts are.
+    Every part is built with the problem's seed and name; the composition is
+    shared when all parts are.
 
     Args:
         specs: the parts' specs, in the order they apply.
@@ -166,8 +178,7 @@ class ComposeSpec(OperatorSpec):
         parts: List[Operator] = []
         shape: Tuple[int, ...] = tuple(image_shape)
         for i, spec in enumerate(self.specs):
-            kwargs = {"name": name} if "name" in inspect.signature(spec.build).parameters else {}
-            op = spec.build(shape, seed, **kwargs)  # type: ignore[arg-type]
+            op = spec.build(shape, seed, name=name)  # type: ignore[arg-type]
             parts.append(op)
             if i < len(self.specs) - 1:
                 shape = _output_shape(op, shape)

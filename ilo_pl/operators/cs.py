@@ -30,9 +30,10 @@ import math
 from typing import Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ilo_pl.operators.base import LinearOperator, Operator, OperatorSpec
+from ilo_pl.policy import work_dtype
 
 #: Largest ``n`` (= C*H*W) a dense :class:`GaussianMatrix` accepts by default.
 GAUSSIAN_MAX_N = 2**16
@@ -59,10 +60,8 @@ def _check_m(m: int, n: int) -> int:
     return m
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    # FFTs run in float64 for float64 inputs, else in float32 (half/bfloat16
-    # inputs under mixed precision are computed in float32 and cast back).
-    return torch.float64 if dtype == torch.float64 else torch.float32
+# FFTs run in ilo-pl's shared work dtype: float64 for float64 inputs, else float32
+# (half/bfloat16 inputs under mixed precision are computed in float32 and cast back).
 
 
 class _FlatMeasurement(LinearOperator):
@@ -120,6 +119,8 @@ class PartialCirculant(_FlatMeasurement):
         image_shape: ``(C, H, W)`` of the images; ``n = C * H * W``.
         m: number of measurements, ``1 <= m <= n``.
         seed: seed of the signs, the filter and the kept rows.
+        noise_model: the measurement noise (``None``: noiseless), e.g.
+            ``GaussianNoiseModel(sigma, clip=False)``.
 
     Buffers (leading batch dim 1; :meth:`Operator.stack` batches per-problem
     matrices): ``signs [1, n]`` (+-1), ``filter_fft [1, n//2 + 1, 2]`` (the
@@ -129,12 +130,23 @@ class PartialCirculant(_FlatMeasurement):
 
     Raises:
         ValueError: if ``m < 1`` or ``m > n``.
+
+    Example:
+        >>> import torch
+        >>> op = PartialCirculant((3, 8, 8), m=19, seed=0)  # m/n = 19/192, about 10%
+        >>> y = op.A(torch.rand(2, 3, 8, 8) * 2 - 1)
+        >>> y.shape, op.A_adjoint(y).shape
+        (torch.Size([2, 19]), torch.Size([2, 3, 8, 8]))
+        >>> float(op.adjointness_test((3, 8, 8))) < 1e-12  # the adjoint is exact
+        True
     """
 
     batched_buffers = ("signs", "filter_fft", "rows")
 
-    def __init__(self, image_shape: Sequence[int], m: int, seed: int = 0) -> None:
-        super().__init__()
+    def __init__(
+        self, image_shape: Sequence[int], m: int, seed: int = 0, *, noise_model: Optional[nn.Module] = None
+    ) -> None:
+        super().__init__(noise_model=noise_model)
         self.image_shape = _check_shape(image_shape)
         n = self.n
         self.m = _check_m(m, n)
@@ -152,7 +164,7 @@ class PartialCirculant(_FlatMeasurement):
         return torch.view_as_complex(self.filter_fft.to(dtype).contiguous())
 
     def A(self, x: Tensor) -> Tensor:  # noqa: N802
-        work = _work_dtype(x.dtype)
+        work = work_dtype(x.dtype)
         v = self._flatten(x).to(work) * self.signs.to(work)
         v = torch.fft.irfft(torch.fft.rfft(v) * self._spectrum(work), n=self.n)
         rows = self.rows.expand(v.shape[0], -1)
@@ -160,7 +172,7 @@ class PartialCirculant(_FlatMeasurement):
 
     def A_adjoint(self, y: Tensor) -> Tensor:  # noqa: N802
         self._check_measurements(y)
-        b, work = y.shape[0], _work_dtype(y.dtype)
+        b, work = y.shape[0], work_dtype(y.dtype)
         rows = self.rows.expand(b, -1)
         v = y.new_zeros(b, self.n, dtype=work).scatter(1, rows, y.to(work) / math.sqrt(self.m))
         # Circular correlation (C^T) = multiplication by the conjugate spectrum.
@@ -197,6 +209,7 @@ class GaussianMatrix(_FlatMeasurement):
         seed: seed of the matrix.
         max_n: the largest ``n`` accepted (default ``2**16``); use
             :class:`PartialCirculant` beyond it.
+        noise_model: the measurement noise (``None``: noiseless).
 
     Raises:
         ValueError: if ``m < 1`` or ``m > n``, or if ``n`` (or ``m * n``) is too
@@ -205,8 +218,16 @@ class GaussianMatrix(_FlatMeasurement):
 
     batched_buffers = ("matrix",)
 
-    def __init__(self, image_shape: Sequence[int], m: int, seed: int = 0, max_n: int = GAUSSIAN_MAX_N) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        m: int,
+        seed: int = 0,
+        max_n: int = GAUSSIAN_MAX_N,
+        *,
+        noise_model: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__(noise_model=noise_model)
         self.image_shape = _check_shape(image_shape)
         n = self.n
         self.m = _check_m(m, n)
@@ -283,7 +304,7 @@ class CompressedSensing(OperatorSpec):
         n = math.prod(int(v) for v in image_shape)
         return self.m if self.m is not None else max(1, int(round(self.ratio * n)))
 
-    def build(self, image_shape: Tuple[int, int, int], seed: int) -> Operator:
+    def build(self, image_shape: Tuple[int, int, int], seed: int, name: Optional[str] = None) -> Operator:
         m = self.num_measurements(image_shape)
         seed = self.seed if self.shared else int(seed)
         cls = PartialCirculant if self.kind == "circulant" else GaussianMatrix

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ilo_pl.operators.base import LinearOperator, OperatorSpec
 
@@ -18,15 +18,27 @@ class Inpainting(LinearOperator):
         mask: ``[H, W]``, ``[1 or C, H, W]`` or ``[B, 1 or C, H, W]`` of 0/1 values.
             A mask is always given explicitly (never inferred from black pixels:
             a black observed pixel is still an observation).
+        noise_model: the measurement noise (``None``: noiseless), e.g.
+            :class:`~ilo_pl.operators.noise.GaussianNoiseModel`.
 
     Raises:
         ValueError: if the mask is not binary, has a bad shape, or observes nothing.
+
+    Example:
+        >>> import torch
+        >>> op = Inpainting(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))  # pixel (0, 1) missing
+        >>> y = op(torch.full((1, 3, 2, 2), 0.5))
+        >>> op.superimpose(torch.full((1, 3, 2, 2), -1.0), y)[0, 0]  # observed pixels, the rest from x
+        tensor([[ 0.5000, -1.0000],
+                [ 0.5000,  0.5000]])
+        >>> op.measurement_error(op.A(torch.zeros(1, 3, 2, 2)), y)  # mean over observed entries only
+        tensor([0.2500])
     """
 
     batched_buffers = ("mask",)
 
-    def __init__(self, mask: Tensor) -> None:
-        super().__init__()
+    def __init__(self, mask: Tensor, *, noise_model: Optional[nn.Module] = None) -> None:
+        super().__init__(noise_model=noise_model)
         mask = torch.as_tensor(mask)
         if mask.dim() == 2:
             mask = mask[None]
@@ -101,7 +113,7 @@ class BoxMask(OperatorSpec):
             raise ValueError(f"box must be [top, bottom, left, right]; got {list(box)}")
         self.box = [int(b) for b in box]
 
-    def build(self, image_shape: Tuple[int, int, int], seed: int) -> Inpainting:
+    def build(self, image_shape: Tuple[int, int, int], seed: int, name: Optional[str] = None) -> Inpainting:
         _, h, w = image_shape
         top, bottom, left, right = self.box
         if not (0 <= top <= bottom < h and 0 <= left <= right < w):
@@ -128,7 +140,7 @@ class RandomMask(OperatorSpec):
         self.shared = bool(shared)
         self.seed = int(seed)
 
-    def build(self, image_shape: Tuple[int, int, int], seed: int) -> Inpainting:
+    def build(self, image_shape: Tuple[int, int, int], seed: int, name: Optional[str] = None) -> Inpainting:
         _, h, w = image_shape
         g = torch.Generator().manual_seed(self.seed if self.shared else seed)
         n = h * w

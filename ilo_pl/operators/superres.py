@@ -18,11 +18,11 @@ truncated kernel, we pad).
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ilo_pl.operators.base import LinearOperator, OperatorSpec
 
@@ -86,14 +86,16 @@ class BicubicDownsample(LinearOperator):
             height and width. Factor 1 is exactly the identity.
         padding: border handling, one of ``reflect`` (default), ``symmetric``,
             ``replicate``, ``circular``. The adjoint is exact for all of them.
+        noise_model: the measurement noise (``None``: noiseless), e.g.
+            :class:`~ilo_pl.operators.noise.GaussianNoiseModel`.
 
     Raises:
         ValueError: for a factor < 1 or an unknown padding; at call time, if the
             factor does not divide the image size.
     """
 
-    def __init__(self, factor: int, padding: str = "reflect") -> None:
-        super().__init__()
+    def __init__(self, factor: int, padding: str = "reflect", *, noise_model: Optional[nn.Module] = None) -> None:
+        super().__init__(noise_model=noise_model)
         if isinstance(factor, bool) or int(factor) != factor or factor < 1:
             raise ValueError(f"the downsampling factor must be an integer >= 1; got {factor!r}")
         if padding not in PADDINGS:
@@ -200,7 +202,9 @@ class SuperResolution(OperatorSpec):
         self.factor = int(factor)
         self.padding = padding
 
-    def build(self, image_shape: Tuple[int, int, int], seed: int) -> BicubicDownsample:
+    def build(
+        self, image_shape: Tuple[int, int, int], seed: int, name: Optional[str] = None
+    ) -> BicubicDownsample:
         _, h, w = image_shape
         op = BicubicDownsample(self.factor, self.padding)
         op._check_divides(h, w)
