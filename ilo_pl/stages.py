@@ -1,11 +1,22 @@
-"""Stage schedules and the per-stage learning-rate curve."""
+"""Stage schedules, the ILO paper's StyleGAN-2 schedule and the per-stage learning-rate curve.
+
+:func:`paper_stages` and :data:`PAPER_RADII` live here, not beside the
+network: a schedule is a list of :class:`Stage` that only reads the
+generator's split points and layer count.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # only for annotations: the generators import this module
+    from ilo_pl.modules.generators.stylegan2 import StyleGAN2Generator
 
 INF = float("inf")
 
@@ -28,6 +39,13 @@ class Stage:
         loss_weights: weights of the loss terms in this stage; ``None`` uses the
             module's weights. Missing names weigh 0.
         sna: Stochastic Noise Addition in this stage; ``None`` uses the module's ``sna``.
+
+    Example:
+        >>> stage = Stage(split=1, steps=100, free=["state", "noise_[0-4]"], radius={"state": 500.0})
+        >>> stage.is_free("h", "state"), stage.is_free("noise_3", "noise"), stage.is_free("noise_5", "noise")
+        (True, True, False)
+        >>> stage.radius_of("h", "state"), stage.radius_of("noise_3", "noise")  # no radius: unconstrained
+        (500.0, inf)
     """
 
     split: int
@@ -100,6 +118,116 @@ def ramp_lr(t: float, rampup: float = 0.05, rampdown: float = 0.25) -> float:
     return down * up
 
 
+def stage_optimizer(params: Sequence[Tensor], stage: Stage, rampup: float, rampdown: float) -> Dict[str, Any]:
+    """Adam over ``params`` at the stage's ``lr``, with the :func:`ramp_lr` schedule over its steps.
+
+    Returns:
+        Lightning's ``configure_optimizers`` dict (the scheduler steps every optimizer step).
+    """
+    opt = torch.optim.Adam(params, lr=stage.lr)
+    steps = stage.steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: ramp_lr(min(1.0, (i + 0.5) / steps), rampup, rampdown))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 def stage_losses(stage: Stage, default: Mapping[str, float]) -> Dict[str, float]:
     """The loss weights of ``stage`` (its own, or the module default)."""
     return dict(default if stage.loss_weights is None else stage.loss_weights)
+
+
+def check_stage_losses(stages: Sequence[Stage], default: Mapping[str, float], available: Sequence[str]) -> None:
+    """Raise a ``ValueError`` if a stage weighs a loss term that is not among ``available``."""
+    for i, st in enumerate(stages):
+        unknown = set(stage_losses(st, default)) - set(available)
+        if unknown:
+            raise ValueError(
+                f"stage {i} weighs loss terms {sorted(unknown)} that are not in `losses` "
+                f"({sorted(available)}); add them to `losses` or remove the weights"
+            )
+
+
+# ----------------------------------------------------------------------------- the paper's schedule
+#: Radii of the paper's appendix (l1 balls around each stage's start), per stage.
+PAPER_RADII: Dict[str, Tuple[float, ...]] = {
+    "noise": (300.0, 2000.0, 2000.0, 4000.0),
+    "latent": (300.0, 500.0, 1000.0, 2000.0),
+    "state": (500.0, 1000.0, 2000.0),  # stages 1.. (stage 0 has no intermediate state)
+}
+
+
+def paper_stages(
+    generator: StyleGAN2Generator,
+    steps: Sequence[int] = (300, 200, 200, 100),
+    splits: Optional[Sequence[int]] = None,
+    radii: Optional[Mapping[str, Sequence[float]]] = None,
+    lr: float = 0.1,
+    first_noises: int = 5,
+    noises_per_stage: int = 2,
+) -> List[Stage]:
+    """The ILO paper's StyleGAN-2 schedule as a list of :class:`~ilo_pl.stages.Stage`.
+
+    Stage ``s`` optimises the remaining W+ rows (group ``latent``), the
+    intermediate feature map ``h`` (group ``state``, stages >= 1) and the
+    noises ``noise_i`` with ``split_s <= i < first_noises + noises_per_stage * s``
+    (the first five noises in stage 0, two more freed per stage), each inside
+    an l1 ball around the stage's starting point, with Adam at ``lr``. The
+    RGB ``skip`` (group ``skip``) is carried at its ``G1`` value and not
+    optimised, as in the paper.
+
+    Args:
+        generator: the generator (for its number of layers and split points).
+        steps: optimizer steps per stage.
+        splits: split point of each stage; default ``(0, 1, 3, 5, ...)``: the
+            input, then after each resolution block (the paper's layers).
+        radii: per group (``noise``, ``latent``, ``state``) one radius per
+            stage (``state``: per stage from the second on). Default: the
+            paper's appendix, :data:`PAPER_RADII` (its first ``len(steps)``
+            stages; more than four stages need explicit radii).
+        lr: Adam's learning rate.
+        first_noises: noises free in the first stage.
+        noises_per_stage: noises freed in each later stage.
+
+    Raises:
+        ValueError: if ``splits`` or ``radii`` do not have one entry per stage,
+            or a split is out of range or decreasing.
+    """
+    n = len(steps)
+    if n == 0:
+        raise ValueError("paper_stages needs at least one stage (steps is empty)")
+    if splits is None:
+        splits = [0] + [2 * s - 1 for s in range(1, n)]
+    splits = [int(k) for k in splits]
+    if len(splits) != n:
+        raise ValueError(f"splits has {len(splits)} entries for {n} stages; give one split per stage")
+    for k in splits:
+        generator.check_split(k)
+    if any(b < a for a, b in zip(splits, splits[1:])):
+        raise ValueError(f"splits must not decrease; got {splits}")
+    if radii is None:
+        if n > len(PAPER_RADII["latent"]):
+            raise ValueError(
+                f"the paper gives radii for {len(PAPER_RADII['latent'])} stages, not {n}; pass `radii` "
+                "(noise and latent: one per stage, state: one per stage after the first)"
+            )
+        # The paper's radii of its first n stages.
+        radii = {g: v[: n - 1 if g == "state" else n] for g, v in PAPER_RADII.items()}
+    radii = dict(radii)
+    for group, want in (("noise", n), ("latent", n), ("state", n - 1)):
+        values = radii.get(group)
+        if values is None:
+            raise ValueError(f"radii lacks group {group!r}; give {want} values (inf for no constraint)")
+        if len(values) != want:
+            raise ValueError(
+                f"radii[{group!r}] has {len(values)} values for {n} stages; give {want}"
+                + (" (one per stage after the first)" if group == "state" else "")
+                + " or pass your own radii"
+            )
+    stages = []
+    for s, (k, n_steps) in enumerate(zip(splits, steps)):
+        last = min(first_noises + noises_per_stage * s, generator.num_layers)
+        free = ["latent"] + (["state"] if k > 0 else []) + [f"noise_{i}" for i in range(k, last)]
+        radius = {"latent": float(radii["latent"][s]), "noise": float(radii["noise"][s])}
+        if s > 0:
+            radius["state"] = float(radii["state"][s - 1])
+        stages.append(Stage(split=k, steps=int(n_steps), lr=lr, free=free, radius=radius))
+    return stages

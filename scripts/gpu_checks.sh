@@ -3,9 +3,9 @@
 #
 #   bash scripts/gpu_checks.sh [tests] [bench] [bench-rest] [suite]     (default: tests bench bench-rest)
 #
-#   tests       build the CUDA kernels and run every test that needs a GPU (tests/test_gpu.py and the
-#               GPU cases of the other files); they are skipped on machines without one
-#   bench       benchmarks/speed.py --device cuda: whole 1024x1024 StyleGAN-2 solves and the
+#   tests       build the CUDA kernels and run every test that needs a GPU: `pytest -m gpu` (the tests
+#               marked gpu and every device="cuda" case; see tests/conftest.py)
+#   bench       python -m benchmarks.speed --device cuda: whole 1024x1024 StyleGAN-2 solves and the
 #               overhead rows (ILO step / floor step per split)
 #   bench-rest  the throughput, projection and memory sections on the GPU
 #   suite       the whole test suite with the GPU visible (solves then run on it: accelerator "auto")
@@ -38,21 +38,18 @@ for part in "${parts[@]}"; do
   echo "=== $part ($(date +%T))"
   case "$part" in
     tests)
-      "$PY" -m pytest -q -rs -p no:cacheprovider \
-        tests/test_gpu.py \
-        tests/test_ops.py::test_cuda_kernels_match_native \
-        tests/test_precision.py::test_16_mixed_on_gpu_keeps_float32_and_constraints \
-        tests/test_classifier.py::test_robust_classifier_runs_on_the_device_of_its_inputs \
-        "tests/test_projections.py::test_large_random_matches_sort_reference" 2>&1 | tee "$OUT/tests.log" ;;
+      # Selected by the `gpu` marker (tests/conftest.py): tests marked @pytest.mark.gpu and every
+      # device="cuda" case, from the `device` fixture or a parametrize; no hand-kept list of test ids.
+      "$PY" -m pytest -q -rs -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/tests.log" ;;
     bench)  # one CSV per section, so that a run cut short keeps what it finished
-      "$PY" benchmarks/speed.py --device cuda --sections solve \
+      "$PY" -m benchmarks.speed --device cuda --sections solve \
         --out "$OUT/speed_gpu_solve.csv" 2>&1 | tee "$OUT/bench_solve.log" &&
-      "$PY" benchmarks/speed.py --device cuda --sections overhead --repeats "${REPEATS:-1}" \
+      "$PY" -m benchmarks.speed --device cuda --sections overhead --repeats "${REPEATS:-1}" \
         --out "$OUT/speed_gpu_overhead.csv" 2>&1 | tee "$OUT/bench_overhead.log" ;;
     bench-rest)
-      "$PY" benchmarks/speed.py --device cuda --sections throughput projection --repeats "${REPEATS:-1}" \
+      "$PY" -m benchmarks.speed --device cuda --sections throughput projection --repeats "${REPEATS:-1}" \
         --out "$OUT/speed_gpu_rest.csv" 2>&1 | tee "$OUT/bench_rest.log" &&
-      "$PY" benchmarks/speed.py --device cuda --sections memory \
+      "$PY" -m benchmarks.speed --device cuda --sections memory \
         --out "$OUT/speed_gpu_memory.csv" 2>&1 | tee "$OUT/bench_memory.log" ;;
     suite)
       "$PY" -m pytest -q -p no:cacheprovider -x 2>&1 | tee "$OUT/suite.log" ;;

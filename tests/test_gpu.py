@@ -1,4 +1,4 @@
-"""End-to-end checks of the CUDA paths (skipped without a CUDA GPU).
+"""End-to-end checks of the CUDA paths (marked ``gpu``: skipped without a CUDA GPU).
 
 On a GPU the engine takes its accelerator path (no host reads per step:
 best-iterate tracking and failure masking by ``torch.where``), the l1
@@ -7,8 +7,8 @@ projection its pure-PyTorch batched search, and StyleGAN-2 its compiled
 the CPU and compares; a :class:`_DeviceProbe` checks that the GPU solve really
 ran on the GPU (module, variables, batch), so a silent CPU fallback fails.
 The projection checks compare with an independent float64 sort reference, so
-they also run on the CPU; the solve comparisons need a GPU (a CPU solve
-compared with a CPU solve would prove nothing).
+they also run on the CPU (the ``device`` fixture); the solve comparisons need
+a GPU (a CPU solve compared with a CPU solve would prove nothing).
 """
 
 from __future__ import annotations
@@ -25,11 +25,6 @@ from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.operators import RandomMask
 from ilo_pl.projections import L1Workspace, project_l1_ball_, project_l1_ball_sort
 from ilo_pl.stages import Stage
-
-
-needs_gpu = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU: compares work done on the GPU with the same work on the CPU"
-)
 
 DCGAN_STAGES = [
     Stage(split=0, steps=8, lr=0.05, free=["latent"]),
@@ -148,18 +143,18 @@ def _check_stylegan2(device: str) -> None:
     assert torch.isfinite(res.images).all() and torch.isfinite(res.measurement_loss).all()
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_dcgan_solve_on_gpu_matches_cpu() -> None:
     _check_dcgan_solve("cuda")
 
 
-@needs_gpu
 @pytest.mark.parametrize("host_reads", [True, False])
-def test_inplace_projection_on_gpu_matches_sort_reference(host_reads: bool) -> None:
-    _check_inplace_projection("cuda", host_reads)
+def test_inplace_projection_matches_sort_reference(device: str, host_reads: bool) -> None:
+    """Compared with an independent float64 sort reference: meaningful on the CPU too."""
+    _check_inplace_projection(device, host_reads)
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_stylegan2_on_gpu_uses_the_cuda_kernels_and_matches_cpu() -> None:
     from torch.utils.cpp_extension import CUDA_HOME
 
@@ -168,12 +163,6 @@ def test_stylegan2_on_gpu_uses_the_cuda_kernels_and_matches_cpu() -> None:
     if CUDA_HOME is not None and not _cuda.native_only():  # a toolkit is there: the build must work
         assert _cuda.load_extension() is not None, "the CUDA kernels failed to build (see the warning above)"
     _check_stylegan2("cuda")
-
-
-def test_projection_checks_run_on_the_cpu() -> None:
-    """The projection checks compare with an independent float64 reference: meaningful on the CPU too."""
-    _check_inplace_projection("cpu", host_reads=True)
-    _check_inplace_projection("cpu", host_reads=False)
 
 
 def test_device_probe_sees_where_a_solve_ran() -> None:

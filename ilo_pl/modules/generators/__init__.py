@@ -2,6 +2,10 @@
 
 from ilo_pl.modules.generators.base import SplitGenerator
 from ilo_pl.modules.generators.dcgan import DCGANGenerator
-from ilo_pl.modules.generators.stylegan2 import StyleGAN2Generator, paper_stages
+from ilo_pl.modules.generators.sphere import LatentSphere
+from ilo_pl.modules.generators.stylegan2 import StyleGAN2Generator
 
-__all__ = ["DCGANGenerator", "SplitGenerator", "StyleGAN2Generator", "paper_stages"]
+# Re-exported for the imports written when the schedule lived beside StyleGAN-2; it is in ilo_pl.stages.
+from ilo_pl.stages import paper_stages
+
+__all__ = ["DCGANGenerator", "LatentSphere", "SplitGenerator", "StyleGAN2Generator", "paper_stages"]
