@@ -33,21 +33,12 @@ import yaml
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 import ilo_pl.strategy  # noqa: F401 - registers strategy="ilo_ddp"
-from ilo_pl.api import quiet_lightning
-from ilo_pl.callbacks.writer import ResultWriter, make_run_dir
+from ilo_pl.compat import move_logger, replace_callback
+from ilo_pl.callbacks.writer import ResultWriter
 from ilo_pl.data import InverseProblemDataModule
-from ilo_pl.io import atomic_write_bytes, new_run_dir
+from ilo_pl.io import atomic_write_bytes
 from ilo_pl.modules.ilo import ILOModule
-
-TRAINER_DEFAULTS = {
-    "max_epochs": 1,
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-    "use_distributed_sampler": False,
-    "log_every_n_steps": 10,
-}
+from ilo_pl.trainer import TRAINER_DEFAULTS, quiet_lightning
 
 #: Config entries that may change when a run is resumed (they do not change any result).
 RESUME_IGNORED = {"model.log_every"}
@@ -83,10 +74,7 @@ class ILOCLI(LightningCLI):
         # child's trainer.global_rank still reads 0, hence launch_rank.)
         if launch_rank(trainer) == 0:
             cfg_text = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
-            if writer.run_dir is None:
-                writer.run_dir = new_run_dir(writer.output_dir)
-            else:
-                make_run_dir(writer.run_dir)
+            writer.open_run_dir()
             cfg_path = writer.run_dir / "config.yaml"
             if cfg_path.is_file():  # resuming: the problems must be the same ones
                 check_resume_config(cfg_path, cfg_text)
@@ -164,25 +152,21 @@ def redirect_loggers(trainer: Any, run_dir: Path) -> None:
     for logger in trainer.loggers:
         if not isinstance(logger, (CSVLogger, TensorBoardLogger)):
             continue
-        if getattr(logger, "_experiment", None) is not None or not hasattr(logger, "_root_dir"):
+        if not move_logger(logger, run_dir):
             warnings.warn(
                 f"{type(logger).__name__} already started in {logger.save_dir}; it is not moved to {run_dir}",
                 stacklevel=2,
             )
-            continue
-        logger._root_dir = str(run_dir)
-        if isinstance(logger, CSVLogger):
-            logger._save_dir = str(run_dir)
 
 
 def install_problem_progress_bar(trainer: Any) -> None:
     """Swap Lightning's stock progress bar for one that shows the problem and stage."""
     from ilo_pl.callbacks.progress import problem_progress_bar_for
 
-    for i, cb in enumerate(trainer.callbacks):
+    for cb in trainer.callbacks:
         new = problem_progress_bar_for(cb)
         if new is not None:
-            trainer.callbacks[i] = new
+            replace_callback(trainer, cb, new)
             return
 
 

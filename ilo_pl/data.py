@@ -172,7 +172,7 @@ class ImageFolder(ProblemSource):
         file (which shifts problem indices) or a size change is refused; a
         file whose only change is its modification time is accepted with a
         warning, since its contents cannot be compared (see
-        :func:`ilo_pl.resume.compare_manifests`).
+        :func:`ilo_pl.manifest.compare_manifests`).
         """
         files = []
         for p in self.files:
@@ -323,6 +323,36 @@ def _identity(x):  # noqa: ANN001, ANN202 - a picklable collate_fn
     return x
 
 
+def problem_loader(batches: Sequence[ProblemBatch], trainer: "pl.Trainer") -> DataLoader:
+    """The loader of a fit: each problem batch once per optimizer step of its solve, in order.
+
+    Args:
+        batches: problem batches (a list, or a dataset that makes them on demand).
+        trainer: the trainer (its module's ``steps_per_problem`` and gradient accumulation).
+    """
+    repeats = trainer.lightning_module.steps_per_problem * trainer.accumulate_grad_batches
+    return DataLoader(
+        batches, sampler=_RepeatSampler(len(batches), repeats), batch_size=None, collate_fn=_identity, num_workers=0
+    )
+
+
+class ProblemBatches(pl.LightningDataModule):
+    """A data module over problem batches that already exist (what :func:`ilo_pl.api.solve` fits).
+
+    Args:
+        batches: the problem batches, solved in order.
+    """
+
+    def __init__(self, batches: Sequence[ProblemBatch]) -> None:
+        super().__init__()
+        self.batches = list(batches)
+        if not all(isinstance(b, ProblemBatch) for b in self.batches):
+            raise TypeError("ProblemBatches takes ilo_pl.problem.ProblemBatch objects")
+
+    def train_dataloader(self) -> DataLoader:
+        return problem_loader(self.batches, self.trainer)
+
+
 class InverseProblemDataModule(pl.LightningDataModule):
     """Feeds (observation, operator, ground truth, id) problem batches to :class:`~ilo_pl.modules.ILOModule`.
 
@@ -399,14 +429,7 @@ class InverseProblemDataModule(pl.LightningDataModule):
         trainer = self.trainer
         indices = self.problem_indices(trainer.global_rank, trainer.world_size)
         batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
-        repeats = trainer.lightning_module.steps_per_problem * trainer.accumulate_grad_batches
-        return DataLoader(
-            _BatchDataset(self, batches),
-            sampler=_RepeatSampler(len(batches), repeats),
-            batch_size=None,
-            collate_fn=_identity,
-            num_workers=0,
-        )
+        return problem_loader(_BatchDataset(self, batches), trainer)
 
     # -- problems ---------------------------------------------------------------
     def make_batch(self, indices: Sequence[int]) -> ProblemBatch:
@@ -424,7 +447,7 @@ class InverseProblemDataModule(pl.LightningDataModule):
                     self._shared_op = spec.build(shape, problem_seed(self.seed, -1))
                 op = self._shared_op
             else:
-                op = build_for(spec, shape, s, self.source.name(i))
+                op = spec.build(shape, s, name=self.source.name(i))
             y = spec.observe(op, x, torch.Generator().manual_seed(s + 1))
             op.check_observation(y, x)
             ids.append(self.source.name(i))
@@ -442,11 +465,3 @@ class InverseProblemDataModule(pl.LightningDataModule):
             indices=list(indices),
         )
 
-
-def build_for(spec: OperatorSpec, shape: Tuple[int, int, int], seed: int, name: str) -> Operator:
-    """``spec.build`` with the problem's name for specs that take one (per-image mask files)."""
-    import inspect
-
-    if "name" in inspect.signature(spec.build).parameters:
-        return spec.build(shape, seed, name=name)
-    return spec.build(shape, seed)

@@ -31,14 +31,13 @@ Use it with ``strategy="ilo_ddp"`` (registered on import of this module; the
 
 from __future__ import annotations
 
-import types
-import warnings
 from datetime import timedelta
 from typing import Any, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from ilo_pl.compat import make_sigterm_check_local, uses_distributed_sampler
 
 #: Default process-group timeout: ranks wait for the slowest one at the end of a run.
 DEFAULT_TIMEOUT = timedelta(days=1)
@@ -85,7 +84,7 @@ class ILOStrategy(DDPStrategy):
         # Checked before the process group is created, so a wrong setting fails fast.
         module = self.lightning_module
         trainer = getattr(module, "_trainer", None) if module is not None else None
-        if trainer is not None and trainer._accelerator_connector.use_distributed_sampler:
+        if trainer is not None and uses_distributed_sampler(trainer):
             raise ValueError(
                 "ILOStrategy needs Trainer(use_distributed_sampler=False): the data module shards the "
                 "problems across ranks itself, and a DistributedSampler would split each problem's "
@@ -95,7 +94,7 @@ class ILOStrategy(DDPStrategy):
 
     def setup(self, trainer: "pl.Trainer") -> None:
         super().setup(trainer)
-        _make_sigterm_check_local(trainer)
+        make_sigterm_check_local(trainer)
 
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
@@ -105,25 +104,6 @@ class ILOStrategy(DDPStrategy):
                 cls,
                 description="ILO: problems sharded across processes, no gradient all-reduce",
             )
-
-
-def _local_sigterm_check(loop: Any) -> None:
-    """Stand-in for the loop's per-step SIGTERM broadcast: act on this rank's own flag."""
-    if getattr(loop.trainer, "received_sigterm", False):
-        raise SIGTERMException()
-
-
-def _make_sigterm_check_local(trainer: "pl.Trainer") -> None:
-    loop = trainer.fit_loop.epoch_loop
-    if not hasattr(loop, "_broadcast_sigterm_tensor"):
-        # Another Lightning version: its loop has no per-step broadcast to replace.
-        warnings.warn(
-            "ILOStrategy: this Lightning version's training loop has no _broadcast_sigterm_tensor; "
-            "if it runs a collective every step, ranks with unequal numbers of problems can hang",
-            stacklevel=2,
-        )
-        return
-    loop._broadcast_sigterm_tensor = types.MethodType(_local_sigterm_check, loop)
 
 
 ILOStrategy.register_strategies(StrategyRegistry)

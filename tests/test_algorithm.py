@@ -22,11 +22,12 @@ import torch
 
 from conftest import TINY
 from ilo_pl.api import solve
-from ilo_pl.losses.base import LossContext, LossTerm, MSELoss
+from ilo_pl.losses.base import LossContext, LossTerm, MeasurementLoss
 from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.modules.generators.range import FeasibleSet, computed_entries, project_to_range
 from ilo_pl.modules.generators.stylegan2 import StyleGAN2Generator
-from ilo_pl.modules.ilo import OVERFLOW_PATIENCE
+from ilo_pl.modules.overflow import OVERFLOW_PATIENCE
+from ilo_pl.policy import host_reads as host_reads_policy
 from ilo_pl.operators import BoxMask
 from ilo_pl.projections import project_sphere_
 from ilo_pl.stages import Stage
@@ -237,12 +238,15 @@ def _mixed_trainer(scaler: torch.amp.GradScaler) -> Dict[str, Any]:
 
 
 @pytest.mark.parametrize("host_reads", [True, False], ids=["cpu-host-reads", "device-no-reads"])
-def test_16_mixed_nan_gradient_does_not_freeze_batch_mates(dcgan: DCGANGenerator, box_problem, host_reads, monkeypatch) -> None:
-    if not host_reads:  # the accelerator branch (no host reads), forced on the CPU
-        monkeypatch.setattr("ilo_pl.modules.ilo._host_reads_free", lambda t: False)
+def test_16_mixed_nan_gradient_does_not_freeze_batch_mates(dcgan: DCGANGenerator, box_problem, host_reads) -> None:
+    with host_reads_policy(host_reads):  # False: the accelerator branch (no host reads), forced on the CPU
+        _check_16_mixed_nan_gradient(dcgan, box_problem)
+
+
+def _check_16_mixed_nan_gradient(dcgan: DCGANGenerator, box_problem) -> None:  # noqa: ANN001
     op, y = box_problem
     steps = OVERFLOW_PATIENCE + 40
-    losses = {"mse": MSELoss(), "poison": PoisonedGradient(float("nan"))}
+    losses = {"mse": MeasurementLoss(), "poison": PoisonedGradient(float("nan"))}
     scalers = [torch.amp.GradScaler("cpu") for _ in range(3)]
     both = solve(dcgan, op, y, [Stage(0, steps, lr=0.05)], losses=losses, loss_weights={"mse": 1.0, "poison": 1.0},
                  seeds=[0, 1], trainer_kwargs=_mixed_trainer(scalers[0]))
@@ -265,7 +269,7 @@ def test_16_mixed_overflow_backs_the_scale_off_without_failing(dcgan: DCGANGener
 
     op, y = box_problem
     scaler = torch.amp.GradScaler("cpu", growth_interval=10**6)
-    losses = {"mse": MSELoss(), "burst": PoisonedGradient(float("inf"), steps=3)}  # sample 0 overflows 3 steps
+    losses = {"mse": MeasurementLoss(), "burst": PoisonedGradient(float("inf"), steps=3)}  # sample 0 overflows 3 steps
     result = solve(dcgan, op, y, [Stage(0, 10, lr=0.05)], losses=losses, loss_weights={"mse": 1.0, "burst": 1.0},
                    trainer_kwargs=_mixed_trainer(scaler))
     assert result.failed == [None, None]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ilo_pl.classifiers import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, build_classifier
-from ilo_pl.losses.base import LossContext, MSELoss
+from ilo_pl.losses.base import LossContext, MeasurementLoss
 from ilo_pl.losses.classifier import ClassifierLoss
 from ilo_pl.operators.base import Identity
 from ilo_pl.operators.classifier import ClassGuidance, ClassifierOperator, as_class_indices
@@ -198,7 +198,7 @@ def test_classifier_loss_with_operator_equals_mse_term() -> None:
     y = torch.tensor([1, 3])
     for with_err in (False, True):
         ctx = ctx_for(op, x, y, with_err)
-        torch.testing.assert_close(ClassifierLoss()(ctx), MSELoss()(ctx))
+        torch.testing.assert_close(ClassifierLoss()(ctx), MeasurementLoss()(ctx))
         torch.testing.assert_close(ClassifierLoss()(ctx), op.measurement_error(op.A(x), y))
 
 
@@ -414,7 +414,7 @@ def test_classifier_guidance_turns_a_face_into_sunglasses(lite0: ImageClassifier
     torch.testing.assert_close(again, result.images, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_robust_classifier_runs_on_the_device_of_its_inputs(tmp_path: Any, resnet18: nn.Module) -> None:
     from ilo_pl.classifiers.robustness_compat import load_robust_classifier
 

@@ -16,8 +16,10 @@ from ilo_pl.metrics import image_metrics
 from ilo_pl.modules import ILOModule
 from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.operators import BoxMask, Identity, Inpainting, RandomMask
+from ilo_pl.policy import host_reads as host_reads_policy
+from ilo_pl.modules.sna import NoiseDraws
 from ilo_pl.stages import Stage, ramp_lr
-from ilo_pl.tracking import BestIterate
+from ilo_pl.modules.tracking import BestIterate
 
 
 @pytest.fixture(scope="module")
@@ -34,52 +36,6 @@ def _stages(steps=(4, 3, 3), radii=(200.0, 100.0)):
 
 
 # -- split protocol -----------------------------------------------------------------
-@pytest.mark.parametrize("k", [0, 1, 2, 3, 4])
-def test_split_identity_batched(gen, k):
-    v = gen.init_variables(3, torch.Generator().manual_seed(1))
-    full = gen(v)
-    state = gen.advance(v, 0, k)
-    assert torch.allclose(gen.render(state, k), full, atol=1e-6, rtol=0)
-    # advancing in two hops is the same as one
-    mid = gen.advance(v, 0, k // 2)
-    assert torch.allclose(gen.render(gen.advance(mid, k // 2, k), k), full, atol=1e-6, rtol=0)
-
-
-def test_split_shapes(gen):
-    v = gen.init_variables(2)
-    shapes = [tuple(gen.advance(v, 0, k)["h"].shape) for k in range(5)]
-    assert shapes == [(2, 100, 1, 1), (2, 512, 4, 4), (2, 256, 8, 8), (2, 128, 16, 16), (2, 64, 32, 32)]
-    assert tuple(gen(v).shape) == (2, 3, 64, 64)
-
-
-def test_generator_frozen_and_eval(gen):
-    assert all(not p.requires_grad for p in gen.parameters())
-    gen.train()  # Lightning calls this; BatchNorm must stay in eval mode
-    assert not any(m.training for m in gen.modules())
-
-
-def test_split_out_of_range_error(gen):
-    with pytest.raises(ValueError, match="valid split points are 0..4"):
-        gen.render(gen.init_variables(1), 5)
-    with pytest.raises(ValueError, match="back to split"):
-        gen.advance(gen.advance(gen.init_variables(1), 0, 2), 2, 1)
-
-
-def test_dcgan_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        DCGANGenerator(weights=tmp_path / "missing.pt")
-    bad = tmp_path / "other.pt"
-    torch.save({"netG_state_dict": {"conv.weight": torch.zeros(3, 3)}}, bad)
-    with pytest.raises(ValueError, match=r"missing keys \['main.0.weight'.*unexpected keys \['conv.weight'\]"):
-        DCGANGenerator(weights=bad)
-    sd = DCGANGenerator(weights="random").state_dict()
-    sd["main.0.weight"] = torch.zeros(100, 256, 4, 4)
-    torch.save(sd, bad)
-    with pytest.raises(ValueError, match=r"mis-shaped keys main.0.weight \(100, 256, 4, 4\)"):
-        DCGANGenerator(weights=bad)
-
-
-# -- stages ---------------------------------------------------------------------------
 def test_stage_validation(gen):
     with pytest.raises(ValueError, match="at least one step"):
         Stage(split=0, steps=0)
@@ -289,7 +245,6 @@ def test_best_iterate_tracking_matches_brute_force(gen, host_reads, monkeypatch)
     improves, none does, some do. ``device-path`` runs the bookkeeping an
     accelerator uses (no host reads) on the CPU.
     """
-    monkeypatch.setattr("ilo_pl.modules.ilo._host_reads_free", lambda t: host_reads)
     seen, trackers = [], []
     update = BestIterate.update
 
@@ -305,7 +260,8 @@ def test_best_iterate_tracking_matches_brute_force(gen, host_reads, monkeypatch)
     op = Inpainting.stack([RandomMask(0.5).build(gen.image_shape, s) for s in (3, 4)])
     stages = [Stage(split=0, steps=8, lr=0.6, free=["latent"]),
               Stage(split=2, steps=8, lr=0.6, free=["state"], radius={"state": 300.0})]
-    res = solve(gen, op, op(x), stages)
+    with host_reads_policy(host_reads):
+        res = solve(gen, op, op(x), stages)
     errs = torch.stack([e for _, e, _ in seen])  # [steps, B]
     # Steps where both, none, or one of the samples beat its best so far in the stage.
     kinds, best = set(), None
@@ -417,10 +373,10 @@ def test_sna_mean_of_draws_is_minimised_at_the_truth(gen):
     plain = argmin((image - y).pow(2).mean((1, 2, 3)))
     est = {}
     for k in (1, 16):
-        module = ILOModule(gen, _stages(), sna=True, sna_samples=k)
+        draws = NoiseDraws(k)
         # (streams apart from the global seed 0 that made y: shared noise would fake a fit)
-        module._sna_generators = [torch.Generator().manual_seed(1000 + i) for i in range(len(grid))]
-        est[k] = argmin((module._sna_measure(op, image) - y).pow(2).mean((1, 2, 3)))
+        draws.generators = [torch.Generator().manual_seed(1000 + i) for i in range(len(grid))]
+        est[k] = argmin((draws.measure(op, image) - y).pow(2).mean((1, 2, 3)))
     # Exact minimisers (closed form): K=16 -0.724 (residual pull Var(clip(g + n)) / 16),
     # K=1 -1.0 (the bound), plain MSE E[clip(x + n)] = -0.519; the rest is Monte Carlo error.
     assert abs(est[16] - x) <= 0.06, est
@@ -433,15 +389,14 @@ def test_sna_samples_average_fresh_draws(gen):
 
     op = GaussianNoise(50.0, clip=False)
     image = torch.zeros(2, 3, 8, 8)
-    one = ILOModule(gen, _stages(), sna=True, sna_samples=1)
-    many = ILOModule(gen, _stages(), sna=True, sna_samples=16)
-    one._sna_generators = [torch.Generator().manual_seed(s) for s in (3, 4)]
-    many._sna_generators = [torch.Generator().manual_seed(s) for s in (5, 6)]
-    a = one._sna_measure(op, image)
+    one, many = NoiseDraws(1), NoiseDraws(16)
+    one.generators = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    many.generators = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    a = one.measure(op, image)
     # one draw is the paper's SNA, op.noise(A(x)), from each problem's own stream
     for b, s in enumerate((3, 4)):
         assert torch.equal(a[b : b + 1], op.noise(op.A(image[b : b + 1]), torch.Generator().manual_seed(s)))
-    spread = torch.stack([many._sna_measure(op, image) for _ in range(20)]).std()
+    spread = torch.stack([many.measure(op, image) for _ in range(20)]).std()
     assert abs(float(spread) / op.std - 0.25) < 0.03  # std of a mean of 16 draws: std / 4
     for bad in (0, -2, 2.5, True, "4"):
         with pytest.raises(ValueError, match="sna_samples must be an integer >= 1"):
@@ -451,7 +406,7 @@ def test_sna_samples_average_fresh_draws(gen):
 @pytest.mark.parametrize("host_read", [True, False])  # False: the accelerator path (no host sync)
 @pytest.mark.parametrize("pattern", [(1, 1, 1), (0, 0, 0), (1, 0, 1)])
 def test_copy_rows_is_an_exact_masked_copy(host_read, pattern):
-    from ilo_pl.tracking import copy_rows_
+    from ilo_pl.modules.tracking import copy_rows_
 
     g = torch.Generator().manual_seed(4)
     dst, src = torch.randn(3, 2, 5, 5, generator=g), torch.randn(3, 2, 5, 5, generator=g)

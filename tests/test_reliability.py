@@ -39,6 +39,7 @@ from ilo_pl.data import ImageFolder, InverseProblemDataModule
 from ilo_pl.io import load_image
 from ilo_pl.losses.base import LossContext, LossTerm
 from ilo_pl.modules import ILOModule
+from ilo_pl.policy import host_reads as host_reads_policy
 from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.operators import BoxMask
 from ilo_pl.problem import check_problem_ids
@@ -364,7 +365,7 @@ def test_run_manifest_records_effective_settings_and_files(reference_run):
     module = manifest["module"]
     assert module["class"] == "ilo_pl.modules.ilo.ILOModule"
     assert [(st["split"], st["steps"]) for st in module["stages"]] == [(0, 5), (1, 5), (2, 5)]
-    assert module["losses"] == {"mse": {"class": "ilo_pl.losses.base.MSELoss"}} and module["loss_weights"] == {"mse": 1.0}
+    assert module["losses"] == {"mse": {"class": "ilo_pl.losses.base.MeasurementLoss"}} and module["loss_weights"] == {"mse": 1.0}
     assert {k: module[k] for k in ("sna", "sphere", "selection", "project_to_range")} == {
         "sna": False, "sphere": False, "selection": "best", "project_to_range": False}
     assert {"sna_samples", "range_steps", "range_lr", "rampup", "rampdown"} <= set(module)
@@ -388,7 +389,7 @@ def test_python_api_resume_refuses_other_stages_seed_or_generator(tmp_path):
     """The manifest covers the module, data module and generator: a Python-API resume has no config.yaml."""
     import json
 
-    from ilo_pl.losses.base import GeodesicLoss, MSELoss
+    from ilo_pl.losses.base import GeodesicLoss, MeasurementLoss
 
     folder = _write_images(tmp_path / "faces", 2)
     run = tmp_path / "run"
@@ -402,7 +403,7 @@ def test_python_api_resume_refuses_other_stages_seed_or_generator(tmp_path):
                          (dict(box=(30, 55, 14, 49)), "data setting operator.box.0: 38 -> 30"),
                          (dict(gen=other_gen), "generator weights_sha1: "),
                          (dict(selection="last"), "module setting selection: 'best' -> 'last'"),
-                         (dict(losses={"mse": MSELoss(), "geo": GeodesicLoss("pair_sum")},
+                         (dict(losses={"mse": MeasurementLoss(), "geo": GeodesicLoss("pair_sum")},
                                loss_weights={"mse": 1.0, "geo": 0.0}), "module setting losses.geo: (unset) -> ")]:
         with pytest.raises(ValueError, match=rf"cannot resume .*{re.escape(what)}.*Start a new run folder"):
             _api_fit(run, folder, **kwargs)
@@ -427,7 +428,7 @@ def test_python_api_resume_refuses_other_stages_seed_or_generator(tmp_path):
 
 
 def test_torch_settings_are_named_as_such():
-    from ilo_pl.resume import manifest_differences
+    from ilo_pl.manifest import manifest_differences
 
     old = {"settings": {"precision": "32-true", "float32_matmul_precision": "highest"}}
     new = {"settings": {"precision": "32-true", "float32_matmul_precision": "high"}}
@@ -719,19 +720,32 @@ def _solve_samples(run: Path, batch_size: int, mode: str = "loss", skip=()) -> R
 
 
 @pytest.fixture(scope="module")
-def alone_run(tmp_path_factory) -> Path:
-    """``grace_hopper`` solved alone (the NaN loss only acts in batches of two)."""
-    run = tmp_path_factory.mktemp("alone")
-    _solve_samples(run, batch_size=1, skip={0})
-    return run
+def alone_runs(tmp_path_factory):  # noqa: ANN201
+    """``alone_runs(host_reads)``: ``grace_hopper`` solved alone (the NaN loss only acts in batches of two).
+
+    Under the same host-read policy as the pair it is compared with: the policy also
+    picks the l1 projection's implementation (equal results up to float rounding).
+    """
+    runs = {}
+
+    def get(host_reads: bool) -> Path:
+        if host_reads not in runs:
+            run = tmp_path_factory.mktemp("alone")
+            with host_reads_policy(host_reads):
+                _solve_samples(run, batch_size=1, skip={0})
+            runs[host_reads] = run
+        return runs[host_reads]
+
+    return get
 
 
 @pytest.mark.parametrize("host_reads", [True, False], ids=["cpu-host-reads", "device-path"])
 @pytest.mark.parametrize("mode", ["loss", "grad"])
-def test_nan_in_one_sample_marks_it_failed_and_spares_its_batch_mate(mode, host_reads, alone_run, tmp_path, monkeypatch):
+def test_nan_in_one_sample_marks_it_failed_and_spares_its_batch_mate(mode, host_reads, alone_runs, tmp_path):
     # device-path: the bookkeeping an accelerator runs (no host reads), exercised on the CPU
-    monkeypatch.setattr("ilo_pl.modules.ilo._host_reads_free", lambda t: host_reads)
-    _solve_samples(tmp_path / "pair", batch_size=2, mode=mode)
+    alone_run = alone_runs(host_reads)
+    with host_reads_policy(host_reads):
+        _solve_samples(tmp_path / "pair", batch_size=2, mode=mode)
     rows = {r["id"]: r for r in _csv(tmp_path / "pair")}
     assert "non-finite loss or gradient (NaN/inf) at stage 0, step 2" in rows["astronaut"]["failed"]
     assert rows["grace_hopper"]["failed"] == ""
@@ -826,3 +840,20 @@ def test_cli_logger_and_gif_write_into_run_folder(setup_dir, tmp_path):
         assert values and all(np.isfinite(values)), f"no stage {i} loss logged"
     with Image.open(run / "img_0_progress.gif") as im:
         assert im.n_frames == 15 // 4 + 1
+
+
+def test_a_run_folder_that_names_the_old_loss_class_resumes():
+    """``MSELoss`` was renamed ``MeasurementLoss``: manifests written before name the old class."""
+    import warnings
+
+    from ilo_pl.losses.base import MeasurementLoss, MSELoss
+    from ilo_pl.manifest import compare_manifests, describe_module
+
+    new = {"module": {"losses": {"mse": describe_module(MeasurementLoss())}}}
+    old = {"module": {"losses": {"mse": {"class": "ilo_pl.losses.base.MSELoss"}}}}
+    assert compare_manifests(old, new) == ([], [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert describe_module(MSELoss()) == describe_module(MeasurementLoss())  # the same class, recorded alike
+    other = {"module": {"losses": {"mse": {"class": "ilo_pl.losses.base.GeodesicLoss"}}}}
+    assert compare_manifests(other, new)[0]  # a real difference is still refused

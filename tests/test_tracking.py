@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ilo_pl.problem import ProblemBatch
-from ilo_pl.tracking import BestIterate, copy_rows_, rows_finite
+from ilo_pl.modules.tracking import BestIterate, copy_rows_, rows_finite
 
 READS = pytest.mark.parametrize("host_reads", [True, False], ids=["host-reads", "device-path"])
 

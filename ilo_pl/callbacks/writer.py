@@ -21,18 +21,8 @@ from ilo_pl.callbacks.protocols import ResultProducing, require
 from ilo_pl.io import ensure_writable_dir, new_run_dir, save_image
 from ilo_pl.metrics import image_metrics
 from ilo_pl.problem import ProblemResult, check_problem_ids
-from ilo_pl.resume import (
-    CSV_FIELDS,
-    MANIFEST,
-    check_manifest,
-    has_results,
-    make_manifest,
-    prepare_resume,
-    read_csv_rows,
-    read_manifest,
-    write_csv,
-    write_manifest,
-)
+from ilo_pl.manifest import MANIFEST, check_manifest, make_manifest, read_manifest, write_manifest
+from ilo_pl.resume import CSV_FIELDS, has_results, prepare_resume, read_csv_rows, write_csv
 
 __all__ = ["CSV_FIELDS", "ResultCollector", "ResultWriter", "merge_csvs"]
 
@@ -83,7 +73,7 @@ class ResultWriter(_ResultHook):
     Resuming: when the run folder already holds finished problems (see
     :mod:`ilo_pl.resume`), they are left out of this run (the data module's
     ``skip`` set) and their CSV rows are kept. The folder's ``run_manifest.json``
-    (see :func:`ilo_pl.resume.make_manifest`) records what results depend on
+    (see :func:`ilo_pl.manifest.make_manifest`) records what results depend on
     besides the config: trainer and torch settings, the generator's identity,
     the module's and data module's result-changing settings and the data's
     fingerprint; resuming a folder that holds results with any of them
@@ -130,15 +120,20 @@ class ResultWriter(_ResultHook):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # the protocol check, before a run folder is made
         if trainer.is_global_zero:
-            if self.run_dir is None:
-                self.run_dir = new_run_dir(self.output_dir)
-            else:
-                make_run_dir(self.run_dir)
+            self.open_run_dir()
         if trainer.world_size > 1:
             # Every rank writes into rank 0's folder (children may not know it yet).
             self.run_dir = Path(trainer.strategy.broadcast(str(self.run_dir) if trainer.is_global_zero else None))
         self.rows, self.written = [], []
         self._resume(trainer)
+
+    def open_run_dir(self) -> Path:
+        """Create the run folder: ``run_dir`` if given (kept if it exists), else the next free ``run_NNN``."""
+        if self.run_dir is None:
+            self.run_dir = new_run_dir(self.output_dir)
+        else:
+            make_run_dir(self.run_dir)
+        return self.run_dir
 
     def _resume(self, trainer: "pl.Trainer") -> None:
         dm = trainer.datamodule
