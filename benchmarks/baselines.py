@@ -116,11 +116,6 @@ def _grad_adjoint(g: Tensor) -> Tensor:
     return out
 
 
-def total_variation(x: Tensor) -> Tensor:
-    """Per-sample isotropic total variation (summed over pixels and channels): ``[B]``."""
-    return _grad(x).pow(2).sum(1).sqrt().flatten(1).sum(1)
-
-
 def _norm_sq(operator: LinearOperator, b: int, image_shape: tuple, like: Tensor, iters: int = 30) -> Tensor:
     """Per-sample ``||K||^2`` of ``K = [A; grad]`` by power iteration: ``[B]``."""
     g = torch.Generator().manual_seed(0)

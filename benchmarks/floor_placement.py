@@ -2,9 +2,9 @@
 
 Usage::
 
-    python benchmarks/floor_placement.py [--split 4] [--batch 16] [--loops 8] [--steps 100]
+    python -m benchmarks.floor_placement [--split 4] [--batch 16] [--loops 8] [--steps 100]
 
-Builds ``--loops`` fresh floor loops (``benchmarks/speed.py``'s ``FloorStep``:
+Builds ``--loops`` fresh floor loops (:class:`benchmarks.timing.FloorStep`:
 the DCGAN's G2 forward, loss, backward and Adam step, nothing else) one after
 the other on the same problem, and prints each loop's median step time (CPU
 time, one thread) with the address offsets (mod 4 KiB) of its variable and
@@ -16,17 +16,19 @@ precisely one run's ILO/floor ratio can be read at that configuration.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: as ``python -m benchmarks.floor_placement`` (see _script.py)
+    import _script
+
+    _script.run_as_module(__file__)
+
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import speed  # noqa: E402  (the sibling benchmark's floor and problem)
+from benchmarks import timing
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -39,14 +41,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if min(args.batch, args.loops, args.steps) < 1 or args.split < 0:
         parser.error("--batch, --loops and --steps must be >= 1 and --split >= 0")
     torch.set_num_threads(1)
-    gen = speed.make_generator("dcgan")
-    op, y = speed.make_problem(gen, args.batch)
+    gen = timing.make_generator("dcgan")
+    op, y = timing.make_problem(gen, args.batch)
     state = gen.init_variables(args.batch, torch.Generator().manual_seed(0))
     state = gen.advance(state, 0, args.split) if args.split else state
     medians = []
     print(f"DCGAN split {args.split}, batch {args.batch}: {args.loops} fresh floor loops of {args.steps} steps")
     for k in range(args.loops):
-        floor = speed.FloorStep(gen, state, set(state), args.split, op, y, 0.05)
+        floor = timing.FloorStep(gen, state, set(state), args.split, op, y, 0.05)
         times = []
         for _ in range(args.steps):
             t0 = time.process_time()

@@ -7,37 +7,34 @@ The config is read by the command line's parser
 (``ilo_pl.config.build_from_config``): every module option reaches the solves
 and the problems are those its data module makes for the folder.
 
-    python benchmarks/mouth_box.py --images ../shared/benchmark/faces/64
+    python -m benchmarks.mouth_box --images ../shared/benchmark/faces/64
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: as ``python -m benchmarks.mouth_box`` (see _script.py)
+    import _script
+
+    _script.run_as_module(__file__)
+
 import argparse
-import logging
-from pathlib import Path
 from typing import List, Optional
 
-import torch
-
+from benchmarks.common import ROOT, SHARED, silence_lightning
 from ilo_pl.api import solve
 from ilo_pl.config import build_from_config
 from ilo_pl.metrics import image_metrics
 from ilo_pl.stages import Stage
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", default=str(ROOT.parent / "shared" / "benchmark" / "faces" / "64"))
+    p.add_argument("--images", default=str(SHARED / "benchmark" / "faces" / "64"))
     p.add_argument("--config", default=str(ROOT / "configs" / "inpainting_box.yaml"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    silence_lightning(args.threads)
     built = build_from_config([args.config], {"data": {"data": args.images, "limit": None}})
     kwargs = {k: v for k, v in built.module_kwargs.items() if k not in ("generator", "stages")}
     ilo = list(built.module.stages)

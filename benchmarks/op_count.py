@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/op_count.py [--model dcgan|sg2-tiny] [--split K] [--batch B] [--path cpu|device]
+    python -m benchmarks.op_count [--model dcgan|sg2-tiny] [--split K] [--batch B] [--path cpu|device]
 
 On a GPU every operator is a kernel launch or at least a few microseconds of
 host work, and a model as small as the DCGAN is bound by them (see "On a GPU"
@@ -10,8 +10,8 @@ in docs/performance.md), so the number of operators per step predicts the
 engine's overhead there. This script counts them on the CPU, no GPU needed:
 ``--path device`` makes the engine take the branch it takes on accelerators
 (no host reads: best-iterate tracking and failure masking by ``torch.where``,
-the l1 projection through ``L1Workspace(host_reads=False)``), by switching
-the same private hooks the tests switch; ``--path cpu`` counts what runs on
+the l1 projection through ``L1Workspace(host_reads=False)``), with
+:func:`ilo_pl.policy.host_reads` as the tests do; ``--path cpu`` counts what runs on
 the CPU. Counting uses a ``TorchDispatchMode``, so backward operators count
 too; ten steps of one stage (11-20, one of which logs, as one step in ten
 does in a solve) are counted, the floor's steps likewise after 3
@@ -21,27 +21,26 @@ ilo-pl (or the Lightning function) they come from.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: as ``python -m benchmarks.op_count`` (see _script.py)
+    import _script
+
+    _script.run_as_module(__file__)
+
 import argparse
 import collections
 import logging
-import sys
 import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Counter, List, Optional
 
+import pytorch_lightning as pl
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (str(ROOT), str(ROOT / "benchmarks")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-import pytorch_lightning as pl  # noqa: E402
-
-import speed  # noqa: E402
-from ilo_pl.api import solve  # noqa: E402
+from benchmarks import timing
+from ilo_pl.api import solve
+from ilo_pl.policy import host_reads
 
 COUNTED = range(11, 21)  # ten steps: one of them logs (log_every = 10), as in a solve
 
@@ -61,10 +60,10 @@ class OpCounter(TorchDispatchMode):
 
 
 def _place() -> str:
-    """The innermost ilo-pl (or benchmark) frame of the call, else the innermost Lightning function."""
+    """The innermost ilo-pl (or benchmark floor) frame of the call, else the innermost Lightning function."""
     lightning = None
     for fr in reversed(traceback.extract_stack(limit=30)[:-2]):
-        if "/ilo_pl/" in fr.filename or fr.filename.endswith("speed.py"):
+        if "/ilo_pl/" in fr.filename or fr.filename == timing.__file__:
             return f"{Path(fr.filename).name}:{fr.lineno} ({fr.name})"
         if lightning is None and "pytorch_lightning" in fr.filename:
             lightning = f"Lightning: {fr.name}"
@@ -88,26 +87,17 @@ class _Window(pl.Callback):
 
 def count(model: str, split: int, batch: int, path: str) -> tuple:
     """``(ILO counter, floor counter)`` for one configuration; counts are totals over ``len(COUNTED)`` steps."""
-    import ilo_pl.modules.ilo as ilo_mod
-    import ilo_pl.projections as projections
-
-    gen = speed.make_generator(model)
-    stages, kw = speed.stages_for(model, split, COUNTED.stop + 3)
-    op, y = speed.make_problem(gen, batch)
+    gen = timing.make_generator(model)
+    stages, kw = timing.stages_for(model, split, COUNTED.stop + 3)
+    op, y = timing.make_problem(gen, batch)
     window = _Window()
-    saved = ilo_mod._host_reads_free, projections.L1Workspace.__init__
-    if path == "device":  # the accelerator branch, as the tests take it on the CPU
-        init = saved[1]
-        ilo_mod._host_reads_free = lambda t: False
-        projections.L1Workspace.__init__ = lambda self, anchor=None, host_reads=True: init(self, anchor, False)
-    try:
+    # "device": the accelerator branch (no host reads), as the tests take it on the CPU.
+    with host_reads(path != "device"):
         solve(gen, op, y, stages, callbacks=[window], trainer_kwargs={"accelerator": "cpu"}, **kw)
-    finally:
-        ilo_mod._host_reads_free, projections.L1Workspace.__init__ = saved
     state = gen.init_variables(batch, torch.Generator().manual_seed(0))
     state = gen.advance(state, 0, split) if split else state
     groups = gen.groups(split)
-    floor = speed.FloorStep(gen, state, {k for k in state if stages[0].is_free(k, groups[k])}, split, op, y, stages[0].lr)
+    floor = timing.FloorStep(gen, state, {k for k in state if stages[0].is_free(k, groups[k])}, split, op, y, stages[0].lr)
     for _ in range(3):
         floor()
     fc = OpCounter()

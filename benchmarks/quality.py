@@ -1,12 +1,11 @@
-#!/usr/bin/env python
 """Quality benchmark: ILO vs CSGM, PULSE-style and classical baselines on a folder of images.
 
 Usage (from the repository root)::
 
-    python benchmarks/quality.py --images ../shared/benchmark/faces/64            # full grid
-    python benchmarks/quality.py --images ../shared/benchmark/faces/64 --quick    # < 10 min
-    python benchmarks/quality.py --images ... --tasks inpainting denoising        # one part
-    python benchmarks/quality.py --out benchmarks/results --report-only           # plots/table only
+    python -m benchmarks.quality --images ../shared/benchmark/faces/64            # full grid
+    python -m benchmarks.quality --images ../shared/benchmark/faces/64 --quick    # < 10 min
+    python -m benchmarks.quality --images ... --tasks inpainting denoising        # one part
+    python -m benchmarks.quality --out benchmarks/results --report-only           # plots/table only
 
 For every task and grid point (measurement level) all images are solved as
 ONE batch (the engine solves each sample as if alone) by every method:
@@ -17,7 +16,7 @@ ONE batch (the engine solves each sample as if alone) by every method:
 * ``ilo_r0.5``, ``ilo_r2``: the schedule with all radii scaled by 0.5 / 2
   (sweep); with ``ilo`` they form the secondary ``ilo_best3`` result, the best
   of the three per image chosen by the *measurement* loss (never the true error);
-* the classical baseline of the task (see ``benchmarks/baselines.py``).
+* the classical baseline of the task (see :mod:`benchmarks.baselines`).
 
 Each ``configs/<task>.yaml`` is read by the command line's own parser
 (``ilo_pl.config.build_from_config``): the solves get every module option of
@@ -34,11 +33,16 @@ and fingerprint; rows already there are not recomputed, so a killed run, or a
 grid run in parts (``--tasks``), resumes. A task whose config changed since its
 rows were written is refused (the earlier rows are never overwritten or mixed
 in): move the CSV away or pass ``--csv``.
-The report (``<csv stem>.png``, ``<csv stem>_table.md``) is rebuilt from the
-whole CSV after each run.
+The report (``<csv stem>.png``, ``<csv stem>_table.md``; :mod:`benchmarks.report`)
+is rebuilt from the whole CSV after each run.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: as ``python -m benchmarks.quality`` (see _script.py)
+    import _script
+
+    _script.run_as_module(__file__)
 
 import argparse
 import csv
@@ -48,9 +52,7 @@ import json
 import logging
 import math
 import os
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -58,21 +60,16 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-_HERE = Path(__file__).resolve().parent
-_ROOT = _HERE.parent
-if str(_HERE) not in sys.path:  # run as a script: make the sibling module importable
-    sys.path.insert(0, str(_HERE))
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from baselines import baseline_name, classical_baseline  # noqa: E402
-
-from ilo_pl.config import build_from_config  # noqa: E402
-from ilo_pl.metrics import image_metrics  # noqa: E402
-from ilo_pl.modules.generators.base import SplitGenerator  # noqa: E402
-from ilo_pl.operators import Inpainting  # noqa: E402
-from ilo_pl.problem import ProblemBatch  # noqa: E402
-from ilo_pl.stages import Stage  # noqa: E402
+from benchmarks.baselines import baseline_name, classical_baseline
+from benchmarks.common import RESULTS, ROOT, quiet_run_setup, read_rows
+from benchmarks.report import write_report
+from ilo_pl.config import build_from_config
+from ilo_pl.metrics import image_metrics
+from ilo_pl.modules.generators import LatentSphere
+from ilo_pl.modules.generators.base import SplitGenerator
+from ilo_pl.operators import Inpainting
+from ilo_pl.problem import ProblemBatch
+from ilo_pl.stages import Stage
 
 log = logging.getLogger("quality")
 
@@ -194,8 +191,9 @@ class TaskConfig:
         return f"{self.path.name}@{self.fingerprint}"
 
 
-#: Resolved config entries the benchmark sets itself, left out of a config's fingerprint.
-_FINGERPRINT_EXCLUDE = ("data.data", "data.limit", "data.batch_size", "model.log_every")
+#: Resolved config entries the benchmarks set themselves, left out of a config's fingerprint
+#: (``sna`` and ``tune`` use them too).
+FINGERPRINT_EXCLUDE = ("data.data", "data.limit", "data.batch_size", "model.log_every")
 
 
 def load_task_config(task: str, config_dir: Path) -> TaskConfig:
@@ -227,7 +225,7 @@ def load_task_config(task: str, config_dir: Path) -> TaskConfig:
     op = (built.config.get("data") or {}).get("operator") or {}
     if not isinstance(op, dict) or "class_path" not in op:
         raise ValueError(f"{path} has no data.operator.class_path")
-    exclude = _FINGERPRINT_EXCLUDE + (f"data.operator.init_args.{level_key}",)
+    exclude = FINGERPRINT_EXCLUDE + (f"data.operator.init_args.{level_key}",)
     if level_key == "ratio":
         exclude += ("data.operator.init_args.m",)
     return TaskConfig(path, stages, kwargs, op["class_path"], dict(op.get("init_args") or {}), level_key,
@@ -302,39 +300,19 @@ def build_generator(name: str = "dcgan", weights: Optional[str] = None, kwargs: 
     return gen_cls(**args)
 
 
-def ensure_latent_sphere(generator: SplitGenerator) -> bool:
-    """Give the generator a sphere for its split-0 latents if it declares none.
+def pulse_generator(generator: SplitGenerator) -> SplitGenerator:
+    """The generator PULSE solves with: ``generator``, or :class:`~ilo_pl.modules.generators.LatentSphere`
+    around it when it declares no sphere at split 0 (PULSE keeps the input latent on its sphere).
 
-    PULSE-style solves keep the input latent on the sphere of radius
-    ``sqrt(dim)``. Generators that declare no sphere variable at split 0
-    (``sphere_variables(0) == {}``) get, on this instance only, every
-    ``latent`` entry of split 0 over all its non-batch dims.
-
-    Returns:
-        ``True`` if the sphere was added here, ``False`` if the generator has its own.
+    The other methods use ``generator`` itself, as ``ilo-pl fit`` would with the same config.
     """
-    if generator.sphere_variables(0):
-        return False
-    probe = generator.init_variables(1)
-    groups = generator.groups(0)
-    spheres = {k: tuple(range(1, v.dim())) for k, v in probe.items() if groups.get(k) == "latent"}
-    if not spheres:
-        raise ValueError(f"{type(generator).__name__} has no latent entry at split 0 to put on a sphere")
-    original = generator.sphere_variables
-
-    def sphere_variables(self: SplitGenerator, split: int) -> Dict[str, Tuple[int, ...]]:
-        return dict(spheres) if split == 0 else original(split)
-
-    # An instance attribute, so the class (and other instances) are untouched.
-    object.__setattr__(generator, "sphere_variables", types.MethodType(sphere_variables, generator))
-    return True
-
+    return generator if generator.sphere_variables(0) else LatentSphere(generator)
 
 # ---------------------------------------------------------------------------- metrics
 class LPIPSMetric:
     """LPIPS (AlexNet, the metric's usual backbone) when its ImageNet weights are on disk.
 
-    Never downloads: :attr:`available` is ``False`` (and the CSV column stays
+    Never downloads: :attr:`net` is ``None`` (and the CSV column stays
     empty) when the backbone is not in the torch hub cache.
     """
 
@@ -352,10 +330,6 @@ class LPIPSMetric:
             return
         self.net = LPIPSLoss(net=net, resize=None)
         self.reason = f"LPIPS ({net}) from {path}"
-
-    @property
-    def available(self) -> bool:
-        return self.net is not None
 
     @torch.no_grad()
     def __call__(self, pred: Tensor, target: Tensor) -> Optional[Tensor]:
@@ -424,14 +398,6 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.6g}"
     return str(v)
-
-
-def read_rows(path: Path) -> List[Dict[str, str]]:
-    """The rows of a results CSV (``[]`` if it does not exist)."""
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 class CsvLog:
@@ -524,7 +490,7 @@ class BenchmarkSettings:
     out: Path
     tasks: List[str]
     methods: Tuple[str, ...] = METHODS
-    config_dir: Path = _ROOT / "configs"
+    config_dir: Path = ROOT / "configs"
     seed: int = 0
     limit: Optional[int] = None
     steps_scale: float = 1.0
@@ -554,10 +520,10 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
     unknown = sorted(set(settings.methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    # PULSE (and configs with sphere: true) need the latent's sphere; see ensure_latent_sphere.
-    if ensure_latent_sphere(generator):
-        log.warning("%s declares no sphere at split 0: its split-0 latents get one here, used by "
-                    "PULSE and by configs with sphere: true", type(generator).__name__)
+    pulse = pulse_generator(generator)
+    if pulse is not generator:
+        log.warning("%s declares no sphere at split 0: PULSE keeps its split-0 latents on a sphere "
+                    "(LatentSphere); the other methods use it as the configs do", type(generator).__name__)
     lpips_metric = LPIPSMetric()
     log.info("%s", lpips_metric.reason)
     store = CsvLog(settings.csv_path)
@@ -581,7 +547,6 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
             label = level_label(task, level)
             batch = make_problems(cfg, level, images, generator, settings.seed, settings.limit)
             common = dict(run=settings.run, task=task, level=label, generator=gen_name, config=config_label)
-            point_rows: List[Dict[str, Any]] = []
             for method in wanted:
                 stored = baseline_name(task) if method == "classical" else method
                 if store.has(settings.run, task, label, stored, batch.ids, config_label):
@@ -593,12 +558,12 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
                     row = dict(common, method=baseline_name(task), protocol="baseline", steps=None)
                 else:
                     stages, kwargs = plans[method]
-                    out, secs = solve_batch(generator, batch, stages, kwargs, cfg.trainer_kwargs)
+                    solver = pulse if method == "pulse" else generator
+                    out, secs = solve_batch(solver, batch, stages, kwargs, cfg.trainer_kwargs)
                     protocol = "primary" if method in ("csgm", "pulse", "ilo") else "sweep"
                     row = dict(common, method=method, protocol=protocol, steps=sum(s.steps for s in stages))
                 rows = metric_rows(row, batch, evaluate(out, batch, lpips_metric), secs)
                 store.write(rows)
-                point_rows += rows
                 log.info("%s %s %-10s %6.1fs  true MSE %.4f", task, label, row["method"], secs,
                          sum(float(r["true_mse"]) for r in rows) / len(rows))
             if "ilo_best3" in settings.methods and not store.has(settings.run, task, label, "ilo_best3", batch.ids,
@@ -611,335 +576,7 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
     return store.path
 
 
-# ----------------------------------------------------------------------------- report
-#: Display names and styles of the methods in plots and tables.
-LABELS = {
-    "csgm": "CSGM", "pulse": "PULSE-style", "ilo": "ILO", "ilo_best3": "ILO best-of-3 (secondary)",
-    "biharmonic": "biharmonic", "bm3d": "BM3D", "bicubic": "bicubic", "tv_lsq": "TV least squares",
-}
-_STYLE = {
-    "csgm": dict(color="tab:blue", marker="o"),
-    "pulse": dict(color="tab:orange", marker="s"),
-    "ilo": dict(color="tab:red", marker="^"),
-    "ilo_best3": dict(color="tab:red", marker="v", linestyle="--", alpha=0.6),
-    "classical": dict(color="tab:green", marker="D"),
-}
-TITLES = {
-    "inpainting_random": "Inpainting, random mask",
-    "inpainting_box": "Inpainting, box mask (mouth)",
-    "denoising": "Denoising",
-    "superres": "Super-resolution",
-    "compressed_sensing": "Compressed sensing (partial circulant)",
-}
-XLABELS = {
-    "inpainting_random": "observed pixels (%)",
-    "denoising": "noise sigma (0..255 scale)",
-    "superres": "downsampling factor",
-    "compressed_sensing": "measurements m/n (%)",
-}
-
-
-def _level_value(task: str, label: str) -> float:
-    if task == "inpainting_box":
-        return 0.0
-    v = float(label)
-    return 100 * v if task in ("inpainting_random", "compressed_sensing") else v
-
-
-def _stats(values: List[float]) -> Dict[str, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"n": n, "mean": mean, "std": std, "sem": std / math.sqrt(n)}
-
-
-def summarize(rows: List[Dict[str, str]], metric: str = "true_mse") -> Dict[Tuple[str, str, str], Dict[str, float]]:
-    """``(task, level, method) -> {n, mean, std, sem}`` of ``metric`` over images.
-
-    Classical baselines appear under the method ``classical`` (their own name
-    is in ``baselines.BASELINE_NAMES``).
-    """
-    groups: Dict[Tuple[str, str, str], List[float]] = {}
-    for r in rows:
-        if r.get(metric, "") in ("", None):
-            continue
-        method = "classical" if r["protocol"] == "baseline" else r["method"]
-        groups.setdefault((r["task"], r["level"], method), []).append(float(r[metric]))
-    return {k: _stats(v) for k, v in groups.items()}
-
-
-def _baseline_of(task: str) -> str:
-    return LABELS[baseline_name(task)]
-
-
-def required_point(task: str, label: str) -> bool:
-    """Whether the issue's ILO <= 0.5 x CSGM target applies to this grid point."""
-    if task == "inpainting_box":
-        return True
-    v = float(label)
-    return {
-        "inpainting_random": v >= 0.05, "compressed_sensing": v >= 0.05,
-        "denoising": v <= 100, "superres": v <= 8,
-    }[task]
-
-
-def _levels(rows: List[Dict[str, str]], task: str) -> List[str]:
-    labels = {r["level"] for r in rows if r["task"] == task}
-    return sorted(labels, key=lambda lab: _level_value(task, lab))
-
-
-def plot_results(rows: List[Dict[str, str]], path: Path, title: str = "") -> Path:
-    """Figure-2-style plot: true MSE vs measurement level, one line per method, SEM error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    stats = summarize(rows)
-    pasted = summarize(rows, "true_mse_pasted")
-    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
-    panels = [(t, stats, TITLES[t]) for t in tasks]
-    if "inpainting_random" in tasks:
-        # The classical baseline keeps the observed pixels; compare with the outputs that do too.
-        merged = dict(stats)
-        merged.update({k: v for k, v in pasted.items() if k[0] == "inpainting_random"})
-        panels.append(("inpainting_random", merged, "Inpainting, random mask, observed pixels pasted"))
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
-    axes = axes.ravel()
-    for ax, (task, st_, panel_title) in zip(axes, panels):
-        levels = _levels(rows, task)
-        methods = [m for m in ("csgm", "pulse", "ilo", "ilo_best3", "classical")
-                   if any((task, lab, m) in st_ for lab in levels)]
-        if task == "inpainting_box":
-            for i, m in enumerate(methods):
-                s = st_.get((task, levels[0], m))
-                if s:
-                    st = _STYLE[m]
-                    ax.bar(i, s["mean"], yerr=s["sem"], color=st["color"], alpha=st.get("alpha", 0.9), capsize=4)
-            ax.set_xticks(range(len(methods)))
-            ax.set_xticklabels([_baseline_of(task) if m == "classical" else LABELS[m].split(" (")[0]
-                                for m in methods], rotation=30, ha="right", fontsize=8)
-        else:
-            for m in methods:
-                # A zero error (a fully observed image returned as is) has no place on a log axis.
-                pts = [(lab, st_[(task, lab, m)]) for lab in levels
-                       if (task, lab, m) in st_ and st_[(task, lab, m)]["mean"] > 0]
-                xs = [_level_value(task, lab) for lab, _ in pts]
-                ys = [s["mean"] for _, s in pts]
-                err = [min(s["sem"], 0.999 * s["mean"]) for _, s in pts]
-                label = _baseline_of(task) if m == "classical" else LABELS[m]
-                ax.errorbar(xs, ys, yerr=[err, [s["sem"] for _, s in pts]], label=label, capsize=3,
-                            markersize=5, **_STYLE[m])
-            ax.set_xscale("log", base=2 if task == "superres" else 10)
-            ax.set_xticks(sorted(set(_level_value(task, lab) for lab in levels)))
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_xlabel(XLABELS[task])
-            ax.legend(fontsize=7)
-        ax.set_yscale("log")
-        ax.set_ylabel("true MSE ([-1, 1] scale)")
-        ax.set_title(panel_title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-    for ax in axes[len(panels):]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def _cell(s: Optional[Dict[str, float]], digits: int = 4) -> str:
-    return "" if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-
-
-def _verdict(task: str, ilo: Optional[Dict[str, float]], ilo_pasted: Optional[Dict[str, float]],
-             classical: Optional[Dict[str, float]]) -> str:
-    """Plain words: who wins between ILO and the classical baseline, by how much (mean true MSE)."""
-    ref = ilo_pasted if ilo_pasted is not None else ilo
-    if ref is None or classical is None:
-        return ""
-    name = _baseline_of(task)
-    what = "ILO (pasted)" if ilo_pasted is not None else "ILO"
-    if max(classical["mean"], ref["mean"]) < 1e-8:
-        return "tie: both return the (fully observed) image"
-    if classical["mean"] < ref["mean"]:
-        return f"**{name} wins**: its MSE is {classical['mean'] / max(ref['mean'], 1e-12):.2f}x {what}'s"
-    return f"ILO wins: {name}'s MSE is {classical['mean'] / max(ref['mean'], 1e-12):.2f}x {what}'s"
-
-
-def results_table(rows: List[Dict[str, str]]) -> str:
-    """Markdown tables of mean true MSE (and PSNR/SSIM) per task and grid point."""
-    mse = summarize(rows)
-    pasted = summarize(rows, "true_mse_pasted")
-    psnr = summarize(rows, "psnr")
-    ssim = summarize(rows, "ssim")
-    lp = summarize(rows, "lpips")
-    n_images = len({r["image"] for r in rows})
-    out = [
-        f"True MSE against the never-observed image, on the [-1, 1] scale (the paper's metric), "
-        f"mean ± std over {n_images} images. Lower is better. ILO/CSGM is the ratio of the means "
-        f"(target <= 0.50 where marked *). ILO best-of-3 is the secondary protocol (the best of "
-        f"radius x0.5/x1/x2 per image, chosen by measurement loss). For inpainting, \"pasted\" puts "
-        f"the observed pixels back into the output (the classical baseline keeps them too), and the "
-        f"verdict compares it with the baseline.",
-        "",
-    ]
-    for task in [t for t in TASKS if any(r["task"] == t for r in rows)]:
-        inp = task.startswith("inpainting")
-        base = _baseline_of(task)
-        head = ["level", "CSGM", "PULSE-style", "ILO", "ILO/CSGM"]
-        if inp:
-            head.append("ILO (pasted)")
-        head += [base, "ILO best-of-3", "classical vs ILO"]
-        out += [f"### {TITLES[task]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for lab in _levels(rows, task):
-            g = lambda m, d=mse: d.get((task, lab, m))  # noqa: E731
-            ratio = ""
-            if g("ilo") and g("csgm"):
-                r = g("ilo")["mean"] / g("csgm")["mean"]
-                star = "*" if required_point(task, lab) else ""
-                ratio = f"{r:.2f}{star}" + (" (miss)" if star and r > 0.5 else "")
-            lvl = lab if task != "inpainting_box" else lab
-            if task in ("inpainting_random", "compressed_sensing"):
-                lvl = f"{100 * float(lab):g}%"
-            elif task == "superres":
-                lvl = f"x{float(lab):g}"
-            elif task == "denoising":
-                lvl = f"sigma {float(lab):g}"
-            cells = [lvl, _cell(g("csgm")), _cell(g("pulse")), _cell(g("ilo")), ratio]
-            if inp:
-                cells.append(_cell(pasted.get((task, lab, "ilo"))))
-            cells += [_cell(g("classical")), _cell(g("ilo_best3")),
-                      _verdict(task, g("ilo"), pasted.get((task, lab, "ilo")) if inp else None, g("classical"))]
-            out.append("| " + " | ".join(cells) + " |")
-        out.append("")
-    out += ["### PSNR (dB) / SSIM, mean over images", "",
-            "| task | level | CSGM | PULSE-style | ILO | ILO best-of-3 | classical |", "|---|---|---|---|---|---|---|"]
-    for task in [t for t in TASKS if any(r["task"] == t for r in rows)]:
-        for lab in _levels(rows, task):
-            cells = [task, lab]
-            for m in ("csgm", "pulse", "ilo", "ilo_best3", "classical"):
-                a, b = psnr.get((task, lab, m)), ssim.get((task, lab, m))
-                cells.append("" if a is None else f"{a['mean']:.2f} / {b['mean']:.3f}")
-            out.append("| " + " | ".join(cells) + " |")
-    out.append("")
-    if not lp:
-        out.append("LPIPS: not measured (the AlexNet backbone weights of LPIPS are not on this machine; "
-                   "the CSV column is empty).")
-    out.append("")
-    return "\n".join(out)
-
-
-def timing_table(rows: List[Dict[str, str]]) -> str:
-    """Markdown table of compute per task: wall seconds summed over grid points, per method."""
-    seen: Dict[Tuple[str, str, str], float] = {}
-    for r in rows:
-        if r["protocol"] == "secondary" or not r.get("seconds"):
-            continue
-        seen.setdefault((r["task"], r["level"], r["method"]), float(r["seconds"]))
-    tasks = [t for t in TASKS if any(k[0] == t for k in seen)]
-    methods = sorted({k[2] for k in seen}, key=lambda m: (m not in LABELS, list(LABELS).index(m) if m in LABELS else 0, m))
-    out = ["| task | " + " | ".join(methods) + " | total (min) |", "|" + "---|" * (len(methods) + 2)]
-    for t in tasks:
-        per = {m: sum(v for k, v in seen.items() if k[0] == t and k[2] == m) for m in methods}
-        out.append(f"| {t} | " + " | ".join(f"{per[m] / 60:.1f}" for m in methods) + f" | {sum(per.values()) / 60:.1f} |")
-    return "\n".join(out) + "\n"
-
-
-#: Level labels of the README's summary table, per task.
-_SUMMARY_LEVEL = {
-    "inpainting_random": lambda lab: f"inpainting, {100 * float(lab):g}% observed",
-    "inpainting_box": lambda lab: "inpainting, box over the mouth",
-    "denoising": lambda lab: f"denoising, sigma {float(lab):g}",
-    "superres": lambda lab: f"super-resolution x{float(lab):g}",
-    "compressed_sensing": lambda lab: f"CS (partial circulant), m/n {100 * float(lab):g}%",
-}
-
-
-def summary_table(rows: List[Dict[str, str]]) -> str:
-    """The README's table: mean true MSE of CSGM, ILO and the classical baseline per grid point.
-
-    Fully observed inpainting (100%) is left out (every method that keeps the
-    observed pixels is exact there). For inpainting the verdict compares the
-    baseline with ILO's output with the observed pixels pasted back.
-    """
-    mse = summarize(rows)
-    pasted = summarize(rows, "true_mse_pasted")
-    out = ["| task, level | CSGM | ILO | ILO / CSGM | classical | classical vs ILO |",
-           "| --- | --- | --- | --- | --- | --- |"]
-    for task in [t for t in TASKS if any(r["task"] == t for r in rows)]:
-        first = True
-        for lab in _levels(rows, task):
-            if task == "inpainting_random" and float(lab) >= 1.0:
-                continue
-            csgm, ilo, cls = mse.get((task, lab, "csgm")), mse.get((task, lab, "ilo")), mse.get((task, lab, "classical"))
-            if not (csgm and ilo and cls):
-                continue
-            ratio = ilo["mean"] / csgm["mean"]
-            target = " (target 0.5 missed)" if required_point(task, lab) and ratio > 0.5 else ""
-            ref = pasted.get((task, lab, "ilo")) if task.startswith("inpainting") else ilo
-            rel = cls["mean"] / max(ref["mean"], 1e-12)
-            name = _baseline_of(task)
-            verdict = f"**classical wins** ({rel:.2f}x)" if cls["mean"] < ref["mean"] else f"ILO wins ({name} {rel:.2f}x)"
-            classical = f"{name} {cls['mean']:.4f}" if first else f"{cls['mean']:.4f}"
-            out.append(f"| {_SUMMARY_LEVEL[task](lab)} | {csgm['mean']:.4f} | {ilo['mean']:.4f} | "
-                       f"{ratio:.2f}{target} | {classical} | {verdict} |")
-            first = False
-    return "\n".join(out) + "\n"
-
-
-def write_report(csv_path: Path, out: Path) -> List[Path]:
-    """Rebuild the plot and the markdown tables from the CSV; returns the files written.
-
-    Raises:
-        FileNotFoundError: if the CSV does not exist.
-    """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"no results at {csv_path}; run the benchmark first (without --report-only)")
-    rows = read_rows(csv_path)
-    if not rows:
-        raise ValueError(f"{csv_path} holds no result row")
-    stem = csv_path.stem
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    gens = sorted({r["generator"] for r in rows})
-    n_images = len({r["image"] for r in rows})
-    png = plot_results(rows, out / f"{stem}.png",
-                       title=f"{', '.join(gens)} on {n_images} images: mean true MSE, error bars = standard error over images")
-    table = out / f"{stem}_table.md"
-    configs = ", ".join(sorted({r["config"] for r in rows if r["protocol"] != "baseline"}))
-    table.write_text(
-        f"Configs (file@fingerprint): {configs}.\n\n" + results_table(rows)
-        + "\n### Summary (the README's table; inpainting verdicts against ILO with the observed pixels pasted back)\n\n"
-        + summary_table(rows)
-        + "\n### Compute (wall minutes, per method, summed over grid points)\n\n" + timing_table(rows))
-    return [png, table]
-
-
 # ------------------------------------------------------------------------------- cli
-
-def display_path(path: Path) -> str:
-    """``path`` relative to the repository root when it is beside it (``../shared/...``), else absolute."""
-    here = Path(path).resolve()
-    try:
-        return os.path.relpath(here, _ROOT) if here.is_relative_to(_ROOT.parent) else str(here)
-    except ValueError:  # another drive
-        return str(here)
-
-
-def quiet_run_setup(threads: Optional[int]) -> None:
-    """Log to stderr with times, silence Lightning's chatter and set torch's CPU threads."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -949,8 +586,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--methods", nargs="+", default=None, help=f"methods (default {' '.join(METHODS)})")
     p.add_argument("--quick", action="store_true",
                    help=f"the config's own grid point per task, {QUICK_LIMIT} images, steps x{QUICK_STEPS_SCALE}, no best-of-N")
-    p.add_argument("--out", type=Path, default=_ROOT / "benchmarks" / "results", help="results folder")
-    p.add_argument("--configs", type=Path, default=_ROOT / "configs", help="folder of the task configs")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    p.add_argument("--configs", type=Path, default=ROOT / "configs", help="folder of the task configs")
     p.add_argument("--seed", type=int, default=0, help="the run seed (problem i uses problem_seed(seed, i))")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--steps-scale", type=float, default=None, help="scale every stage's steps (default 1)")
@@ -995,4 +632,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

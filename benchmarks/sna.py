@@ -5,7 +5,7 @@ and ILO, each with and without SNA, at equal total steps. The config
 (``configs/denoising.yaml``) is read by the command line's parser
 (``ilo_pl.config.build_from_config``), so every module option reaches the
 solves, and the problems (noise draws per problem seed) are those its data
-module makes for the folder, as in ``ilo-pl fit`` and ``benchmarks/quality.py``:
+module makes for the folder, as in ``ilo-pl fit`` and :mod:`benchmarks.quality`:
 
 * ILO + SNA: the config as it is (SNA in the stages it runs in, ``sna_samples`` draws);
 * ILO: the same schedule with SNA off in every stage;
@@ -20,31 +20,32 @@ the rows of the sigmas it runs (saying so) and keeps every other row, so the
 table of each sigma stays backed by its rows. ``--report`` prints the markdown
 table of every sigma in the CSV.
 
-    python benchmarks/sna.py --threads 1                       # sigma 50 and 100
-    python benchmarks/sna.py --sigma 100 --threads 1           # one sigma, the others kept
-    python benchmarks/sna.py --report                          # the table from the CSV
+    python -m benchmarks.sna --threads 1                       # sigma 50 and 100
+    python -m benchmarks.sna --sigma 100 --threads 1           # one sigma, the others kept
+    python -m benchmarks.sna --report                          # the table from the CSV
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: as ``python -m benchmarks.sna`` (see _script.py)
+    import _script
+
+    _script.run_as_module(__file__)
+
 import argparse
 import csv
 import dataclasses
-import logging
 import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
-
-import quality  # benchmarks/ is on sys.path when run as a script
+from benchmarks.common import RESULTS, ROOT, SHARED, display_path, read_rows, silence_lightning
+from benchmarks.quality import FINGERPRINT_EXCLUDE
 from ilo_pl.api import solve
 from ilo_pl.config import build_from_config
 from ilo_pl.metrics import image_metrics
 from ilo_pl.stages import Stage
-
-ROOT = Path(__file__).resolve().parents[1]
 
 COLUMNS = ["sigma", "method", "sna", "id", "psnr", "true_mse", "measurement_loss", "steps", "seconds", "seed",
            "images", "config"]
@@ -58,14 +59,6 @@ HEADERS = ("CSGM", "CSGM + SNA", "ILO", "ILO + SNA", "ILO + SNA, 1 draw")
 def row_key(row: Dict[str, Any]) -> Tuple[float, str, bool, str]:
     """The identity of a row: ``(sigma, method, sna, image id)``."""
     return float(row["sigma"]), str(row["method"]), str(row["sna"]) == "True", str(row["id"])
-
-
-def read_rows(path: Path) -> List[Dict[str, str]]:
-    """The rows of an SNA CSV (``[]`` if it does not exist); earlier CSVs may lack columns."""
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def merge_rows(old: Sequence[Dict[str, Any]], new: Sequence[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], int]:
@@ -127,7 +120,6 @@ def table(rows: Sequence[Dict[str, str]]) -> str:
     return "\n".join(lines) + f"\n\nMean PSNR in dB (true MSE on the [-1, 1] scale) over {n} images.\n"
 
 
-
 def plans(built: Any) -> List[Tuple[str, bool, List[Stage], Dict[str, Any]]]:
     """``(method, sna, stages, module kwargs)`` of the solves of one config, in :data:`ORDER`."""
     kwargs = {k: v for k, v in built.module_kwargs.items() if k not in ("generator", "stages")}
@@ -151,7 +143,7 @@ def run_sigma(config: Path, images: Path, sigma: float, seed: int, limit: Option
     """The solves of :func:`plans` at one sigma; one row per (method, SNA, image)."""
     built = build_from_config([config], {"data": {"data": str(images), "seed": seed, "limit": limit,
                                                   "operator": {"init_args": {"sigma": float(sigma)}}}})
-    exclude = ("data.data", "data.limit", "data.batch_size", "data.operator.init_args.sigma", "model.log_every")
+    exclude = FINGERPRINT_EXCLUDE + ("data.operator.init_args.sigma",)  # what this benchmark sets
     label = f"{config.name}@{built.fingerprint(exclude=exclude)}"
     dm = built.datamodule
     dm.bind(built.module.generator)
@@ -174,7 +166,7 @@ def run_sigma(config: Path, images: Path, sigma: float, seed: int, limit: Option
             rows.append({"sigma": float(sigma), "method": method, "sna": sna, "id": pid,
                          "psnr": float(m["psnr"][b]), "true_mse": float(m["true_mse"][b]),
                          "measurement_loss": float(res.measurement_loss[b]), "steps": sum(s.steps for s in stages),
-                         "seconds": round(dt, 2), "seed": batch.seeds[b], "images": quality.display_path(images),
+                         "seconds": round(dt, 2), "seed": batch.seeds[b], "images": display_path(images),
                          "config": label})
         print(f"{method:<6} {'on' if sna else 'off':<4} {m['psnr'].mean():8.2f} {m['true_mse'].mean():9.4f} {dt:8.1f}",
               flush=True)
@@ -184,14 +176,14 @@ def run_sigma(config: Path, images: Path, sigma: float, seed: int, limit: Option
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "benchmark" / "faces" / "64")
+    p.add_argument("--images", type=Path, default=SHARED / "benchmark" / "faces" / "64")
     p.add_argument("--sigma", type=float, nargs="+", default=[50.0, 100.0], help="noise levels (default 50 100)")
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "denoising.yaml")
     p.add_argument("--seed", type=int, default=0, help="the run seed (problem i uses problem_seed(seed, i))")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's steps (smoke runs)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sna.csv")
+    p.add_argument("--out", type=Path, default=RESULTS / "sna.csv")
     p.add_argument("--report", action="store_true", help="only print the table of the CSV")
     args = p.parse_args(argv)
 
@@ -200,10 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.steps_scale != 1.0 and args.out == p.get_default("out"):
         p.error("--steps-scale is for smoke runs: pass --out elsewhere, the table's rows are kept")
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if args.threads > 0:  # 1 avoids OpenMP oversubscription on a shared machine
-        torch.set_num_threads(args.threads)
+    silence_lightning(args.threads)
     for sigma in args.sigma:
         new = run_sigma(args.config, args.images, sigma, args.seed, args.limit, args.steps_scale)
         merged, replaced = merge_rows(read_rows(args.out), new)

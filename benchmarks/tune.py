@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Tune the DCGAN task configs' stage schedules on the tuning faces (never on the evaluation faces).
 
-For each task of ``benchmarks/quality.py`` (at the grid point its config
+For each task of :mod:`benchmarks.quality` (at the grid point its config
 solves: 10% random pixels, the mouth box, sigma 50, 4x, m/n 10%), every
 candidate schedule of a small grid solves all tuning images as one problem
 batch (each problem is solved as if alone: the loss is summed over the batch)
@@ -30,12 +29,17 @@ killed run resumes. A per-task ranking goes to ``tuning_table.md`` beside it.
 The evaluation folders (``faces/64``, ``faces/original`` of
 ``../shared/benchmark``) and any folder holding one of their files are refused.
 
-    python benchmarks/tune.py --threads 1                           # ../shared/benchmark/faces/tune
-    python benchmarks/tune.py --tasks denoising --threads 1         # one task
-    python benchmarks/tune.py --report-only                         # the ranking from the CSV
+    python -m benchmarks.tune --threads 1                           # ../shared/benchmark/faces/tune
+    python -m benchmarks.tune --tasks denoising --threads 1         # one task
+    python -m benchmarks.tune --report-only                         # the ranking from the CSV
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: as ``python -m benchmarks.tune`` (see _script.py)
+    import _script
+
+    _script.run_as_module(__file__)
 
 import argparse
 import csv
@@ -52,21 +56,19 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-# benchmarks/ is a folder of scripts: run as ``python benchmarks/tune.py`` this file's folder
-# is on sys.path, so the quality benchmark's helpers import as a module.
-import quality
+from benchmarks import quality
+from benchmarks.common import RESULTS, ROOT, SHARED, display_path, quiet_run_setup, read_rows
 from ilo_pl.config import build_from_config, config_fingerprint
 from ilo_pl.metrics import image_metrics
 from ilo_pl.stages import Stage
 
 log = logging.getLogger("tune")
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "benchmark" / "faces"
+FACES = SHARED / "benchmark" / "faces"
 #: The tuning faces (see ../shared/benchmark/README.md).
-TUNE_IMAGES = SHARED / "tune"
+TUNE_IMAGES = FACES / "tune"
 #: Evaluation folders: never tuned on.
-EVAL_FOLDERS = (SHARED / "64", SHARED / "original")
+EVAL_FOLDERS = (FACES / "64", FACES / "original")
 
 #: Steps per problem of every candidate (as in the shipped schedules).
 TOTAL_STEPS = 400
@@ -154,7 +156,6 @@ def candidate_stages(config_stages: Sequence[Stage], cand: Candidate, total: int
     return out
 
 
-
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -200,16 +201,8 @@ def structure_fingerprint(config: Dict[str, Any], level_key: str) -> str:
     for st in (cfg.get("model") or {}).get("stages") or []:
         for k in ("steps", "lr", "radius"):
             st.pop(k, None)
-    exclude = list(quality._FINGERPRINT_EXCLUDE) + [f"data.operator.init_args.{level_key}"]
+    exclude = list(quality.FINGERPRINT_EXCLUDE) + [f"data.operator.init_args.{level_key}"]
     return config_fingerprint(cfg, exclude=exclude)
-
-
-def read_rows(path: Path) -> List[Dict[str, str]]:
-    """The rows of a tuning CSV (``[]`` if it does not exist)."""
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _fmt(v: Any) -> str:
@@ -298,7 +291,7 @@ def tune(images: Path, out_csv: Path, tasks: Sequence[str], grid: Dict[str, Tupl
         ValueError: for an evaluation folder (:func:`check_tuning_folder`), or a config the grid does not fit.
     """
     check_tuning_folder(images)
-    where = quality.display_path(images)
+    where = display_path(images)
     for task in tasks:
         cfg = quality.load_task_config(task, config_dir)
         built = build_from_config([cfg.path])
@@ -349,7 +342,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--images", type=Path, default=TUNE_IMAGES, help="tuning images (default faces/tune)")
     p.add_argument("--tasks", nargs="+", default=["all"], help="tasks (as quality.py's --tasks; default all)")
     p.add_argument("--grid", choices=("full", "smoke"), default="full", help="the grid (smoke: 2 candidates)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     p.add_argument("--csv", default="tuning.csv", help="CSV file name inside --out")
     p.add_argument("--configs", type=Path, default=ROOT / "configs", help="folder of the task configs")
     p.add_argument("--seed", type=int, default=0)
@@ -359,7 +352,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--report-only", action="store_true", help="only rebuild the ranking from the CSV")
     ns = p.parse_args(argv)
 
-    quality.quiet_run_setup(ns.threads)
+    quiet_run_setup(ns.threads)
     out_csv = ns.out / ns.csv
     if (ns.steps_scale != 1.0 or ns.grid == "smoke" or ns.limit) and out_csv == p.get_default("out") / "tuning.csv":
         p.error("--steps-scale, --grid smoke and --limit are for smoke runs: pass --out elsewhere")

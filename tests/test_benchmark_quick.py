@@ -1,14 +1,15 @@
-"""Smoke and unit tests of the quality benchmark (``benchmarks/quality.py``, ``benchmarks/baselines.py``).
+"""Smoke and unit tests of the quality benchmark (``benchmarks.quality``, ``.report``, ``.baselines``).
 
 One image, the configs' own grid point, a few steps: every method runs and
 writes its CSV rows, the report is written, and a second run resumes without
-recomputing. Plus the classical baselines' own properties and the errors.
+recomputing. Plus the classical baselines' own properties and the errors, the
+SNA and tuning scripts' parts, and the package's command lines.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,28 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import baselines, quality, report, sna, tune
+from ilo_pl.modules.generators import DCGANGenerator, LatentSphere
+from ilo_pl.operators import CompressedSensing, Inpainting, PartialCirculant
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    """Import a module of ``benchmarks/`` (a folder of scripts, not a package)."""
-    bench = str(ROOT / "benchmarks")
-    if bench not in sys.path:
-        sys.path.insert(0, bench)
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-quality = _load("quality")
-baselines = _load("baselines")
-
-from ilo_pl.modules.generators import DCGANGenerator  # noqa: E402
-from ilo_pl.operators import CompressedSensing, Inpainting, PartialCirculant  # noqa: E402
 
 
 def _face(folder: Path) -> Path:
@@ -106,7 +90,7 @@ def test_quick_run_every_method_writes_rows_and_report(tmp_path, generator, monk
     quality.run_benchmark(s, generator)
     assert len(_rows(csv_path)) == len(rows)
 
-    written = quality.write_report(csv_path, out)
+    written = report.write_report(csv_path, out)
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
     table = (out / "quality_quick_table.md").read_text()
     assert "Inpainting, random mask" in table and "biharmonic" in table
@@ -151,17 +135,14 @@ class _NoSphere(DCGANGenerator):
         return {}
 
 
-def test_latent_sphere_is_added_per_instance():
-    gen, other = _NoSphere(weights="random"), _NoSphere(weights="random")
-    assert quality.ensure_latent_sphere(gen) is True
-    assert gen.sphere_variables(0) == {"h": (1, 2, 3)}
-    assert gen.sphere_variables(2) == {}
-    assert other.sphere_variables(0) == {}  # the class and other instances are untouched
-    assert quality.ensure_latent_sphere(gen) is False  # now it has one
-    # A generator with its own sphere keeps it.
+def test_pulse_keeps_the_latent_on_a_sphere_and_the_configs_run_as_given():
+    bare = _NoSphere(weights="random")
+    pulse = quality.pulse_generator(bare)
+    assert isinstance(pulse, LatentSphere) and pulse.inner is bare
+    assert pulse.sphere_variables(0) == {"h": (1, 2, 3)}
+    assert bare.sphere_variables(0) == {}  # ILO rows use the generator as ilo-pl fit would
     own = DCGANGenerator(weights="random")
-    declared = own.sphere_variables(0)
-    assert quality.ensure_latent_sphere(own) is (declared == {})
+    assert quality.pulse_generator(own) is own  # a generator with its own sphere keeps it
 
 
 def test_grid_and_aliases():
@@ -185,7 +166,7 @@ def test_errors(tmp_path, generator):
     with pytest.raises(FileNotFoundError, match="pass --configs"):
         quality.load_task_config("denoising", tmp_path)
     with pytest.raises(FileNotFoundError, match="run the benchmark first"):
-        quality.write_report(tmp_path / "none.csv", tmp_path)
+        report.write_report(tmp_path / "none.csv", tmp_path)
     with pytest.raises(ValueError, match="no classical baseline"):
         baselines.classical_baseline("deblur", None, torch.zeros(1, 3, 4, 4), 1, (3, 4, 4))
     with pytest.raises(TypeError, match="LinearOperator"):
@@ -338,9 +319,6 @@ def test_grid_point_problems_come_from_the_config_data_module(tmp_path, generato
 
 
 # ------------------------------------------------------------------------------- SNA table
-sna = _load("sna")
-
-
 def _sna_row(sigma, method, on, image, psnr=20.0, mse=0.04, config="c@1"):
     return {"sigma": sigma, "method": method, "sna": on, "id": image, "psnr": psnr, "true_mse": mse, "config": config}
 
@@ -372,9 +350,6 @@ def test_sna_table_flags_mixed_configs_and_images():
 
 
 # ------------------------------------------------------------------------------- tuning
-tune = _load("tune")
-
-
 def test_tune_refuses_the_evaluation_faces(tmp_path):
     ev = tmp_path / "shared" / "faces" / "64"
     _face(ev)
@@ -437,9 +412,40 @@ def test_summary_table_is_the_readme_table_from_the_csv_rows():
         row("denoising", "100", "csgm", 0.05), row("denoising", "100", "ilo", 0.02),
         row("denoising", "100", "bm3d", 0.03, "", "baseline"),
     ]
-    text = quality.summary_table(rows)
+    text = report.summary_table(rows)
     lines = text.strip().splitlines()
     assert len(lines) == 4  # header, rule, 10% inpainting, sigma 100 (100% observed is left out)
     assert lines[2] == ("| inpainting, 10% observed | 0.0600 | 0.0400 | 0.67 (target 0.5 missed) | biharmonic 0.0280 "
                         "| **classical wins** (0.80x) |")
     assert lines[3] == "| denoising, sigma 100 | 0.0500 | 0.0200 | 0.40 | BM3D 0.0300 | ILO wins (BM3D 1.50x) |"
+
+
+# ------------------------------------------------------------------------------- the package
+def test_report_orders_the_tasks_of_the_benchmark():
+    assert report.TASK_ORDER == tuple(quality.TASKS)
+    assert set(baselines.BASELINE_NAMES) == set(quality.TASKS)
+
+
+def test_no_benchmark_edits_sys_path_or_imports_a_sibling_file():
+    """Benchmarks are a package: ``benchmarks.*`` imports only (``_script`` is the run-by-path hand-over)."""
+    files = sorted((ROOT / "benchmarks").glob("*.py"))
+    siblings = {p.stem for p in files} - {"_script"}
+    for path in files:
+        text = path.read_text()
+        assert "sys.path" not in text or path.name == "_script.py", path.name
+        for line in text.splitlines():
+            words = line.split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1:
+                assert words[1].split(".")[0] not in siblings, (path.name, line)
+
+
+@pytest.mark.parametrize("how", [["-m", "benchmarks.sna"], ["benchmarks/sna.py"]])
+def test_scripts_run_as_modules_and_by_path(how, tmp_path):
+    """``python -m benchmarks.sna`` and ``python benchmarks/sna.py`` run the same code (its --report here)."""
+    rows = [_sna_row(50.0, m, on, "a") for m, on in sna.ORDER]
+    out = tmp_path / "sna.csv"
+    sna.write_rows(out, rows)
+    proc = subprocess.run([sys.executable, *how, "--report", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == sna.table(sna.read_rows(out)).strip()
