@@ -37,6 +37,7 @@ from ilo_pl.compat import move_logger, replace_callback
 from ilo_pl.callbacks.writer import ResultWriter
 from ilo_pl.data import InverseProblemDataModule
 from ilo_pl.io import atomic_write_bytes
+from ilo_pl.manifest import renamed
 from ilo_pl.modules.ilo import ILOModule
 from ilo_pl.trainer import TRAINER_DEFAULTS, quiet_lightning
 
@@ -117,7 +118,7 @@ def check_resume_config(existing: Path, new_text: str) -> None:
     The trainer settings that change results (precision, gradient accumulation,
     deterministic algorithms, ...) and the data folder's contents are checked
     from their effective values by :class:`ResultWriter` (``run_manifest.json``,
-    see :mod:`ilo_pl.resume`); the rest of ``trainer`` (devices, loggers,
+    see :mod:`ilo_pl.manifest`); the rest of ``trainer`` (devices, loggers,
     progress bar) and ``output`` may differ.
 
     Raises:
@@ -126,6 +127,7 @@ def check_resume_config(existing: Path, new_text: str) -> None:
     with open(existing) as f:
         old = yaml.safe_load(f) or {}
     new = yaml.safe_load(new_text) or {}
+    old = renamed(old)  # class paths recorded under an earlier name
     a = {k: v for k, v in _flatten({s: old.get(s) for s in ("model", "data")}).items() if k not in RESUME_IGNORED}
     b = {k: v for k, v in _flatten({s: new.get(s) for s in ("model", "data")}).items() if k not in RESUME_IGNORED}
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -24,6 +24,10 @@ private name                              used for
 the precision plugin; undocumented)       that back-off and the per-sample gradient drop.
 ``Trainer.callbacks`` (replaced in place) :func:`replace_callback`: the CLI swaps the stock
                                           progress bar for one that shows the problem and stage.
+``ProgressBar._leave``,                   :func:`progress_bar_settings`: the replacement keeps
+``RichProgressBar._console_kwargs``       the stock bar's settings (no public getter).
+``LightningModule._trainer``              :func:`attached_trainer`: the trainer or ``None``
+                                          (``module.trainer`` raises when not attached).
 ========================================  =====================================================
 """
 
@@ -32,7 +36,7 @@ from __future__ import annotations
 import types
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -95,3 +99,16 @@ def replace_callback(trainer: Any, old: Any, new: Any) -> None:
     """Put ``new`` in the place of the trainer's callback ``old`` (before the fit starts)."""
     callbacks = trainer.callbacks
     callbacks[next(i for i, cb in enumerate(callbacks) if cb is old)] = new
+
+
+def progress_bar_settings(bar: Any) -> Dict[str, Any]:
+    """The constructor settings of a stock Lightning progress bar that it keeps only privately."""
+    settings: Dict[str, Any] = {"leave": bar._leave}
+    if hasattr(bar, "_console_kwargs"):
+        settings["console_kwargs"] = bar._console_kwargs
+    return settings
+
+
+def attached_trainer(module: Any) -> Any:
+    """The trainer ``module`` is attached to, or ``None`` (without ``module.trainer``'s error)."""
+    return getattr(module, "_trainer", None)

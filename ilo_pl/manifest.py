@@ -75,8 +75,12 @@ MODULE_SETTINGS = {
 }
 
 
-#: Classes recorded under an earlier name: the same class, so a run folder that names it resumes.
-RENAMED_CLASSES = {"ilo_pl.losses.base.MSELoss": "ilo_pl.losses.base.MeasurementLoss"}
+#: Class paths recorded under an earlier name (in manifests and config files): the same class,
+#: so a run folder that names it resumes.
+RENAMED_CLASSES = {
+    "ilo_pl.losses.base.MSELoss": "ilo_pl.losses.base.MeasurementLoss",
+    "ilo_pl.losses.MSELoss": "ilo_pl.losses.MeasurementLoss",
+}
 
 
 def _qualname(obj: Any) -> str:
@@ -84,14 +88,14 @@ def _qualname(obj: Any) -> str:
     return RENAMED_CLASSES.get(name, name)
 
 
-def _renamed(value: Any) -> Any:
+def renamed(value: Any) -> Any:
     """``value`` with every class name of :data:`RENAMED_CLASSES` replaced by its current name."""
     if isinstance(value, str):
         return RENAMED_CLASSES.get(value, value)
     if isinstance(value, list):
-        return [_renamed(v) for v in value]
+        return [renamed(v) for v in value]
     if isinstance(value, dict):
-        return {k: _renamed(v) for k, v in value.items()}
+        return {k: renamed(v) for k, v in value.items()}
     return value
 
 
@@ -316,7 +320,7 @@ def compare_manifests(old: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List[st
     """
     refusals: List[str] = []
     notes: List[str] = []
-    old = _renamed(old)
+    old = renamed(old)
     for section, (label, whole) in _SECTIONS.items():
         if section not in new:
             continue

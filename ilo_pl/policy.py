@@ -10,12 +10,16 @@
   cases; on accelerators it stays on the device with branch-free tensor ops.
   :func:`host_reads` overrides the choice for a block of code, e.g. to run
   (and test) the device path on the CPU.
+* **Implementation choice.** Functions with an ``impl=`` argument accept only
+  their listed values (:func:`check_impl`); ``ILO_PL_OPS=native`` makes
+  ``impl="auto"`` pick the pure-PyTorch paths (:func:`native_only`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Union
+import os
+from typing import ContextManager, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -66,3 +70,35 @@ def host_reads(allowed: bool) -> Iterator[None]:
         yield
     finally:
         _forced_host_reads = before
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype an op computes in: ilo-pl's work dtype (:func:`ilo_pl.policy.work_dtype`).
+
+    float64 stays float64 (gradcheck); half/bfloat16 are promoted to float32
+    because the ops' sums over kernel taps and the activation gain lose
+    accuracy in them.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor; got dtype {x.dtype}")
+    return work_dtype(x.dtype)
+
+
+def no_autocast(x: Tensor) -> ContextManager:
+    """A context that switches autocast off on ``x``'s device, so the op runs in its own dtype."""
+    kind = x.device.type
+    if kind in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(kind):
+        return torch.autocast(device_type=kind, enabled=False)
+    return contextlib.nullcontext()
+
+
+def native_only() -> bool:
+    """Whether ``impl="auto"`` should pick the pure-PyTorch paths (``ILO_PL_OPS=native``)."""
+    return os.environ.get("ILO_PL_OPS", "").strip().lower() == "native"
+
+
+def check_impl(fn: str, impl: str, choices: Sequence[str]) -> None:
+    """Raise a ``ValueError`` naming ``fn`` and the valid values unless ``impl`` is one of ``choices``."""
+    if impl not in choices:
+        valid = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{fn}: impl must be one of {valid}; got {impl!r}")

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ilo_pl.ops._cpu import build_error, l1_projection_kernel
-from ilo_pl.ops._cuda import check_impl, native_only
+from ilo_pl.policy import check_impl, native_only
 from ilo_pl.policy import work_dtype
 
 Radius = Union[float, Tensor]

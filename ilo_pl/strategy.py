@@ -37,7 +37,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
 
-from ilo_pl.compat import make_sigterm_check_local, uses_distributed_sampler
+from ilo_pl.compat import attached_trainer, make_sigterm_check_local, uses_distributed_sampler
 
 #: Default process-group timeout: ranks wait for the slowest one at the end of a run.
 DEFAULT_TIMEOUT = timedelta(days=1)
@@ -83,7 +83,7 @@ class ILOStrategy(DDPStrategy):
     def setup_environment(self) -> None:
         # Checked before the process group is created, so a wrong setting fails fast.
         module = self.lightning_module
-        trainer = getattr(module, "_trainer", None) if module is not None else None
+        trainer = attached_trainer(module) if module is not None else None
         if trainer is not None and uses_distributed_sampler(trainer):
             raise ValueError(
                 "ILOStrategy needs Trainer(use_distributed_sampler=False): the data module shards the "

@@ -9,6 +9,7 @@
 * ``SHARED``, ``FIXTURES``, ``TINY``: ``../shared`` beside the clone (read-only).
 """
 
+import re
 from pathlib import Path
 from typing import List
 
@@ -37,13 +38,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marks added here must count
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    """Mark every ``device="cuda"`` and ``impl="cuda"`` case ``gpu``; skip ``gpu`` tests where no GPU is visible."""
+    """Mark ``gpu`` every ``device="cuda"``/``impl="cuda"`` case and every test skipped as "needs a CUDA/GPU"; skip ``gpu`` tests where no GPU is visible."""
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none is visible to PyTorch)")
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and (
             str(callspec.params.get("device", "")).startswith("cuda") or callspec.params.get("impl") == "cuda"
         ):
+            item.add_marker(pytest.mark.gpu)
+        # A CUDA test written with a plain skipif ("needs a CUDA GPU") still belongs to the GPU run.
+        if any(re.search(r"\bneeds? an? (cuda|gpu)\b", str(m.kwargs.get("reason", "")), re.I)
+               for m in item.iter_markers("skipif")):
             item.add_marker(pytest.mark.gpu)
         if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
             item.add_marker(skip)

@@ -61,3 +61,19 @@ def test_replace_callback_keeps_the_position() -> None:
     at = trainer.callbacks.index(old)
     compat.replace_callback(trainer, old, new)
     assert trainer.callbacks[at] is new and old not in trainer.callbacks
+
+
+def test_progress_bar_settings_of_the_stock_bars() -> None:
+    from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
+
+    assert compat.progress_bar_settings(TQDMProgressBar(leave=True)) == {"leave": True}
+    rich = compat.progress_bar_settings(RichProgressBar(leave=True, console_kwargs={"width": 80}))
+    assert rich == {"leave": True, "console_kwargs": {"width": 80}}
+
+
+def test_attached_trainer() -> None:
+    module = pl.LightningModule()
+    assert compat.attached_trainer(module) is None
+    trainer = _trainer(accelerator="cpu")
+    module.trainer = trainer
+    assert compat.attached_trainer(module) is trainer

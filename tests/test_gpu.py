@@ -24,6 +24,7 @@ from ilo_pl.api import solve
 from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.operators import RandomMask
 from ilo_pl.projections import L1Workspace, project_l1_ball_, project_l1_ball_sort
+from ilo_pl.policy import native_only
 from ilo_pl.stages import Stage
 
 DCGAN_STAGES = [
@@ -160,7 +161,7 @@ def test_stylegan2_on_gpu_uses_the_cuda_kernels_and_matches_cpu() -> None:
 
     from ilo_pl.ops import _cuda
 
-    if CUDA_HOME is not None and not _cuda.native_only():  # a toolkit is there: the build must work
+    if CUDA_HOME is not None and not native_only():  # a toolkit is there: the build must work
         assert _cuda.load_extension() is not None, "the CUDA kernels failed to build (see the warning above)"
     _check_stylegan2("cuda")
 
@@ -192,3 +193,23 @@ def test_gpu_checks_script_says_when_there_is_no_gpu(tmp_path) -> None:
     assert proc.returncode == 1
     assert "no CUDA device is visible to PyTorch" in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_gpu_run_selects_the_cuda_tests(pytestconfig) -> None:  # noqa: ANN001
+    """``pytest -m gpu`` (scripts/gpu_checks.sh) still selects the CUDA tests once kept by hand."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
+        capture_output=True, text=True, cwd=pytestconfig.rootpath, check=False,
+    ).stdout
+    for test_id in (
+        "tests/test_ops.py::test_cuda_kernels_match_ref",
+        "tests/test_precision.py::test_16_mixed_on_gpu_keeps_float32_and_constraints",
+        "tests/test_classifier.py::test_robust_classifier_runs_on_the_device_of_its_inputs",
+        "tests/test_projections.py::test_kernel_impl_refuses_cuda_tensors",
+        "tests/test_gpu.py::test_dcgan_solve_on_gpu_matches_cpu",
+    ):
+        assert test_id in out, f"{test_id} is not in the GPU run"
+    assert "test_gpu_checks_script_says_when_there_is_no_gpu" not in out

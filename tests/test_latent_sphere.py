@@ -27,15 +27,24 @@ def test_adds_the_latent_sphere_only_where_none_is_declared() -> None:
     assert bare.sphere_variables(0) == {}  # the wrapped generator is untouched
     own = DCGANGenerator(weights="random")
     assert LatentSphere(own).sphere_variables(0) == own.sphere_variables(0)
-    # everything else is the wrapped generator's, identity included (solutions regenerate with it)
-    assert wrapped.identity() == bare.identity() and wrapped.num_splits == bare.num_splits
+    # everything else is the wrapped generator's; its identity adds the spheres (they change results)
+    assert wrapped.identity() == {**bare.identity(), "latent_sphere": "h"} and wrapped.num_splits == bare.num_splits
     state = wrapped.init_variables(2, torch.Generator().manual_seed(0))
     assert torch.equal(wrapped.render(state, 0), bare.render(state, 0))
+
+
+class _NoLatent(_NoSphere):
+    """Its split-0 entry is not in the `latent` group."""
+
+    def groups(self, split: int):  # noqa: ANN201
+        return {k: "state" for k in super().groups(split)}
 
 
 def test_refuses_what_it_cannot_wrap() -> None:
     with pytest.raises(TypeError, match="SplitGenerator"):
         LatentSphere(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no `latent` entry at split 0"):
+        LatentSphere(_NoLatent(weights="random"))
 
 
 def test_sphere_solve_through_the_wrapper_equals_the_declared_sphere() -> None:

@@ -824,3 +824,18 @@ def test_compose_spec_propagates_shapes_and_sharing():
     assert ComposeSpec([SuperResolution(2), Denoising(5)]).shared
     stacked = Operator.stack([spec.build((3, 8, 8), s) for s in (0, 1)])
     assert isinstance(stacked, LinearCompose) and stacked.ops[1].mask.shape[0] == 2
+
+
+def test_a_spec_without_the_name_argument_is_refused_when_defined():
+    from ilo_pl.operators.base import OperatorSpec
+
+    with pytest.raises(TypeError, match=r"OldSpec.build must accept the problem's name: .*name=None"):
+        class OldSpec(OperatorSpec):  # noqa: F841 - defining it is the test
+            def build(self, image_shape, seed):  # noqa: ANN001, ANN201
+                return None
+
+    class NewSpec(OperatorSpec):
+        def build(self, image_shape, seed, name=None):  # noqa: ANN001, ANN201
+            return None
+
+    assert NewSpec().build((3, 4, 4), 0) is None

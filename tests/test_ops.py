@@ -311,7 +311,7 @@ def test_failed_build_falls_back_with_one_warning(
     monkeypatch.setattr(cpp, "load", failing_load)
     monkeypatch.setattr(cpp, "CUDA_HOME", "/usr/local/cuda")
     monkeypatch.delenv("ILO_PL_OPS", raising=False)
-    _cuda._reset_for_tests()
+    _cuda.BUILD.reset()
     try:
         fake_gpu_tensor = SimpleNamespace(is_cuda=True)
         with caplog.at_level(logging.WARNING, logger="ilo_pl.ops._cuda"):
@@ -323,7 +323,7 @@ def test_failed_build_falls_back_with_one_warning(
         assert "pure-PyTorch" in warnings[0].getMessage()
         assert "Error building extension" in warnings[0].getMessage()
     finally:
-        _cuda._reset_for_tests()
+        _cuda.BUILD.reset()
 
 
 def test_native_env_var_makes_auto_skip_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -342,16 +342,16 @@ def test_explicit_cuda_builds_despite_the_env_var_and_names_a_failed_build(monke
     monkeypatch.setattr(cpp, "load", failing_load)
     monkeypatch.setattr(cpp, "CUDA_HOME", "/usr/local/cuda")
     monkeypatch.setenv("ILO_PL_OPS", "native")
-    _cuda._reset_for_tests()
+    _cuda.BUILD.reset()
     try:
         with pytest.raises(RuntimeError, match=r"impl='cuda' but the CUDA kernels could not be built "
                                                r"\(RuntimeError: nvcc fatal: Unsupported gpu architecture\)"):
             _cuda.require_extension("upfirdn2d", SimpleNamespace(is_cuda=True))
     finally:
-        _cuda._reset_for_tests()
+        _cuda.BUILD.reset()
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_explicit_cuda_refuses_a_kernel_that_requires_grad() -> None:
     x = torch.randn(1, 1, 8, 8, device="cuda")
     k = torch.ones(2, 2, device="cuda", requires_grad=True)
@@ -361,7 +361,7 @@ def test_explicit_cuda_refuses_a_kernel_that_requires_grad() -> None:
     assert k.grad is not None
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (CUDA kernels vs pure PyTorch)")
+@pytest.mark.gpu
 def test_cuda_kernels_match_ref() -> None:
     g = torch.Generator().manual_seed(6)
     for up, down, pad in GEOMETRIES:

@@ -725,8 +725,8 @@ def test_kernel_build_failure_falls_back_with_one_warning(monkeypatch, caplog):
 
     monkeypatch.setattr(cpp, "load", broken_load)
     monkeypatch.delenv("ILO_PL_OPS", raising=False)
-    saved = (_cpu._op, _cpu._failed, _cpu._error)
-    _cpu._reset_for_tests()
+    saved = _cpu.BUILD.state()
+    _cpu.BUILD.reset()
     try:
         with caplog.at_level(logging.WARNING, logger="ilo_pl.ops._cpu"):
             assert l1_projection_kernel() is None
@@ -741,7 +741,7 @@ def test_kernel_build_failure_falls_back_with_one_warning(monkeypatch, caplog):
         assert len(warnings) == 1 and "Error building extension" in warnings[0].getMessage()
         torch.testing.assert_close(param.abs().sum(1), torch.ones(2))
     finally:
-        _cpu._op, _cpu._failed, _cpu._error = saved
+        _cpu.BUILD.restore(saved)
 
 
 def test_native_env_makes_auto_skip_the_kernel_and_its_build(monkeypatch):
@@ -749,15 +749,15 @@ def test_native_env_makes_auto_skip_the_kernel_and_its_build(monkeypatch):
 
     monkeypatch.setenv("ILO_PL_OPS", "native")
     monkeypatch.setattr(cpp, "load", lambda *a, **k: pytest.fail("ILO_PL_OPS=native: auto must not build the kernel"))
-    saved = (_cpu._op, _cpu._failed, _cpu._error)
-    _cpu._reset_for_tests()
+    saved = _cpu.BUILD.state()
+    _cpu.BUILD.reset()
     try:
         param = torch.randn(2, 50)
         assert l1_impl_for(param) == "newton"
         project_l1_ball_(param, torch.zeros(2, 50), 1.0)
         torch.testing.assert_close(param.abs().sum(1), torch.ones(2))
     finally:
-        _cpu._op, _cpu._failed, _cpu._error = saved
+        _cpu.BUILD.restore(saved)
 
 
 def test_native_env_leaves_an_explicit_kernel_impl_alone(monkeypatch):
@@ -805,7 +805,7 @@ def test_an_explicit_impl_that_cannot_run_raises():
             project_l1_ball_(torch.ones(2, 3), torch.zeros(2, 3), 1.0, L1Workspace(host_reads=False), impl=impl)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_kernel_impl_refuses_cuda_tensors():
     p = torch.ones(2, 3, device="cuda")
     with pytest.raises(ValueError, match="it runs on CPU tensors; got a cuda tensor"):

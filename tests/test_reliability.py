@@ -857,3 +857,18 @@ def test_a_run_folder_that_names_the_old_loss_class_resumes():
         assert describe_module(MSELoss()) == describe_module(MeasurementLoss())  # the same class, recorded alike
     other = {"module": {"losses": {"mse": {"class": "ilo_pl.losses.base.GeodesicLoss"}}}}
     assert compare_manifests(other, new)[0]  # a real difference is still refused
+
+
+@pytest.mark.parametrize("old_path", ["ilo_pl.losses.MSELoss", "ilo_pl.losses.base.MSELoss"])
+def test_a_config_that_names_the_old_loss_class_resumes(old_path, tmp_path):
+    """A run folder's config.yaml written with ``MSELoss`` resumes with the shipped configs' ``MeasurementLoss``."""
+    from ilo_pl.cli import check_resume_config
+
+    def config(cls: str) -> str:
+        return f"model:\n  losses:\n    mse: {{class_path: {cls}}}\ndata: {{seed: 0}}\n"
+
+    old = tmp_path / "config.yaml"
+    old.write_text(config(old_path))
+    check_resume_config(old, config(old_path.replace("MSELoss", "MeasurementLoss")))  # no error
+    with pytest.raises(ValueError, match="GeodesicLoss"):
+        check_resume_config(old, config("ilo_pl.losses.base.GeodesicLoss"))

@@ -28,6 +28,7 @@ import torch
 from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 
 from ilo_pl.callbacks.writer import ResultWriter, _ResultHook
+from ilo_pl.compat import progress_bar_settings
 from ilo_pl.io import atomic_write_bytes, to_uint8
 from ilo_pl.problem import ProblemResult
 
@@ -91,12 +92,10 @@ class ProblemTQDMProgressBar(_ProblemMetricsMixin, TQDMProgressBar):
 def problem_progress_bar_for(bar: pl.Callback) -> Optional[pl.Callback]:
     """The problem-aware replacement of a stock Lightning progress bar, or ``None`` for any other bar."""
     if type(bar) is RichProgressBar:
-        return ProblemProgressBar(
-            refresh_rate=int(bar.refresh_rate), leave=bar._leave, theme=bar.theme, console_kwargs=bar._console_kwargs
-        )
+        return ProblemProgressBar(refresh_rate=int(bar.refresh_rate), theme=bar.theme, **progress_bar_settings(bar))
     if type(bar) is TQDMProgressBar:
         return ProblemTQDMProgressBar(
-            refresh_rate=bar.refresh_rate, process_position=bar.process_position, leave=bar._leave
+            refresh_rate=bar.refresh_rate, process_position=bar.process_position, **progress_bar_settings(bar)
         )
     return None
 

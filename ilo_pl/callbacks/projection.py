@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 
 from ilo_pl.callbacks.protocols import L1Constrained, SphereConstrained, require
-from ilo_pl.ops._cuda import check_impl
+from ilo_pl.policy import check_impl
 from ilo_pl.policy import host_reads_free
 from ilo_pl.projections import L1_IMPLS, L1Workspace, project_l1_ball_, project_sphere_
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ilo_pl.operators.base import Operator
-from ilo_pl.ops._cuda import no_autocast
+from ilo_pl.policy import no_autocast
 
 
 @dataclass

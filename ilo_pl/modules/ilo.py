@@ -21,19 +21,18 @@ from torch import Tensor, nn
 
 from ilo_pl.callbacks.projection import L1BallProjection, SphereProjection
 from ilo_pl.callbacks.stage import StageTransition
-from ilo_pl.compat import grad_scaler
+from ilo_pl.compat import attached_trainer, grad_scaler
 from ilo_pl.losses.base import LossContext, LossTerm, MeasurementLoss, weighted_sum
 from ilo_pl.modules.generators.base import SplitGenerator, State
-from ilo_pl.modules.overflow import OverflowGuard
-from ilo_pl.policy import host_reads_free
-from ilo_pl.problem import ProblemBatch, ProblemResult
 from ilo_pl.modules.generators.range import computed_entries
 from ilo_pl.modules.generators.range import project_to_range as range_projection
-from ilo_pl.modules.variables import StageVariables, initial_state, stage_variables
+from ilo_pl.modules.overflow import OverflowGuard
 from ilo_pl.modules.sna import NoiseDraws
-from ilo_pl.stages import Stage, check_stage_losses, check_stages, stage_losses, stage_optimizer
 from ilo_pl.modules.tracking import BestIterate
-
+from ilo_pl.modules.variables import StageVariables, initial_state, stage_variables
+from ilo_pl.policy import host_reads_free
+from ilo_pl.problem import ProblemBatch, ProblemResult
+from ilo_pl.stages import Stage, check_stage_losses, check_stages, stage_losses, stage_optimizer
 
 _PLAIN = (int, float, str, bool, type(None))
 
@@ -178,8 +177,9 @@ class ILOModule(pl.LightningModule):
             state = initial_state(self.generator, batch.seeds, stage.split, self.sphere, self.device)
             self._key = batch.key
             self._problem_step = 0
-            self.tracker = BestIterate(len(batch), self.device, self.selection, host_reads=host_reads_free(self.device))
-            self.overflow = OverflowGuard(len(batch), self.device)
+            reads = host_reads_free(self.device)  # the policy, read once per problem batch
+            self.tracker = BestIterate(len(batch), self.device, self.selection, host_reads=reads)
+            self.overflow = OverflowGuard(len(batch), self.device, host_reads=reads)
             self.noise_draws.start(batch.seeds, self.device)
         else:
             prev = self.tracker.records[index - 1]
@@ -306,7 +306,7 @@ class ILOModule(pl.LightningModule):
         """
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if self.overflow is not None:
-            self.overflow.back_off(grad_scaler(self._trainer))
+            self.overflow.back_off(grad_scaler(attached_trainer(self)))
         if self._stage < 0 or self._closed:
             return
         acc = self._accumulate()
@@ -329,7 +329,7 @@ class ILOModule(pl.LightningModule):
     def on_after_backward(self) -> None:
         # Under a GradScaler (16-mixed), before it inspects the still-scaled gradients:
         # drop the rows of failed or overflowing samples (ilo_pl.modules.overflow).
-        if self.tracker is not None and grad_scaler(self._trainer) is not None:
+        if self.tracker is not None and grad_scaler(attached_trainer(self)) is not None:
             grads = [p.grad for p in self.variables.values() if p.grad is not None]
             self.overflow.drop_rows_(grads, self.tracker.failed)
 
@@ -341,7 +341,7 @@ class ILOModule(pl.LightningModule):
         if self.tracker is None:
             return
         grads = [p.grad for p in self.variables.values() if p.grad is not None]
-        if grad_scaler(self._trainer) is not None:
+        if grad_scaler(attached_trainer(self)) is not None:
             self.overflow.count(self.tracker, self._stage_step, self._accumulate())
         else:
             self.tracker.check_gradients(grads, self._stage_step - 1)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ilo_pl.compat import scale_tensor
 from ilo_pl.policy import host_reads_free
-from ilo_pl.modules.tracking import BestIterate, rows_finite
+from ilo_pl.modules.tracking import BestIterate, rows_finite, zero_rows_
 
 #: Consecutive optimizer steps a sample's gradient may be non-finite under a GradScaler
 #: before it counts as failed: each such step halves the scale, and 25 halvings take any
@@ -40,10 +40,15 @@ class OverflowGuard:
         batch_size: number of problems ``B``.
         device: where the streak counters live.
         patience: consecutive non-finite steps before a sample fails.
+        host_reads: whether small values may be read to the host to skip work
+            (default: :func:`ilo_pl.policy.host_reads_free` of ``device``).
     """
 
-    def __init__(self, batch_size: int, device: torch.device, patience: int = OVERFLOW_PATIENCE) -> None:
+    def __init__(
+        self, batch_size: int, device: torch.device, patience: int = OVERFLOW_PATIENCE, host_reads: Optional[bool] = None
+    ) -> None:
         self.patience = int(patience)
+        self.host_reads = host_reads_free(device) if host_reads is None else bool(host_reads)
         self.streak = torch.zeros(batch_size, dtype=torch.long, device=device)
         self._bad: Optional[Tensor] = None  # [B] rows non-finite in some micro-batch of this step
         self._backoffs: Optional[Tensor] = None  # halvings owed after this step (may be negative)
@@ -56,10 +61,9 @@ class OverflowGuard:
         bad = ~rows_finite(grads)
         self._bad = bad if self._bad is None else self._bad | bad
         drop = bad | failed
-        if host_reads_free(drop) and not bool(drop.any()):
+        if self.host_reads and not bool(drop.any()):
             return
-        for g in grads:  # (NaN rows: masked_fill, not mul)
-            g.masked_fill_(drop.view(-1, *([1] * (g.dim() - 1))), 0.0)
+        zero_rows_(grads, drop)
 
     @torch.no_grad()
     def count(self, tracker: BestIterate, stage_step: int, accumulate: int) -> None:
@@ -86,7 +90,7 @@ class OverflowGuard:
         if n is None or scaler is None:
             return
         factor = scaler.get_backoff_factor()
-        if host_reads_free(n):
+        if self.host_reads:
             k = float(n)
             if k != 0.0:
                 scaler.update(new_scale=scaler.get_scale() * factor**k)

@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ilo_pl.policy import host_reads_free
 from ilo_pl.problem import ProblemBatch, ProblemResult, Solution
 
 INF = float("inf")
@@ -42,6 +43,15 @@ def copy_rows_(dst: Tensor, src: Tensor, rows: Tensor, host_read: bool) -> None:
     torch.where(rows.view(-1, *([1] * (dst.dim() - 1))), src, dst, out=dst)
 
 
+def zero_rows_(tensors: Iterable[Tensor], rows: Tensor) -> None:
+    """Zero the rows flagged by the ``[B]`` bool ``rows`` of each ``[B, ...]`` tensor, in place.
+
+    ``masked_fill``, not a multiplication: a NaN row times 0 stays NaN.
+    """
+    for t in tensors:
+        t.masked_fill_(rows.view(-1, *([1] * (t.dim() - 1))), 0.0)
+
+
 def where_rows(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``a[i]`` where the ``[B]`` bool ``rows[i]``, else ``b[i]`` (a new tensor)."""
     return torch.where(rows.view(-1, *([1] * (a.dim() - 1))), a, b)
@@ -55,8 +65,8 @@ class BestIterate:
         device: where the records live.
         selection: ``"best"`` (lowest error over all stages) or ``"last"``
             (each stage's latest finite iterate; the last stage's is returned).
-        host_reads: whether values may be read to the host (default: on the
-            CPU, where it is free).
+        host_reads: whether values may be read to the host (default:
+            :func:`ilo_pl.policy.host_reads_free` of ``device``).
 
     Attributes:
         records: one dict per stage begun: ``loss`` ``[B]``, ``state`` (the
@@ -74,7 +84,7 @@ class BestIterate:
             raise ValueError(f"selection must be 'best' or 'last'; got {selection!r}")
         self.selection = selection
         self.device = torch.device(device)
-        self.host_reads = self.device.type == "cpu" if host_reads is None else bool(host_reads)
+        self.host_reads = host_reads_free(self.device) if host_reads is None else bool(host_reads)
         self.records: List[Dict[str, Any]] = []
         self.fail_at = torch.full((batch_size, 2), -1, dtype=torch.long, device=self.device)
         # Host-side "some sample failed" flag, kept only with host reads: lets the healthy
@@ -150,8 +160,7 @@ class BestIterate:
         failed = self.failed
         if not self._any(failed):
             return
-        for g in grads:  # (NaN rows: masked_fill, not mul)
-            g.masked_fill_(failed.view(-1, *([1] * (g.dim() - 1))), 0.0)
+        zero_rows_(grads, failed)
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()

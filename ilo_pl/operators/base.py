@@ -28,7 +28,8 @@ any operator, a user's own included.
 from __future__ import annotations
 
 import copy
-from typing import Callable, List, Optional, Sequence, Tuple
+import inspect
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -404,6 +405,17 @@ class OperatorSpec:
     problem's seed and name, so random operators (masks, sign patterns,
     noise) are reproducible, and then :meth:`Operator.stack` batches them.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The data module calls build(shape, seed, name=...): refuse a spec that cannot take it
+        # when it is defined, naming the fix, not with a TypeError in the middle of a run.
+        super().__init_subclass__(**kwargs)
+        build = cls.__dict__.get("build")
+        if build is not None and "name" not in inspect.signature(build).parameters:
+            raise TypeError(
+                f"{cls.__qualname__}.build must accept the problem's name: define it as "
+                "`build(self, image_shape, seed, name=None)` (name may be ignored)"
+            )
 
     def build(self, image_shape: Tuple[int, int, int], seed: int, name: Optional[str] = None) -> Operator:
         """The operator for one image of shape ``(C, H, W)`` (its buffers have batch dim 1).

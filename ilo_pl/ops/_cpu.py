@@ -21,12 +21,13 @@ an explicit ``impl="kernel"`` still builds it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from ilo_pl.ops._build import JitBuild
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,13 @@ _ISA_FLAGS = {
     "avx2": ["-mavx2", "-mfma"],
 }
 
-_lock = threading.Lock()
-_op: Optional[Callable[..., torch.Tensor]] = None
-_failed = False
-_error = ""
+#: The kernel's build (once per process; a failure is not retried).
+BUILD: JitBuild[Callable[..., torch.Tensor]] = JitBuild(
+    logger,
+    "the CPU l1-projection kernel",
+    "using the pure-PyTorch projection instead (exact, slower). Install a C++ compiler and ninja to get "
+    "it, or set ILO_PL_OPS=native to skip the attempt.",
+)
 
 
 def _isa() -> str:
@@ -77,59 +81,38 @@ def l1_projection_kernel() -> Optional[Callable[..., torch.Tensor]]:
     ``impl="auto"`` (:func:`ilo_pl.projections.l1_impl_for`), which then never
     calls this. A failed build is not retried.
     """
-    global _op, _failed, _error
-    if _op is not None or _failed:
-        return _op
-    with _lock:
-        if _op is not None or _failed:
-            return _op
-        isa = _isa()
-        try:
-            # cpp_extension warns at import on machines without CUDA; irrelevant for a CPU build.
-            ext_logger = logging.getLogger("torch.utils.cpp_extension")
-            level = ext_logger.level
-            ext_logger.setLevel(logging.ERROR)
-            try:
-                from torch.utils.cpp_extension import load
+    return BUILD.get(_build)
 
-                name = f"ilo_pl_cpu_ops_{isa}"
-                announced = not _has_cached_build(name)
-                if announced:  # explain the pause of the first run
-                    logger.info("building the CPU l1-projection kernel (%s; once per machine, 10-20 s)", isa)
-                start = time.perf_counter()
-                load(
-                    name=name,
-                    sources=[str(_SOURCE)],
-                    extra_cflags=["-O3", "-fopenmp-simd", *_ISA_FLAGS.get(isa, [])],
-                    is_python_module=False,
-                    verbose=False,
-                )
-                took = time.perf_counter() - start
-                if not announced and took > 3.0:  # a rebuild (changed sources or flags)
-                    logger.info("rebuilt the CPU l1-projection kernel (%s) in %.0f s", isa, took)
-            finally:
-                ext_logger.setLevel(level)
-            _op = torch.ops.ilo_pl_cpu.l1_project_
-        except Exception as err:  # noqa: BLE001 - any build failure means: fall back
-            _failed = True
-            lines = str(err).strip().splitlines()
-            _error = f"{type(err).__name__}: {lines[-1] if lines else ''}"
-            logger.warning(
-                "ilo_pl.ops: could not build the CPU l1-projection kernel (%s: %s); using the "
-                "pure-PyTorch projection instead (exact, slower). Install a C++ compiler and ninja "
-                "to get it, or set ILO_PL_OPS=native to skip the attempt.",
-                type(err).__name__,
-                lines[-1] if lines else "",
-            )
-    return _op
+
+def _build() -> Callable[..., torch.Tensor]:
+    isa = _isa()
+    # cpp_extension warns at import on machines without CUDA; irrelevant for a CPU build.
+    ext_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = ext_logger.level
+    ext_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load
+
+        name = f"ilo_pl_cpu_ops_{isa}"
+        announced = not _has_cached_build(name)
+        if announced:  # explain the pause of the first run
+            logger.info("building the CPU l1-projection kernel (%s; once per machine, 10-20 s)", isa)
+        start = time.perf_counter()
+        load(
+            name=name,
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-fopenmp-simd", *_ISA_FLAGS.get(isa, [])],
+            is_python_module=False,
+            verbose=False,
+        )
+        took = time.perf_counter() - start
+        if not announced and took > 3.0:  # a rebuild (changed sources or flags)
+            logger.info("rebuilt the CPU l1-projection kernel (%s) in %.0f s", isa, took)
+    finally:
+        ext_logger.setLevel(level)
+    return torch.ops.ilo_pl_cpu.l1_project_
 
 
 def build_error() -> str:
     """Why the kernel's build failed (``"ExcType: last line"``); ``""`` if it has not failed."""
-    return _error
-
-
-def _reset_for_tests() -> None:
-    """Forget the build state (tests only)."""
-    global _op, _failed, _error
-    _op, _failed, _error = None, False, ""
+    return BUILD.error

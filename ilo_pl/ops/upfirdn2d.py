@@ -27,15 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ilo_pl.ops._cuda import (
-    OP_IMPLS,
-    check_impl,
-    compute_dtype,
-    extension_for,
-    load_extension,
-    no_autocast,
-    require_extension,
-)
+from ilo_pl.ops._cuda import OP_IMPLS, extension_for, load_extension, require_extension
+from ilo_pl.policy import check_impl, compute_dtype, no_autocast
 
 IntPair = Union[int, Sequence[int]]
 

@@ -5,8 +5,9 @@
 their spheres. A generator that declares none at split 0 gets, through this
 wrapper, every ``latent`` entry of its split-0 state on the sphere of radius
 ``sqrt(numel)`` over its non-batch dims (the norm of a standard Gaussian of
-that size). Everything else, identity included, is the wrapped generator's,
-so a solution made through the wrapper regenerates with the bare generator.
+that size). Everything else is the wrapped generator's; its :meth:`identity`
+adds the names of the sphere entries, so a run manifest tells the wrapped
+generator from the bare one.
 
 In a config::
 
@@ -74,7 +75,9 @@ class LatentSphere(SplitGenerator):
         return dict(self._split0) if split == 0 else self.inner.sphere_variables(split)
 
     def identity(self) -> Dict[str, object]:
-        return self.inner.identity()
+        # The wrapped generator's, plus the spheres: they change results (run manifests tell
+        # a wrapped generator from the bare one), not how a state renders.
+        return {**self.inner.identity(), "latent_sphere": ",".join(sorted(self._split0))}
 
     def render_settings(self) -> Dict[str, object]:
         return self.inner.render_settings()
