@@ -125,7 +125,15 @@ def check_resume_config(existing: Path, new_text: str) -> None:
         ValueError: naming the entries that differ.
     """
     with open(existing) as f:
-        old = yaml.safe_load(f) or {}
+        try:
+            old = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            old = exc
+    if not isinstance(old, dict):
+        raise ValueError(
+            f"cannot resume {existing.parent}: its config.yaml is not an ilo-pl config (not a YAML mapping). "
+            "Start a new run folder (leave out --output.run_dir)"
+        )
     new = yaml.safe_load(new_text) or {}
     old = renamed(old)  # class paths recorded under an earlier name
     a = {k: v for k, v in _flatten({s: old.get(s) for s in ("model", "data")}).items() if k not in RESUME_IGNORED}

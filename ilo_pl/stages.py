@@ -106,6 +106,32 @@ def check_stages(stages: List[Stage], num_splits: int) -> None:
         prev = s.split
 
 
+def check_stage_names(stages: Sequence[Stage], generator: Any) -> None:
+    """Refuse ``free`` and ``radius`` keys that name nothing at their stage's split.
+
+    A key is a group name (:data:`~ilo_pl.modules.generators.base.GROUPS`) or an
+    entry-name pattern that matches at least one entry of the generator's state
+    at the stage's split; a misspelt key (``radius: {staet: 300}``) would
+    otherwise leave its entries silently unconstrained (or fixed).
+
+    Raises:
+        ValueError: naming the stage, the key and the valid names.
+    """
+    from ilo_pl.modules.generators.base import GROUPS
+
+    for i, st in enumerate(stages):
+        names = list(generator.groups(st.split))
+        for what, keys in (("free", st.free), ("radius", list(st.radius))):
+            for key in keys:
+                if key in GROUPS or any(fnmatch.fnmatchcase(n, key) for n in names):
+                    continue
+                raise ValueError(
+                    f"stage {i} (split {st.split}): `{what}` key {key!r} is neither a group "
+                    f"({', '.join(GROUPS)}) nor a pattern matching an entry of the state there "
+                    f"({', '.join(names)}); check its spelling"
+                )
+
+
 def ramp_lr(t: float, rampup: float = 0.05, rampdown: float = 0.25) -> float:
     """Learning-rate multiplier at stage progress ``t`` in ``[0, 1]``.
 

@@ -483,3 +483,61 @@ def test_true_mse_is_clamped_like_psnr_ssim_and_the_pngs():
     assert math.isinf(m["psnr"][0].item()) or m["psnr"][0].item() > 80  # the same (perfect) image for PSNR
     # consistent with PSNR on the [0, 1] scale: mse01 = true_mse / 4
     assert m["psnr"][1].item() == pytest.approx(-10 * math.log10(0.5 / 4), rel=1e-5)
+
+
+def test_l1_projection_callback_refuses_a_parameter_without_a_batch_dimension():
+    param = torch.nn.Parameter(torch.full((8,), 10.0))
+
+    class Module:  # a [n] parameter: one sample, or n samples of one entry?
+        def l1_constraints(self):
+            return [(param, torch.zeros(8), 1.0)]
+
+    with pytest.raises(ValueError, match=r"shape \(8,\); it must be \[B, \.\.\.\] .*param\[None\]"):
+        L1BallProjection().project(Module())
+    assert torch.equal(param.detach(), torch.full((8,), 10.0))  # untouched
+
+
+class _TwoStageToy(pl.LightningModule):
+    """A latent-optimisation module outside ilo-pl: two stages of 4 steps, each a new variable in an l1 ball."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.variable = torch.nn.Parameter(torch.zeros(1, 16))
+        self.anchor = torch.zeros(1, 16)
+        self.stage, self.steps, self.distances = -1, 0, []
+
+    def stage_due(self, batch):  # noqa: ANN001, ANN201
+        return self.stage + 1 if self.steps % 4 == 0 and self.stage < 1 else None
+
+    def begin_stage(self, batch, index):  # noqa: ANN001, ANN201
+        self.stage = index
+        self.variable = torch.nn.Parameter(torch.full((1, 16), float(index)))
+        self.anchor = self.variable.detach().clone()
+
+    def l1_constraints(self):  # noqa: ANN201
+        return [(self.variable, self.anchor, 1.0)]
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        self.steps += 1
+        return -(self.variable * 10.0).sum()  # pushes every entry outwards: every step leaves the ball
+
+    def on_train_batch_end(self, *args) -> None:  # noqa: ANN002
+        self.distances.append(float((self.variable.detach() - self.anchor).abs().sum()))
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.SGD([self.variable], lr=1.0)
+
+
+@pytest.mark.parametrize("order", ["projection_first", "stage_first"])
+def test_reusable_callbacks_work_in_any_order(order):
+    """Every step, the first of each stage included, is projected, whichever callback is listed first."""
+    cbs = [L1BallProjection(), StageTransition()]
+    if order == "stage_first":
+        cbs.reverse()
+    module = _TwoStageToy()
+    loader = torch.utils.data.DataLoader([torch.zeros(1)] * 8, batch_size=None)
+    kw = default_trainer_kwargs()
+    kw.update(accelerator="cpu", callbacks=cbs, max_steps=8)
+    pl.Trainer(**kw).fit(module, train_dataloaders=loader)
+    assert len(module.distances) == 8
+    assert all(d == pytest.approx(1.0, rel=1e-5) for d in module.distances), module.distances

@@ -872,3 +872,34 @@ def test_a_config_that_names_the_old_loss_class_resumes(old_path, tmp_path):
     check_resume_config(old, config(old_path.replace("MSELoss", "MeasurementLoss")))  # no error
     with pytest.raises(ValueError, match="GeodesicLoss"):
         check_resume_config(old, config("ilo_pl.losses.base.GeodesicLoss"))
+
+
+def test_run_dir_that_ilo_pl_did_not_make_is_refused_and_left_untouched(tmp_path):
+    """A user's folder given as --output.run_dir: no file of theirs is overwritten or deleted."""
+    from ilo_pl.callbacks.writer import RUN_MARKER
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {"results.csv": b"my,own\n1,2\n", "x.draft.tmp": b"draft", "results.rank0.csv": b"keep"}
+    for name, data in files.items():
+        (mine / name).write_bytes(data)
+    gen, op, y, stages = _tiny_problem()
+    with pytest.raises(FileExistsError, match=r"is not an ilo-pl run folder \(it has no \.ilo-pl-run\).*new or empty folder"):
+        solve(gen, op, y, stages, callbacks=[ResultWriter(run_dir=mine)], trainer_kwargs={"accelerator": "cpu"})
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == files
+    # A folder an ilo-pl from before the marker made (it has a run manifest) is still taken, and marked.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "run_manifest.json").write_text("{}")
+    assert ResultWriter(run_dir=legacy).open_run_dir() == legacy and (legacy / RUN_MARKER).is_file()
+
+
+def test_resume_refuses_a_config_yaml_that_is_not_a_config(tmp_path):
+    from ilo_pl.cli import check_resume_config
+
+    (tmp_path / "config.yaml").write_text("just some notes, not YAML: [\n")
+    with pytest.raises(ValueError, match=r"its config.yaml is not an ilo-pl config.*new run folder"):
+        check_resume_config(tmp_path / "config.yaml", "model: {}\n")
+    (tmp_path / "config.yaml").write_text("plain text\n")
+    with pytest.raises(ValueError, match=r"its config.yaml is not an ilo-pl config"):
+        check_resume_config(tmp_path / "config.yaml", "model: {}\n")

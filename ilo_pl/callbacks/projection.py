@@ -72,11 +72,12 @@ class _StepHookCallback(pl.Callback):
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._attach(trainer, pl_module)
 
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
-        # Cheap identity check; re-registers only after an optimizer rebuild.
-        if len(self._handles) != len(trainer.optimizers) or any(
-            id(o) not in self._handles for o in trainer.optimizers
-        ):
+    def on_before_optimizer_step(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: torch.optim.Optimizer
+    ) -> None:
+        # Right before each real step, after every callback's on_train_batch_start: an optimizer
+        # rebuilt there (a new stage, StageTransition) gets the hook whatever the callbacks' order.
+        if id(optimizer) not in self._handles:
             self._attach(trainer, pl_module)
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -123,6 +124,12 @@ class L1BallProjection(_StepHookCallback):
         for param, anchor, radius in pl_module.l1_constraints():
             ws = self._workspaces.get(id(param))
             if ws is None or ws.anchor is not anchor:
+                if param.dim() < 2:
+                    # A [n] tensor would be read as n samples of one entry each, each in its own ball.
+                    raise ValueError(
+                        f"L1BallProjection: l1_constraints() gave a parameter of shape {tuple(param.shape)}; "
+                        "it must be [B, ...] with one row per sample (for one sample: param[None], shape [1, n])"
+                    )
                 reads = host_reads_free(param) if self.host_reads is None else self.host_reads
                 ws = self._workspaces[id(param)] = L1Workspace(anchor, host_reads=reads)
             project_l1_ball_(param.data, anchor, radius, ws, impl=self.impl)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ilo_pl.callbacks.protocols import ResultProducing, require
-from ilo_pl.io import ensure_writable_dir, new_run_dir, save_image
+from ilo_pl.io import atomic_write_bytes, ensure_writable_dir, new_run_dir, save_image
 from ilo_pl.metrics import image_metrics
 from ilo_pl.problem import ProblemResult, check_problem_ids
 from ilo_pl.manifest import MANIFEST, check_manifest, make_manifest, read_manifest, write_manifest
@@ -128,11 +128,9 @@ class ResultWriter(_ResultHook):
         self._resume(trainer)
 
     def open_run_dir(self) -> Path:
-        """Create the run folder: ``run_dir`` if given (kept if it exists), else the next free ``run_NNN``."""
-        if self.run_dir is None:
-            self.run_dir = new_run_dir(self.output_dir)
-        else:
-            make_run_dir(self.run_dir)
+        """Create the run folder: ``run_dir`` if given (an existing one only if ilo-pl made it), else the
+        next free ``run_NNN``; see :func:`make_run_dir`."""
+        self.run_dir = make_run_dir(self.run_dir if self.run_dir is not None else new_run_dir(self.output_dir))
         return self.run_dir
 
     def _resume(self, trainer: "pl.Trainer") -> None:
@@ -275,9 +273,32 @@ def _rank0_error(type_name: str, message: str) -> Exception:
     return RuntimeError(f"rank 0 failed to prepare the run folder: {type_name}: {message}")
 
 
+#: The file ilo-pl writes into every run folder it makes: it writes into, resumes and cleans only
+#: folders that hold it (or, made before the marker existed, a ``run_manifest.json``).
+RUN_MARKER = ".ilo-pl-run"
+
+
 def make_run_dir(path: Union[str, Path]) -> Path:
-    """Create the run folder ``path`` if needed (a ``PermissionError`` names it if it cannot be written)."""
-    return ensure_writable_dir(path, "run folder", "--output.run_dir")
+    """Create the run folder ``path``, or take an existing one that ilo-pl made, and mark it as ilo-pl's.
+
+    Raises:
+        PermissionError: naming the folder, if it cannot be created or written.
+        FileExistsError: if ``path`` holds files and ilo-pl did not make it (nothing in it is touched).
+    """
+    path = Path(path)
+    holds_files = path.is_dir() and any(path.iterdir())
+    ensure_writable_dir(path, "run folder", "--output.run_dir")
+    marker = path / RUN_MARKER
+    if holds_files and not marker.is_file() and not (path / MANIFEST).is_file():
+        raise FileExistsError(
+            f"{path} holds files and is not an ilo-pl run folder (it has no {RUN_MARKER}): ilo-pl writes, "
+            "resumes and cleans only run folders it made, so that no file of yours is overwritten or "
+            "deleted. Give a new or empty folder as --output.run_dir (output.run_dir), or leave it out "
+            "for a new run_NNN in --output.output_dir"
+        )
+    if not marker.is_file():
+        atomic_write_bytes(marker, b"ilo-pl run folder\n")
+    return path
 
 
 def merge_csvs(run_dir: Path) -> Path:

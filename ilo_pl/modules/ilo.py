@@ -32,7 +32,7 @@ from ilo_pl.modules.tracking import BestIterate
 from ilo_pl.modules.variables import StageVariables, initial_state, stage_variables
 from ilo_pl.policy import host_reads_free
 from ilo_pl.problem import ProblemBatch, ProblemResult
-from ilo_pl.stages import Stage, check_stage_losses, check_stages, stage_losses, stage_optimizer
+from ilo_pl.stages import Stage, check_stage_losses, check_stage_names, check_stages, stage_losses, stage_optimizer
 
 _PLAIN = (int, float, str, bool, type(None))
 
@@ -94,6 +94,7 @@ class ILOModule(pl.LightningModule):
             )
         stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages]
         check_stages(stages, generator.num_splits)
+        check_stage_names(stages, generator)
         self.generator = generator.freeze()
         self.stages = stages
         self.losses = nn.ModuleDict(losses if losses is not None else {"mse": MeasurementLoss()})
