@@ -5,8 +5,9 @@ optimizers, so a projection runs exactly once per real optimizer step: not on
 gradient-accumulation micro-batches (no step happens) and not when a
 mixed-precision ``GradScaler`` skips a step with inf/NaN gradients (it does
 not call ``optimizer.step``). Whenever the optimizer object changes (a stage
-transition rebuilds it), the hook is registered on the new one before the next
-batch.
+transition rebuilds it), the hook is registered on the new one in
+``on_before_optimizer_step``, right before its first step, so the callbacks
+work in any order relative to the callback that rebuilds it.
 
 Protocol (what a LightningModule offers to use them; reusable by any
 latent-optimisation project):
