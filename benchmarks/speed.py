@@ -80,6 +80,8 @@ import csv
 import dataclasses
 import json
 import logging
+import math
+import re
 import subprocess
 import sys
 import time
@@ -89,6 +91,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
+import yaml
 
 from benchmarks import projection as l1_projection
 from benchmarks.common import RESULTS, ROOT
@@ -330,11 +333,23 @@ def solve_overrides(size: int) -> List[str]:
     A randomly initialised config-f generator of side ``size`` (no checkpoint) and a
     random LPIPS backbone (its ImageNet weights are not offline; a random one costs
     the same), both drawn after ``--seed_everything 0``, so every run times the same
-    weights.
+    weights. Below 1024 the config's stages keep only the noises such a generator
+    has (``free`` names entries that exist).
     """
     g = "--model.generator.init_args."
-    return ["--seed_everything", "0", g + "checkpoint", "null", g + "size", str(size), g + "style_dim", "512",
-            g + "n_mlp", "8", g + "mean_latent_samples", "4096", "--model.losses.lpips.init_args.pnet_rand", "true"]
+    out = ["--seed_everything", "0", g + "checkpoint", "null", g + "size", str(size), g + "style_dim", "512",
+           g + "n_mlp", "8", g + "mean_latent_samples", "4096", "--model.losses.lpips.init_args.pnet_rand", "true"]
+    if size != 1024:
+        noises = 2 * int(round(math.log2(size))) - 3  # one noise at 4x4, two per later resolution
+
+        def exists(key: str) -> bool:
+            m = re.fullmatch(r"noise_(\d+)", key)
+            return m is None or int(m.group(1)) < noises
+
+        stages = yaml.safe_load(SG2_SOLVE_CONFIG.read_text())["model"]["stages"]
+        stages = [dict(st, free=[k for k in st["free"] if exists(k)]) if "free" in st else st for st in stages]
+        out += ["--model.stages", json.dumps(stages)]
+    return out
 
 
 def solve_time(quick: bool, bench: Bench = CPU, size: int = 1024, scale: float = 1.0) -> List[Dict[str, Any]]:

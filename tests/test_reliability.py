@@ -265,7 +265,8 @@ def test_resume_rebuilds_csv_and_ignores_half_written_files(reference_run, tmp_p
 def test_resume_refuses_other_config(reference_run, setup_dir, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copy(reference_run / "config.yaml", run / "config.yaml")
+    for name in ("config.yaml", ".ilo-pl-run"):  # an ilo-pl run folder: its config and its marker
+        shutil.copy(reference_run / name, run / name)
     with pytest.raises(ValueError, match=r"cannot resume .*data.seed: 0 -> 1\. Start a new run folder"):
         main(["fit", "--config", str(setup_dir / "config.yaml"), "--output.run_dir", str(run), "--data.seed", "1"])
 
