@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import pytorch_lightning as pl
@@ -541,3 +542,34 @@ def test_reusable_callbacks_work_in_any_order(order):
     pl.Trainer(**kw).fit(module, train_dataloaders=loader)
     assert len(module.distances) == 8
     assert all(d == pytest.approx(1.0, rel=1e-5) for d in module.distances), module.distances
+
+
+class _NoVariableYetToy(_TwoStageToy):
+    """Like :class:`_TwoStageToy`, but with no parameter until its first stage and no optimizer before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.variable  # nothing to optimise until begin_stage
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.SGD([self.variable], lr=1.0) if hasattr(self, "variable") else None
+
+
+def test_stage_transition_needs_no_placeholder_parameter(recwarn):
+    """A module may return no optimizer before its first stage: no placeholder, no 'no optimizer' warning."""
+    module = _NoVariableYetToy()
+    assert not list(module.parameters())
+    loader = torch.utils.data.DataLoader([torch.zeros(1)] * 8, batch_size=None)
+    kw = default_trainer_kwargs()
+    kw.update(accelerator="cpu", callbacks=[StageTransition(), L1BallProjection()], max_steps=8)
+    pl.Trainer(**kw).fit(module, train_dataloaders=loader)
+    assert not [w for w in recwarn if "returned `None`" in str(w.message)]
+    assert all(d == pytest.approx(1.0, rel=1e-5) for d in module.distances) and len(module.distances) == 8
+    # Only that fit's first stage is silenced: afterwards Lightning's warning shows again.
+    warnings.warn("`LightningModule.configure_optimizers` returned `None`, this fit will run with no optimizer")
+    assert [w for w in recwarn if "returned `None`" in str(w.message)]
+
+
+def test_ilo_module_has_no_optimizer_before_its_first_stage():
+    module = ILOModule(DCGANGenerator(), [Stage(0, 2)])
+    assert module.configure_optimizers() is None

@@ -16,7 +16,10 @@ Protocol (what a LightningModule offers to use :class:`StageTransition`):
   trainable parameters (the current variables): after each rebuild this is
   checked, so a configuration that swapped in another optimizer (e.g.
   LightningCLI's ``optimizer:`` entry, built once over other parameters) is
-  detected instead of silently optimising stale variables.
+  detected instead of silently optimising stale variables. Lightning calls it
+  once before the first batch, when no stage has begun: it may return
+  ``None`` then (no placeholder parameter is needed); the first stage
+  installs the real optimizer before the first step.
 
 The protocols are checked when the fit starts (see
 :mod:`ilo_pl.callbacks.protocols`).
@@ -24,7 +27,8 @@ The protocols are checked when the fit starts (see
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 
@@ -44,11 +48,29 @@ class StageTransition(pl.Callback):
         self.project_to_range = project_to_range
         #: Number of optimizer rebuilds (one per stage begun).
         self.rebuilds = 0
+        self._silenced: Optional[tuple] = None
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         require(pl_module, Staged, self)
         if self.project_to_range:
             require(pl_module, RangeProjecting, self)
+        # Lightning warns that a fit "will run with no optimizer" when
+        # configure_optimizers returns None before the first stage; under this
+        # callback that is false (the first stage installs one before the first
+        # step), so the warning is silenced until then, and only that warning.
+        warnings.filterwarnings("ignore", message=_NO_OPTIMIZER_WARNING)
+        self._silenced = warnings.filters[0]
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self._unsilence()
+
+    def _unsilence(self) -> None:
+        if self._silenced is not None:
+            try:
+                warnings.filters.remove(self._silenced)
+            except ValueError:  # someone reset the filters meanwhile
+                pass
+            self._silenced = None
 
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
         index = pl_module.stage_due(batch)
@@ -59,6 +81,11 @@ class StageTransition(pl.Callback):
         pl_module.begin_stage(batch, index)
         rebuild_optimizers(trainer)
         self.rebuilds += 1
+        self._unsilence()
+
+
+#: Lightning's warning when ``configure_optimizers`` returns ``None`` (see :meth:`StageTransition.setup`).
+_NO_OPTIMIZER_WARNING = r"`LightningModule.configure_optimizers` returned `None`"
 
 
 def rebuild_optimizers(trainer: "pl.Trainer") -> None:

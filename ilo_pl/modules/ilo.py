@@ -246,12 +246,10 @@ class ILOModule(pl.LightningModule):
         """The full state at the current split: variables and fixed entries."""
         return self._vars.state()
 
-    def configure_optimizers(self) -> Dict[str, Any]:
+    def configure_optimizers(self) -> Optional[Dict[str, Any]]:
         params = list(self.variables.values())
-        if not params:
-            # Before the first batch there are no variables yet; the first
-            # stage transition rebuilds the optimizer over the real ones.
-            params = [nn.Parameter(torch.zeros(1, device=self.device))]
+        if not params:  # before the first stage: StageTransition installs the real one
+            return None
         return stage_optimizer(params, self.stages[max(self._stage, 0)], self.rampup, self.rampdown)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
