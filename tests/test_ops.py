@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -298,7 +299,7 @@ def test_cpu_use_never_builds_the_extension(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_failed_build_falls_back_with_one_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     import torch.utils.cpp_extension as cpp
 
@@ -310,6 +311,7 @@ def test_failed_build_falls_back_with_one_warning(
 
     monkeypatch.setattr(cpp, "load", failing_load)
     monkeypatch.setattr(cpp, "CUDA_HOME", "/usr/local/cuda")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache: a finished build would just load
     monkeypatch.delenv("ILO_PL_OPS", raising=False)
     _cuda.BUILD.reset()
     try:
@@ -332,7 +334,9 @@ def test_native_env_var_makes_auto_skip_the_build(monkeypatch: pytest.MonkeyPatc
     assert _cuda.extension_for(SimpleNamespace(is_cuda=True)) is None
 
 
-def test_explicit_cuda_builds_despite_the_env_var_and_names_a_failed_build(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explicit_cuda_builds_despite_the_env_var_and_names_a_failed_build(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """ILO_PL_OPS only steers impl='auto': an explicit 'cuda' still builds, and a failed build raises."""
     import torch.utils.cpp_extension as cpp
 
@@ -341,6 +345,7 @@ def test_explicit_cuda_builds_despite_the_env_var_and_names_a_failed_build(monke
 
     monkeypatch.setattr(cpp, "load", failing_load)
     monkeypatch.setattr(cpp, "CUDA_HOME", "/usr/local/cuda")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache: a finished build would just load
     monkeypatch.setenv("ILO_PL_OPS", "native")
     _cuda.BUILD.reset()
     try:

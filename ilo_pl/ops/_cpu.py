@@ -1,14 +1,18 @@
 """Just-in-time build of ilo-pl's CPU kernel: the in-place l1-ball projection.
 
-The kernel (``csrc/l1_projection_cpu.cpp``) is compiled once per machine with
-``torch.utils.cpp_extension.load`` (ninja and a C++ compiler; about 10-20 s)
-the first time a projection runs on CPU tensors, and cached by PyTorch under
-``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR`` moves it). It is
-compiled for the SIMD level PyTorch itself detected on this CPU
+The kernel (``csrc/l1_projection_cpu.cpp``) is compiled with
+``torch.utils.cpp_extension.load`` (ninja and a C++ compiler; about 25 s on
+an idle core) the first time a projection runs on CPU tensors, once per
+machine and environment: the build is cached in its own folder under
+``~/.cache/ilo-pl/torch_extensions`` (``$XDG_CACHE_HOME`` or
+``$TORCH_EXTENSIONS_DIR`` move it), keyed by Python, torch, the source, the
+compiler and the flags (:func:`ilo_pl.ops._build.load_cached`), and later
+processes load it without running ninja or the compiler. It is compiled for
+the SIMD level PyTorch itself detected on this CPU
 (``torch.backends.cpu.get_cpu_capability()``: AVX512, AVX2 or the portable
-default), and that level is part of the build's name, so a home directory
-shared by machines of different CPUs never runs a build on a CPU without its
-instructions.
+default), and that level is part of the build's name and key, so a home
+directory shared by machines of different CPUs never runs a build on a CPU
+without its instructions.
 
 If the build fails (no compiler, no ninja), one ``logging.warning`` says why
 (:func:`build_error` keeps it), ``impl="auto"`` of
@@ -21,17 +25,19 @@ an explicit ``impl="kernel"`` still builds it.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from ilo_pl.ops._build import JitBuild
+from ilo_pl.ops._build import JitBuild, load_cached
 
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "l1_projection_cpu.cpp"
+
+#: How long the first build takes, for the message that announces it (measured; see README).
+BUILD_TIME = "25 s"
 
 #: Compiler flags per SIMD level PyTorch reports (its own dispatch levels).
 _ISA_FLAGS = {
@@ -54,17 +60,6 @@ def _isa() -> str:
     except Exception:  # noqa: BLE001 - an old or exotic build: use portable code
         return "default"
     return level if level in _ISA_FLAGS else "default"
-
-
-def _has_cached_build(name: str) -> bool:
-    """Whether PyTorch's extension cache already holds a built library for ``name``."""
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        build = Path(_get_build_directory(name, verbose=False))
-        return any(build.glob(f"{name}*.so")) or any(build.glob(f"{name}*.pyd"))
-    except Exception:  # noqa: BLE001 - a private helper: if it moved, just announce the build
-        return False
 
 
 def l1_projection_kernel() -> Optional[Callable[..., torch.Tensor]]:
@@ -91,25 +86,21 @@ def _build() -> Callable[..., torch.Tensor]:
     level = ext_logger.level
     ext_logger.setLevel(logging.ERROR)
     try:
-        from torch.utils.cpp_extension import load
-
-        name = f"ilo_pl_cpu_ops_{isa}"
-        announced = not _has_cached_build(name)
-        if announced:  # explain the pause of the first run
-            logger.info("building the CPU l1-projection kernel (%s; once per machine, 10-20 s)", isa)
-        start = time.perf_counter()
-        load(
-            name=name,
-            sources=[str(_SOURCE)],
+        loaded = load_cached(
+            f"ilo_pl_cpu_ops_{isa}",
+            [_SOURCE],
             extra_cflags=["-O3", "-fopenmp-simd", *_ISA_FLAGS.get(isa, [])],
             is_python_module=False,
-            verbose=False,
+            key_extra={"isa": isa},
+            on_build=lambda folder: logger.info(  # explain the pause of the first run
+                "building the CPU l1-projection kernel (%s) in %s; once per machine and environment, "
+                "about %s", isa, folder, BUILD_TIME,
+            ),
         )
-        took = time.perf_counter() - start
-        if not announced and took > 3.0:  # a rebuild (changed sources or flags)
-            logger.info("rebuilt the CPU l1-projection kernel (%s) in %.0f s", isa, took)
     finally:
         ext_logger.setLevel(level)
+    if loaded.built:
+        logger.info("built the CPU l1-projection kernel (%s) in %.1f s", isa, loaded.seconds)
     return torch.ops.ilo_pl_cpu.l1_project_
 
 

@@ -3,7 +3,11 @@
 The extension is compiled with ninja (``torch.utils.cpp_extension.load``) the
 first time an op runs on a CUDA tensor with ``impl="auto"`` or ``"cuda"`` --
 never at import, so CPU-only machines and machines without a compiler never
-pay for it. If the build fails, one ``logging.warning`` says why,
+pay for it. Like the CPU kernel, it is built once per machine and environment
+into its own keyed folder under ``~/.cache/ilo-pl/torch_extensions``
+(:func:`ilo_pl.ops._build.load_cached`; the key adds the CUDA toolkit's
+``nvcc`` and the GPU architectures built for), and later processes load it
+without running ninja or nvcc. If the build fails, one ``logging.warning`` says why,
 ``impl="auto"`` keeps using the pure-PyTorch path and an explicit
 ``impl="cuda"`` raises.
 
@@ -15,6 +19,7 @@ explicit ``impl`` is not affected.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
@@ -22,7 +27,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ilo_pl.ops._build import JitBuild
+from ilo_pl.ops._build import JitBuild, file_identity, load_cached
 from ilo_pl.policy import native_only
 
 logger = logging.getLogger(__name__)
@@ -79,15 +84,38 @@ def load_extension() -> Optional[ModuleType]:
     return BUILD.get(_build)
 
 
+def _cuda_archs() -> str:
+    """The GPU architectures the build targets: ``$TORCH_CUDA_ARCH_LIST``, else the visible GPUs'.
+
+    That is how ``torch.utils.cpp_extension`` picks them; they are part of the build's key.
+    """
+    explicit = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if explicit:
+        return f"TORCH_CUDA_ARCH_LIST={explicit}"
+    if not torch.cuda.is_available():
+        return "no GPU visible"
+    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return " ".join(f"{major}.{minor}" for major, minor in caps)
+
+
 def _build() -> ModuleType:
-    from torch.utils.cpp_extension import CUDA_HOME, load
+    from torch.utils.cpp_extension import CUDA_HOME
 
     if CUDA_HOME is None:
         raise RuntimeError("no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)")
-    return load(
-        name=_NAME,
-        sources=[str(_CSRC / s) for s in _SOURCES],
+    loaded = load_cached(
+        _NAME,
+        [_CSRC / s for s in _SOURCES],
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3"],
-        verbose=False,
+        is_python_module=True,
+        key_extra={"nvcc": file_identity(os.path.join(CUDA_HOME, "bin", "nvcc")), "archs": _cuda_archs()},
+        on_build=lambda folder: logger.info(
+            "building the CUDA kernels in %s (once per machine and environment, a minute or two)", folder
+        ),
     )
+    if loaded.built:
+        logger.info("built the CUDA kernels in %.0f s", loaded.seconds)
+    if not isinstance(loaded.result, ModuleType):
+        raise TypeError(f"the CUDA kernels loaded as {type(loaded.result).__name__}, not as a module")
+    return loaded.result
