@@ -108,9 +108,11 @@ QUICK_METHODS = ("csgm", "pulse", "ilo", "classical")
 
 COLUMNS = [
     "run", "task", "level", "method", "protocol", "image", "seed", "steps",
-    "true_mse", "psnr", "ssim", "lpips", "true_mse_pasted", "psnr_pasted", "ssim_pasted",
+    "true_mse", "psnr", "ssim", "lpips", "stlpips", "true_mse_pasted", "psnr_pasted", "ssim_pasted",
     "measurement_loss", "selected", "seconds", "generator", "config",
 ]
+#: The columns of CSVs written before the ``stlpips`` column (upgraded in place, the column empty).
+LEGACY_COLUMNS = [c for c in COLUMNS if c != "stlpips"]
 
 
 def expand_tasks(names: Iterable[str]) -> List[str]:
@@ -338,20 +340,35 @@ class LPIPSMetric:
         return self.net.distance(pred.float(), target.float()).cpu()
 
 
+def stlpips_reason() -> str:
+    """Where the ``stlpips`` column comes from, or why it stays empty."""
+    from ilo_pl.losses.stlpips import weights_path
+    from ilo_pl.metrics import STLPIPS_NET
+
+    try:
+        return f"ST-LPIPS ({STLPIPS_NET}) from {weights_path(STLPIPS_NET)}"
+    except FileNotFoundError as err:
+        return f"stlpips column empty: {err}"
+
+
 def evaluate(
     images: Tensor, batch: ProblemBatch, lpips_metric: Optional[LPIPSMetric] = None
 ) -> Dict[str, Optional[Tensor]]:
     """Per-image metrics of ``images`` against the never-observed ground truth.
 
     ``true_mse`` is on the ``[-1, 1]`` scale (the paper's metric); PSNR/SSIM on
-    ``[0, 1]``. For inpainting the ``*_pasted`` metrics are those of the output
-    with the observed pixels pasted back (``operator.superimpose``).
+    ``[0, 1]``; ``stlpips`` is ST-LPIPS (AlexNet; :func:`ilo_pl.metrics.stlpips`;
+    ``None`` without the ``stlpips-pytorch`` weights) and ``lpips`` LPIPS
+    (:class:`LPIPSMetric`, ``None`` without its backbone weights). For
+    inpainting the ``*_pasted`` metrics are those of the output with the
+    observed pixels pasted back (``operator.superimpose``).
     """
     target = batch.target.float().cpu()
     images = images.float().cpu()
     op = batch.operator.cpu()
     y = batch.observation.cpu()
-    out: Dict[str, Optional[Tensor]] = dict(image_metrics(images, target))
+    out: Dict[str, Optional[Tensor]] = dict(image_metrics(images, target, perceptual=True))
+    out.setdefault("stlpips", None)
     out["lpips"] = lpips_metric(images, target) if lpips_metric is not None else None
     with torch.no_grad():
         out["measurement_loss"] = op.measurement_error(op.A(images), y).float()
@@ -403,7 +420,8 @@ def _fmt(v: Any) -> str:
 class CsvLog:
     """Append-only CSV of result rows; knows which (run, task, level, method, image, config) are done.
 
-    Rows are never rewritten. A config that changed since its rows were made
+    Rows are never rewritten (a CSV written before the ``stlpips`` column
+    gets that column, empty, once). A config that changed since its rows were made
     (another fingerprint in the ``config`` column) is refused rather than mixed
     in or silently re-run over the earlier rows.
     """
@@ -412,6 +430,9 @@ class CsvLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = read_rows(self.path)
+        if rows and list(rows[0].keys()) == LEGACY_COLUMNS:
+            self._add_stlpips_column(rows)
+            rows = read_rows(self.path)
         if rows and list(rows[0].keys()) != COLUMNS:
             raise ValueError(
                 f"{self.path} has other columns than this benchmark writes; move it away or pass another --out"
@@ -420,6 +441,18 @@ class CsvLog:
         self.configs: Dict[Tuple[str, str], set] = {}
         for r in rows:
             self.configs.setdefault((r["run"], r["task"]), set()).add(r["config"])
+
+    def _add_stlpips_column(self, rows: List[Dict[str, str]]) -> None:
+        """Rewrite a CSV of the columns before ``stlpips`` with that column added, empty (every value kept)."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            for r in rows:
+                r["stlpips"] = ""
+                w.writerow({k: r[k] for k in COLUMNS})
+        os.replace(tmp, self.path)
+        log.info("%s: added the (empty) stlpips column to its %d earlier rows", self.path, len(rows))
 
     def check_config(self, run: str, task: str, config: str) -> None:
         """Refuse to add rows of ``task`` made with ``config`` beside rows of another config.
@@ -526,6 +559,7 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
                     "(LatentSphere); the other methods use it as the configs do", type(generator).__name__)
     lpips_metric = LPIPSMetric()
     log.info("%s", lpips_metric.reason)
+    log.info("%s", stlpips_reason())
     store = CsvLog(settings.csv_path)
     size = int(generator.image_shape[-1])
     for task in settings.tasks:

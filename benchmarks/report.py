@@ -184,6 +184,7 @@ def results_table(rows: List[Dict[str, str]]) -> str:
     psnr = summarize(rows, "psnr")
     ssim = summarize(rows, "ssim")
     lp = summarize(rows, "lpips")
+    st = summarize(rows, "stlpips")
     n_images = len({r["image"] for r in rows})
     out = [
         f"True MSE against the never-observed image, on the [-1, 1] scale (the paper's metric), "
@@ -233,6 +234,23 @@ def results_table(rows: List[Dict[str, str]]) -> str:
                 cells.append("" if a is None else f"{a['mean']:.2f} / {b['mean']:.3f}")
             out.append("| " + " | ".join(cells) + " |")
     out.append("")
+    for stats, title in (
+        (st, "ST-LPIPS (AlexNet; shift-tolerant LPIPS, not the paper's LPIPS)"),
+        (lp, "LPIPS (AlexNet)"),
+    ):
+        if not stats:
+            continue
+        out += [f"### {title}, mean ± std over images (lower is better)", "",
+                "| task | level | CSGM | PULSE-style | ILO | ILO best-of-3 | classical |", "|---|---|---|---|---|---|---|"]
+        for task in [t for t in TASK_ORDER if any(r["task"] == t for r in rows)]:
+            for lab in _levels(rows, task):
+                cells = [task, lab] + [_cell(stats.get((task, lab, m))) for m in
+                                       ("csgm", "pulse", "ilo", "ilo_best3", "classical")]
+                out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    if not st:
+        out.append("ST-LPIPS: not measured (the CSV's stlpips column is empty: rows written before it, or "
+                   "the stlpips-pytorch package, which ships its weights, is not installed).")
     if not lp:
         out.append("LPIPS: not measured (the AlexNet backbone weights of LPIPS are not on this machine; "
                    "the CSV column is empty).")

@@ -1,11 +1,12 @@
-"""The ``ilo-pl`` command: LightningCLI over :class:`ILOModule` and :class:`InverseProblemDataModule`.
+"""The ``ilo-pl`` command: ``fit`` (LightningCLI) and ``regenerate``.
 
 ``ilo-pl fit --config configs/inpainting_box.yaml`` solves every problem of
 the configured data with the configured stages and writes a new run folder
 (``output.output_dir/run_NNN``) with PNGs, solutions, ``results.csv`` and the
 resolved ``config.yaml``. Configs layer (``--config base.yaml --config
 task.yaml``), any key can be overridden on the command line
-(``--model.stages.0.steps 100``), and ``--print_config`` shows the result.
+(``--data.batch_size 8``; one entry of a list by its index, counted from 0:
+``--model.stages.0.steps 100``), and ``--print_config`` shows the result.
 
 * Resume a killed run: ``ilo-pl fit --config X --output.run_dir runs/run_003``
   (finished problems are skipped; see :mod:`ilo_pl.resume`).
@@ -13,171 +14,76 @@ task.yaml``), any key can be overridden on the command line
   --trainer.devices N [--trainer.num_nodes M]`` (see :mod:`ilo_pl.strategy`).
 * Regenerate a saved reconstruction: ``ilo-pl regenerate --solution
   runs/run_000/x_solution.pt --config runs/run_000/config.yaml --out x.png``.
+* Try it in a browser: ``ilo-pl demo [--port 7860] [--share] [--config X ...]``
+  (:mod:`ilo_pl.demo`; needs the ``demo`` extra).
 
-There is deliberately no ``optimizer:``/``lr_scheduler:`` entry: ILO rebuilds
-its Adam optimizer at every stage over the new variables, with the per-stage
-``lr`` and ramp schedule. (LightningCLI would otherwise let such an entry
-replace ``configure_optimizers`` silently.)
+This module is the console script's entry point and stays light: help, the
+command list and the errors :mod:`ilo_pl.precheck` finds in configs answer
+without importing torch or Lightning (which take seconds); ``fit`` imports
+:mod:`ilo_pl.lightning_cli` (:class:`~ilo_pl.lightning_cli.ILOCLI`, also
+reachable as ``ilo_pl.cli.ILOCLI``) once its arguments pass those checks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Iterator, List, NoReturn, Optional, Sequence
 
-import yaml
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+#: The commands, with their one-line help.
+COMMANDS = {
+    "fit": "solve every problem of a config; writes a new run folder (runs/run_NNN)",
+    "regenerate": "render a saved reconstruction from its <id>_solution.pt and its run's config.yaml",
+    "demo": "a local browser page: paint a mask on your photo and watch ILO solve it (needs ilo-pl[demo])",
+}
+#: LightningCLI's other subcommands, which have nothing to do in ILO.
+REFUSED = ("validate", "test", "predict")
 
-import ilo_pl.strategy  # noqa: F401 - registers strategy="ilo_ddp"
-from ilo_pl.compat import move_logger, replace_callback
-from ilo_pl.callbacks.writer import ResultWriter
-from ilo_pl.data import InverseProblemDataModule
-from ilo_pl.io import atomic_write_bytes
-from ilo_pl.manifest import renamed
-from ilo_pl.modules.ilo import ILOModule
-from ilo_pl.trainer import TRAINER_DEFAULTS, quiet_lightning
+EPILOG = """\
+`ilo-pl fit --help` lists every option of fit (each config key is one);
+`ilo-pl regenerate --help` those of regenerate; `ilo-pl demo --help` those of demo.
 
-#: Config entries that may change when a run is resumed (they do not change any result).
-RESUME_IGNORED = {"model.log_every"}
+example:
+  ilo-pl fit --config configs/inpainting_box.yaml --data.data faces/ --model.stages.0.steps 100
+"""
 
-
-class ILOCLI(LightningCLI):
-    """LightningCLI with ILO's defaults and an ``output`` section (:class:`ResultWriter`)."""
-
-    def __init__(self, args: Optional[List[str]] = None, run: bool = True) -> None:
-        quiet_lightning()
-        super().__init__(
-            ILOModule,
-            InverseProblemDataModule,
-            subclass_mode_model=False,
-            subclass_mode_data=False,
-            auto_configure_optimizers=False,
-            save_config_callback=None,
-            trainer_defaults=TRAINER_DEFAULTS,
-            args=args,
-            run=run,
-        )
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ResultWriter, "output")
-
-    def before_fit(self) -> None:
-        trainer = self.trainer
-        writer = next(c for c in trainer.callbacks if isinstance(c, ResultWriter))
-        # The process that was launched first (rank 0) creates the run folder and
-        # writes config.yaml; processes Lightning launches later, or that a
-        # cluster starts beside it, get the folder from rank 0 by broadcast in
-        # ResultWriter.setup. (Before the process group exists, a launched
-        # child's trainer.global_rank still reads 0, hence launch_rank.)
-        if launch_rank(trainer) == 0:
-            cfg_text = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
-            writer.open_run_dir()
-            cfg_path = writer.run_dir / "config.yaml"
-            if cfg_path.is_file():  # resuming: the problems must be the same ones
-                check_resume_config(cfg_path, cfg_text)
-            else:
-                atomic_write_bytes(cfg_path, cfg_text.encode())
-            redirect_loggers(trainer, writer.run_dir)
-            print(f"ilo-pl: writing results to {writer.run_dir}", file=sys.stderr, flush=True)
-        install_problem_progress_bar(trainer)
+#: Names that :mod:`ilo_pl.lightning_cli` provides here on first use (importing torch and Lightning then).
+_LAZY = ("ILOCLI", "RESUME_IGNORED", "check_resume_config", "install_problem_progress_bar", "launch_rank",
+         "redirect_loggers")
 
 
-def launch_rank(trainer: Any) -> int:
-    """This process's global rank as its launcher assigned it (valid before the process group exists)."""
-    strategy = trainer.strategy
-    env = getattr(strategy, "cluster_environment", None)
-    if env is None:
-        return 0
-    try:
-        return int(env.node_rank()) * int(strategy.num_processes) + int(env.local_rank())
-    except (AttributeError, TypeError):
-        return int(trainer.global_rank)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from ilo_pl import lightning_cli
+
+        return getattr(lightning_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key))
-        else:
-            out[key] = v
-    return out
+def _parser() -> argparse.ArgumentParser:
+    """The top-level parser: it only formats help and errors (``fit``'s arguments are LightningCLI's)."""
+    from ilo_pl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ilo-pl",
+        description="Intermediate Layer Optimization (ILO) for inverse problems with pre-trained generators.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ilo-pl {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="{" + ",".join(COMMANDS) + "}")
+    for name, text in COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)
+    return parser
 
 
-def check_resume_config(existing: Path, new_text: str) -> None:
-    """Refuse to resume a run folder with a config that defines other problems or another solver.
-
-    Compares the ``model`` and ``data`` sections (except :data:`RESUME_IGNORED`).
-    The trainer settings that change results (precision, gradient accumulation,
-    deterministic algorithms, ...) and the data folder's contents are checked
-    from their effective values by :class:`ResultWriter` (``run_manifest.json``,
-    see :mod:`ilo_pl.manifest`); the rest of ``trainer`` (devices, loggers,
-    progress bar) and ``output`` may differ.
-
-    Raises:
-        ValueError: naming the entries that differ.
-    """
-    with open(existing) as f:
-        try:
-            old = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            old = exc
-    if not isinstance(old, dict):
-        raise ValueError(
-            f"cannot resume {existing.parent}: its config.yaml is not an ilo-pl config (not a YAML mapping). "
-            "Start a new run folder (leave out --output.run_dir)"
-        )
-    new = yaml.safe_load(new_text) or {}
-    old = renamed(old)  # class paths recorded under an earlier name
-    a = {k: v for k, v in _flatten({s: old.get(s) for s in ("model", "data")}).items() if k not in RESUME_IGNORED}
-    b = {k: v for k, v in _flatten({s: new.get(s) for s in ("model", "data")}).items() if k not in RESUME_IGNORED}
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:5])
-        # Entries the folder's config lacks may be options added since the ilo-pl that wrote it
-        # (e.g. new init args): no config resumes the folder then, so a new run folder is the fix.
-        newer = [k for k in diff if k not in a]
-        hint = (
-            f" ({', '.join(newer[:3])}{' ...' if len(newer) > 3 else ''}: not in its config.yaml; if these are "
-            "options added since the ilo-pl version that wrote it, this version cannot resume it)" if newer else
-            f"; if the differences are your own overrides, resume without them (--config {existing})"
-        )
-        raise ValueError(
-            f"cannot resume {existing.parent}: its config.yaml differs in {shown}"
-            f"{' ...' if len(diff) > 5 else ''}. Start a new run folder (leave out --output.run_dir){hint}"
-        )
-
-
-def redirect_loggers(trainer: Any, run_dir: Path) -> None:
-    """Make CSV and TensorBoard loggers write into the run folder (``<run_dir>/<name>/<version>``)."""
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    for logger in trainer.loggers:
-        if not isinstance(logger, (CSVLogger, TensorBoardLogger)):
-            continue
-        if not move_logger(logger, run_dir):
-            warnings.warn(
-                f"{type(logger).__name__} already started in {logger.save_dir}; it is not moved to {run_dir}",
-                stacklevel=2,
-            )
-
-
-def install_problem_progress_bar(trainer: Any) -> None:
-    """Swap Lightning's stock progress bar for one that shows the problem and stage."""
-    from ilo_pl.callbacks.progress import problem_progress_bar_for
-
-    for cb in trainer.callbacks:
-        new = problem_progress_bar_for(cb)
-        if new is not None:
-            replace_callback(trainer, cb, new)
-            return
+def _refuse(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.error(message)  # usage and message on stderr, exit status 2
 
 
 def regenerate_main(argv: List[str]) -> int:
@@ -195,12 +101,35 @@ def regenerate_main(argv: List[str]) -> int:
         help="render even if the generator's weights or render settings differ from the ones that made the solution",
     )
     ns = parser.parse_args(argv)
+    config = Path(ns.config) if ns.config else Path(ns.solution).parent / "config.yaml"
+    # Checked before torch is imported (seconds): the common mistakes answer at once.
+    if not Path(ns.solution).is_file():
+        _refuse(parser, f"--solution {ns.solution}: no such file")
+    if not config.is_file():
+        _refuse(parser, f"{'--config ' if ns.config else ''}{config}: no such file"
+                        f"{'' if ns.config else ' (give the run config.yaml with --config)'}")
     from ilo_pl.solutions import regenerate_file
 
-    config = Path(ns.config) if ns.config else Path(ns.solution).parent / "config.yaml"
     regenerate_file(ns.solution, config, ns.out, check_identity=not ns.no_check_identity, device=ns.device)
     print(f"ilo-pl: wrote {ns.out}", file=sys.stderr)
     return 0
+
+
+def demo_main(argv: List[str]) -> int:
+    """``ilo-pl demo``: serve the browser demo (:mod:`ilo_pl.demo.app`); ``--help`` answers without torch."""
+    if any(a in ("-h", "--help") for a in argv):
+        from ilo_pl.demo.options import demo_parser
+
+        demo_parser().parse_args(["--help"])  # prints and exits
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        print("ilo-pl demo: error: the demo needs Gradio: pip install 'ilo-pl[demo]' "
+              "(or bash scripts/bootstrap.sh)", file=sys.stderr)
+        raise SystemExit(2)
+    from ilo_pl.demo.app import main as app_main
+
+    return app_main(argv)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -231,14 +160,91 @@ def show_info_messages() -> None:
         log.setLevel(logging.INFO)
 
 
-def main(args: Optional[List[str]] = None) -> None:
-    """Entry point of the ``ilo-pl`` console script."""
-    show_info_messages()
+#: Lightning's notices that say nothing about an ILO run: advertisements ("Tip: ... litlogger"),
+#: the device inventory (the devices used are the trainer settings), the global seed (every ILO
+#: problem draws from its own seeded generators) and the end of the one epoch every run has.
+LIGHTNING_NOTICES = ("Tip: ", "GPU available: ", "TPU available: ", "HPU available: ", "CUDA_VISIBLE_DEVICES: [",
+                     "Seed set to ", "No seed found, seed set to ", "`Trainer.fit` stopped: `max_epochs=")
+#: The loggers Lightning writes those notices to.
+LIGHTNING_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                     "lightning_fabric.utilities.seed", "pytorch_lightning.accelerators.cuda")
+
+
+class _NoticeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in LIGHTNING_NOTICES)
+
+
+@contextlib.contextmanager
+def lightning_notices_hidden() -> Iterator[None]:
+    """Hide :data:`LIGHTNING_NOTICES` (log lines and warnings) while the block runs.
+
+    Lightning's real warnings (a GPU that is not used, a deprecated setting
+    of yours) and ilo-pl's own lines are kept. Needs no Lightning import.
+    """
+    notice_filter = _NoticeFilter()
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    for log in loggers:
+        log.addFilter(notice_filter)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No seed found, seed set to")
+            yield
+    finally:
+        for log in loggers:
+            log.removeFilter(notice_filter)
+
+
+def main(args: Optional[Sequence[str]] = None) -> None:
+    """Entry point of the ``ilo-pl`` console script.
+
+    Args:
+        args: the arguments (``["fit", "--config", ...]``); ``None`` reads ``sys.argv``.
+    """
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "regenerate":
+    parser = _parser()
+    if not argv:
+        _refuse(parser, f"give a command: {', '.join(list(COMMANDS)[:-1])} or {list(COMMANDS)[-1]} "
+                        "(ilo-pl --help explains them)")
+    command = argv[0]
+    if command in ("-h", "--help", "--version"):
+        parser.parse_args(argv[:1])  # prints and exits
+    show_info_messages()
+    if command == "regenerate":
         regenerate_main(argv[1:])
         return
-    ILOCLI(args=args)
+    if command == "demo":
+        demo_main(argv[1:])
+        return
+    if command in REFUSED:
+        _refuse(parser, f"{command!r} is not an ilo-pl command: `ilo-pl fit` solves every problem and writes "
+                        f"its reconstruction and metrics (results.csv); there is nothing to {command}. "
+                        f"Commands: {', '.join(COMMANDS)}")
+    if command == "fit":
+        from ilo_pl.precheck import ArgumentsError, check_fit_args
+
+        try:
+            check_fit_args(argv[1:])
+        except ArgumentsError as exc:
+            print("usage: ilo-pl fit [--config CONFIG ...] [--section.key VALUE ...] "
+                  "(ilo-pl fit --help lists them)", file=sys.stderr)
+            print(f"ilo-pl fit: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    elif not _lightning_top_level_option(command):
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        what = "option" if command.startswith("-") else "command"
+        _refuse(parser, f"unknown {what} {command!r}{hint}; give a command first: {', '.join(COMMANDS)}")
+    from ilo_pl.lightning_cli import ILOCLI
+
+    ILOCLI(args=None if args is None else argv)
+
+
+def _lightning_top_level_option(arg: str) -> bool:
+    """Options LightningCLI takes before the command (``--config`` with a ``fit:`` section, ``--print_config``)."""
+    name = arg.split("=", 1)[0]
+    return name == "-c" or any(len(name) > 3 and o.startswith(name) for o in ("--config", "--print_config"))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -109,6 +110,10 @@ class ProblemSource(abc.ABC):
     def load(self, index: int, image_shape: Tuple[int, int, int], seed: int) -> Tensor:
         """The ground-truth image ``[C, H, W]`` in ``[-1, 1]`` of problem ``index``."""
 
+    def describe(self, index: int) -> str:
+        """Problem ``index`` for messages: its file where it has one (default: its id)."""
+        return f"problem {self.name(index)!r} of {type(self).__name__}"
+
     def fingerprint(self) -> Dict[str, object]:
         """A JSON-able description of the problems (what a resumed run must find unchanged).
 
@@ -120,41 +125,58 @@ class ProblemSource(abc.ABC):
 
 
 class ImageFolder(ProblemSource):
-    """Every image file directly in a folder (sorted by name).
+    """Every image file directly in a folder (sorted by name), or one image file.
 
-    Files that cannot be read as images are skipped with a warning naming
-    them; grayscale, RGBA and 16-bit images are converted to RGB.
+    Files that cannot be used are skipped with a warning naming them and why,
+    and listed in :attr:`skipped` (:class:`~ilo_pl.callbacks.ResultWriter`
+    writes them to the run folder's ``skipped_inputs.csv``): files that are
+    not readable images, and float images holding NaN or infinite pixels
+    (no observation can be made of them). The other images are solved.
+    Grayscale, RGBA and 16-bit images are converted to RGB.
 
     Args:
-        path: the folder.
+        path: the folder, or a single image file (one problem).
         resize: policy for images whose size differs from the generator's:
             ``"center_crop"`` (default), ``"resize"`` or ``"error"``.
 
+    Attributes:
+        files: the usable image files, in problem order.
+        skipped: ``(file, reason)`` for each file left out.
+
     Raises:
-        FileNotFoundError: if the folder does not exist.
-        ValueError: if it holds no readable image.
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if it holds no usable image (an image file given as
+            ``path`` that is not usable: naming it and why).
     """
 
     def __init__(self, path: Union[str, Path], resize: str = "center_crop") -> None:
         self.path = Path(path)
         self.resize = resize
-        if not self.path.is_dir():
-            raise FileNotFoundError(f"image folder {self.path} does not exist")
-        from PIL import Image
-
-        files = sorted(p for p in self.path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if self.path.is_file():
+            files = [self.path]
+        elif self.path.is_dir():
+            files = sorted(p for p in self.path.iterdir() if p.is_file() and not p.name.startswith("."))
+        else:
+            raise FileNotFoundError(
+                f"{self.path} does not exist: give `data` a folder of images, an image file or 'samples'"
+            )
         self.files: List[Path] = []
+        self.skipped: List[Tuple[Path, str]] = []
         for p in files:
-            try:
-                with Image.open(p) as im:
-                    im.verify()
+            why = unusable_image(p)
+            if why is None:
                 self.files.append(p)
-            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped alike
-                warnings.warn(f"skipping {p}: not a readable image ({type(exc).__name__})", stacklevel=2)
+            else:
+                self.skipped.append((p, why))
+                if p != self.path:  # a single file given as data is an error (below), not a skip
+                    warnings.warn(f"skipping {p}: {why}; it is not solved", stacklevel=2)
         if not self.files:
+            if self.path.is_file():
+                raise ValueError(f"{self.path} cannot be solved: {self.skipped[0][1]}")
+            why = "".join(f"; {p.name}: {reason}" for p, reason in self.skipped[:5])
             raise ValueError(
-                f"no readable image in {self.path} (looked for {', '.join(IMAGE_SUFFIXES)}); "
-                "point `data` at a folder of images"
+                f"no usable image in {self.path} (looked for {', '.join(IMAGE_SUFFIXES)}{why}); "
+                "point `data` at a folder of images or an image file"
             )
         self._ids = folder_ids([p.name for p in self.files])
 
@@ -182,6 +204,37 @@ class ImageFolder(ProblemSource):
 
     def load(self, index: int, image_shape: Tuple[int, int, int], seed: int) -> Tensor:
         return load_image(self.files[index], size=image_shape[1:], policy=self.resize)
+
+    def describe(self, index: int) -> str:
+        return f"{self.files[index]} (problem {self.name(index)!r})"
+
+
+def unusable_image(path: Path) -> Optional[str]:
+    """Why the file ``path`` cannot be a problem's image, or ``None`` if it can.
+
+    Every file is checked by PIL's ``verify`` (no pixel is decoded); float
+    images (PIL mode ``F``, e.g. 32-bit TIFFs), the only kind that can hold
+    NaN or infinite values, are decoded and their pixels checked.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            im.verify()
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is refused alike
+        return f"not a readable image ({type(exc).__name__})"
+    if mode != "F":
+        return None  # integer pixels are always finite
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - verify passes some files that do not decode
+        return f"not a readable image ({type(exc).__name__})"
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        return f"{bad} of its {arr.size} pixels are NaN or infinite"
+    return None
 
 
 class SampleFaces(ProblemSource):
@@ -359,8 +412,8 @@ class InverseProblemDataModule(pl.LightningDataModule):
     Args:
         operator: how to build each problem's operator (an
             :class:`~ilo_pl.operators.base.OperatorSpec`, e.g. ``BoxMask``).
-        data: a folder of images, ``"samples"`` (the built-in sample faces),
-            or a :class:`ProblemSource`.
+        data: a folder of images or one image file (see :class:`ImageFolder`),
+            ``"samples"`` (the built-in sample faces), or a :class:`ProblemSource`.
         batch_size: problems solved together (each as if alone).
         seed: the run's seed (see :func:`problem_seed`).
         resize: policy for image files of another size (see :func:`ilo_pl.io.load_image`).
@@ -433,7 +486,16 @@ class InverseProblemDataModule(pl.LightningDataModule):
 
     # -- problems ---------------------------------------------------------------
     def make_batch(self, indices: Sequence[int]) -> ProblemBatch:
-        """Load, build operators for, and observe the problems ``indices``."""
+        """Load, build operators for, and observe the problems ``indices``.
+
+        The batch's ``target`` (ground truth) is the loaded images, or ``None``
+        for a spec whose observation does not measure them
+        (``OperatorSpec.ground_truth = False``: classifier guidance).
+
+        Raises:
+            ValueError: naming the problem (its file), if its image holds NaN or
+                infinite values.
+        """
         if self.source is None:
             raise RuntimeError("call bind(generator) (or setup) before make_batch")
         shape = self.image_shape
@@ -442,6 +504,12 @@ class InverseProblemDataModule(pl.LightningDataModule):
         for i in indices:
             s = problem_seed(self.seed, i)
             x = self.source.load(i, shape, s)[None].float()
+            if not torch.isfinite(x).all():  # (ImageFolder skips such files up front)
+                bad = int((~torch.isfinite(x)).sum())
+                raise ValueError(
+                    f"{self.source.describe(i)}: {bad} of its {x.numel()} pixel values are NaN or infinite; "
+                    "no observation can be made of it: fix or remove it"
+                )
             if spec.shared:
                 if self._shared_op is None:
                     self._shared_op = spec.build(shape, problem_seed(self.seed, -1))
@@ -461,7 +529,8 @@ class InverseProblemDataModule(pl.LightningDataModule):
             observation=torch.cat(ys, 0),
             operator=operator,
             seeds=seeds,
-            target=torch.cat(targets, 0),
+            # A data image that the observation does not measure (classifier guidance) is no ground truth.
+            target=torch.cat(targets, 0) if getattr(spec, "ground_truth", True) else None,
             indices=list(indices),
         )
 

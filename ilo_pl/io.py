@@ -7,8 +7,10 @@ so saved pixels mean the same thing in every file).
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Tuple, Union
 
@@ -17,6 +19,12 @@ import torch
 from torch import Tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+#: :func:`load_image` warns when it enlarges an image by more than this factor (per side) to
+#: the generator's frame: a 16x16 image brought to 64x64 is fine, an 8x8 one (or a 256x256
+#: one brought to 1024x1024 for StyleGAN-2) holds too little detail and comes out a smooth,
+#: nearly flat face.
+UPSCALE_WARN_FACTOR = 4.0
 
 PathLike = Union[str, Path]
 
@@ -43,6 +51,10 @@ def load_image(path: PathLike, size: Union[Tuple[int, int], None] = None, policy
             ``"center_crop"`` (crop the largest centred region of the target's
             aspect ratio, then resize with Lanczos), ``"resize"`` (resize,
             ignoring the aspect ratio), or ``"error"``.
+
+    Warns:
+        UserWarning: naming the file, its size and ``size``, when the image is
+            enlarged by more than :data:`UPSCALE_WARN_FACTOR` per side.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -95,11 +107,21 @@ def _fit(arr: np.ndarray, size: Tuple[int, int], policy: str, path: Path) -> np.
         )
     if policy == "center_crop":
         scale = min(h / th, w / tw)
-        ch, cw = int(round(th * scale)), int(round(tw * scale))
+        # At least one pixel: a tiny image must not round to an empty crop.
+        ch, cw = max(1, int(round(th * scale))), max(1, int(round(tw * scale)))
         top, left = (h - ch) // 2, (w - cw) // 2
         arr = arr[top : top + ch, left : left + cw]
     elif policy != "resize":
         raise ValueError(f"unknown resize policy {policy!r}; use 'center_crop', 'resize' or 'error'")
+    factor = max(th / arr.shape[0], tw / arr.shape[1])
+    if factor > UPSCALE_WARN_FACTOR:
+        warnings.warn(
+            f"{path} is only {h}x{w} pixels: it is enlarged {factor:.3g}x to the generator's {th}x{tw} frame "
+            f"(more than {UPSCALE_WARN_FACTOR:g}x), so it holds too little detail and the result will be a "
+            f"smooth, nearly flat image; give an image of at least {math.ceil(th / UPSCALE_WARN_FACTOR)}x"
+            f"{math.ceil(tw / UPSCALE_WARN_FACTOR)} pixels",
+            stacklevel=3,
+        )
     im = Image.fromarray((arr * 255).round().astype(np.uint8))
     im = im.resize((tw, th), Image.LANCZOS)
     return np.asarray(im, dtype=np.float32) / 255.0

@@ -167,6 +167,10 @@ class ProblemResult:
         solutions: per sample, the variables that regenerate ``images[b]``.
         stage_losses: per stage, the best measurement error per sample.
         failed: per sample, ``None`` or the reason the solve failed (NaN/inf).
+        start: the variables the solve started from (stage 0's initial state,
+            all samples: batch dim ``B``, on the CPU) and their split; render
+            them for the start image (tasks judged against their start, such
+            as classifier guidance). ``None`` when not recorded.
     """
 
     batch: ProblemBatch
@@ -175,3 +179,4 @@ class ProblemResult:
     solutions: List[Solution]
     stage_losses: List[Tensor]
     failed: List[Optional[str]]
+    start: Optional[Solution] = None

@@ -45,8 +45,16 @@ from ilo_pl.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-#: Columns of ``results.csv`` (the writer's and the resume's common format).
-CSV_FIELDS = ["index", "id", "measurement_loss", "true_mse", "psnr", "ssim", "best_stage", "split", "failed"]
+#: Columns that judge a result against its start image (classifier guidance; empty for
+#: other tasks): see :meth:`ilo_pl.operators.base.Operator.start_report`.
+START_FIELDS = ["target_prob_start", "target_prob", "start_mse"]
+
+#: Columns of ``results.csv`` (the writer's and the resume's common format). ``true_mse``,
+#: ``psnr``, ``ssim`` and ``stlpips`` are empty for problems without ground truth; the start
+#: columns and then ``stlpips`` (ST-LPIPS, AlexNet: :func:`ilo_pl.metrics.stlpips`; not the
+#: paper's LPIPS) come last, so the earlier columns keep their places.
+CSV_FIELDS = (["index", "id", "measurement_loss", "true_mse", "psnr", "ssim", "best_stage", "split", "failed"]
+              + START_FIELDS + ["stlpips"])
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
+from ilo_pl.checkpoints import load_checkpoint
 from ilo_pl.io import atomic_write_bytes
 from ilo_pl.problem import Solution
 
@@ -81,20 +82,15 @@ def _plain(value: Any) -> Union[str, int, float]:
 
 
 def load_solution(path: PathLike) -> Dict[str, Any]:
-    """Read a solution file (``weights_only=True``).
+    """Read a solution file (through :func:`ilo_pl.checkpoints.load_checkpoint`: weights-only).
 
     Raises:
         FileNotFoundError: if it does not exist.
-        ValueError: if it is not an ilo-pl solution (including a truncated or
-            corrupt file).
+        ValueError: if it is not an ilo-pl solution: a
+            :class:`~ilo_pl.checkpoints.CheckpointError` (naming the file) for
+            a truncated, corrupt or foreign file, else one saying so.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"solution file {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, ...: all mean "not a solution"
-        raise ValueError(f"{path} is not a readable ilo-pl solution file ({type(exc).__name__}: {exc})") from exc
+    data = load_checkpoint(path, "ilo-pl solution file")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not an ilo-pl solution file (format {FORMAT})")
     return data

@@ -8,7 +8,9 @@ generator's split points and layer count.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -19,6 +21,39 @@ if TYPE_CHECKING:  # only for annotations: the generators import this module
     from ilo_pl.modules.generators.stylegan2 import StyleGAN2Generator
 
 INF = float("inf")
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable: a positive integer caps every :class:`Stage`'s ``steps`` (smoke runs).
+MAX_STEPS_ENV = "ILO_PL_MAX_STEPS"
+_cap_announced = False
+
+
+def max_steps_cap() -> Optional[int]:
+    """The cap on every stage's steps that ``ILO_PL_MAX_STEPS`` sets, or ``None`` (unset or empty).
+
+    For smoke runs of whole commands and scripts as they are written (the
+    README's examples run this way in the test suite): results then say
+    nothing about the schedule's quality. A warning says so, once per process.
+
+    Raises:
+        ValueError: the variable is set to something other than a positive integer.
+    """
+    global _cap_announced
+    raw = os.environ.get(MAX_STEPS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        cap = int(raw)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise ValueError(f"{MAX_STEPS_ENV} must be a positive integer (or unset); got {raw!r}")
+    if not _cap_announced:
+        _cap_announced = True
+        logger.warning("%s=%d: every stage runs at most %d steps (a smoke run, not the schedule's results)",
+                       MAX_STEPS_ENV, cap, cap)
+    return cap
 
 
 @dataclass
@@ -40,6 +75,9 @@ class Stage:
             module's weights. Missing names weigh 0.
         sna: Stochastic Noise Addition in this stage; ``None`` uses the module's ``sna``.
 
+    The environment variable ``ILO_PL_MAX_STEPS=N`` caps ``steps`` at ``N``
+    (:func:`max_steps_cap`; smoke runs only).
+
     Example:
         >>> stage = Stage(split=1, steps=100, free=["state", "noise_[0-4]"], radius={"state": 500.0})
         >>> stage.is_free("h", "state"), stage.is_free("noise_3", "noise"), stage.is_free("noise_5", "noise")
@@ -59,6 +97,9 @@ class Stage:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"a stage needs at least one step; got steps={self.steps}")
+        cap = max_steps_cap()
+        if cap is not None and self.steps > cap:
+            self.steps = cap
         if not self.lr > 0:
             raise ValueError(f"a stage's lr must be > 0; got {self.lr}")
         for key, r in self.radius.items():

@@ -45,7 +45,9 @@ def test_every_task_config_runs_end_to_end(task, tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(run / "results.csv")))
     assert len(rows) == 1 and rows[0]["failed"] == ""
     pid = rows[0]["id"]
-    for suffix in ("reconstruction.png", "grid.png", "solution.pt", "target.png"):
+    # Classifier guidance has no ground truth: it shows its start image instead.
+    judged_by = "start.png" if task == "classifier_guidance" else "target.png"
+    for suffix in ("reconstruction.png", "grid.png", "solution.pt", judged_by):
         assert (run / f"{pid}_{suffix}").is_file(), suffix
     assert (run / "config.yaml").is_file()
     # The CSV's loss is the saved solution's: rebuild the problem from the config, render
@@ -143,3 +145,87 @@ def test_cli_shows_ilo_pl_info_messages_once(capsys):
     finally:
         log.handlers[:] = saved[0]
         log.setLevel(saved[1])
+
+
+# -- indexed overrides, failed runs, a quiet command line (issue 19) ----------------------------
+def test_docstring_override_sets_one_stage(capsys):
+    """The override the command's docs show (``--model.stages.0.steps 100``) sets that entry only."""
+    import re
+
+    import ilo_pl.cli
+
+    example = re.search(r"--model\.stages\.0\.steps \d+", ilo_pl.cli.__doc__).group(0).split()
+    box = str(ROOT / "configs" / "inpainting_box.yaml")
+    with pytest.raises(SystemExit):
+        ILOCLI(args=["fit", "--config", box, *example, "--model.stages.2.radius.state=7", "--model.stages.1.lr",
+                     "1e-3", "--print_config"])
+    stages = yaml.safe_load(capsys.readouterr().out)["model"]["stages"]
+    configured = yaml.safe_load(open(box))["model"]["stages"]
+    assert stages[0]["steps"] == int(example[1])
+    assert stages[1]["lr"] == 1e-3 and stages[2]["radius"] == {"state": 7.0}
+    assert [s["split"] for s in stages] == [s["split"] for s in configured]
+    assert [s["steps"] for s in stages[1:]] == [s["steps"] for s in configured[1:]]
+    with pytest.raises(SystemExit):
+        ILOCLI(args=["fit", "--config", box, "--model.stages.9.steps", "3"])
+    assert "model.stages has 5 entries (0 to 4); no entry 9" in capsys.readouterr().err
+
+
+def test_failed_run_leaves_no_run_folder(tmp_path, capsys):
+    from ilo_pl.cli import main
+
+    cfg = _tiny_config(tmp_path, "inpainting_box")
+    missing = ["--data.data", str(tmp_path / "no_such_faces")]
+    with pytest.raises(FileNotFoundError):
+        main(["fit", "--config", str(cfg), *missing])
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+    with pytest.raises(FileNotFoundError):
+        main(["fit", "--config", str(cfg), *missing, "--output.run_dir", str(tmp_path / "mine")])
+    assert not (tmp_path / "mine").exists()
+    (tmp_path / "empty").mkdir()  # the user's empty folder: emptied again, kept
+    with pytest.raises(FileNotFoundError):
+        main(["fit", "--config", str(cfg), *missing, "--output.run_dir", str(tmp_path / "empty")])
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert "the run failed before solving a problem" in capsys.readouterr().err
+
+
+def test_failed_resume_keeps_the_run_folder(tmp_path):
+    from ilo_pl.cli import main
+
+    cfg = _tiny_config(tmp_path, "inpainting_box", steps=1)
+    run = tmp_path / "run"
+    main(["fit", "--config", str(cfg), "--output.run_dir", str(run), "--trainer.enable_progress_bar", "false"])
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert "results.csv" in before
+    with pytest.raises(ValueError, match="cannot resume"):
+        main(["fit", "--config", str(cfg), "--output.run_dir", str(run), "--data.seed", "5"])
+    with pytest.raises(ValueError, match="precision"):  # refused inside trainer.fit (run_manifest.json)
+        main(["fit", "--config", str(cfg), "--output.run_dir", str(run), "--trainer.precision", "bf16-mixed"])
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_quick_fit_on_the_command_line_prints_only_ilo_pl_lines(tmp_path):
+    """No Lightning advertisement, seed, device inventory or third-party warning on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    from ilo_pl.cli import LIGHTNING_NOTICES
+
+    box = ROOT / "configs" / "inpainting_box.yaml"
+    n = len(yaml.safe_load(box.read_text())["model"]["stages"])
+    steps = [a for i in range(n) for a in (f"--model.stages.{i}.steps", "1")]
+    cmd = [sys.executable, "-m", "ilo_pl.cli", "fit", "--config", str(box), *steps, "--data.limit", "1",
+           "--data.batch_size", "1", "--output.output_dir", str(tmp_path / "runs"),
+           "--trainer.enable_progress_bar", "false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    for notice in LIGHTNING_NOTICES + ("litlogger", "seed set to"):
+        assert not [line for line in lines if notice in line], notice
+    # ilo-pl's own lines, or an ilo-pl warning (its source line is indented below it)
+    foreign = [line for line in lines if not line.startswith(("ilo-pl: ", "  ")) and "/ilo_pl/" not in line]
+    assert foreign == [], proc.stderr
+    assert any(line.startswith("ilo-pl: writing results to") for line in lines)
+    written = yaml.safe_load((tmp_path / "runs" / "run_000" / "config.yaml").read_text())
+    assert [s["steps"] for s in written["model"]["stages"]] == [1] * n

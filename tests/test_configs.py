@@ -110,17 +110,23 @@ def _fit(tmp_path: Path, config: Path, override: Dict[str, Any], tag: str) -> Pa
     return runs[0]
 
 
-def _check_outputs(run: Path, observation_png: bool) -> Dict[str, str]:
-    """The run's outputs exist and are sane; returns its one results.csv row."""
+def _check_outputs(run: Path, observation_png: str) -> Dict[str, str]:
+    """The run's outputs exist and are sane; returns its one results.csv row.
+
+    ``observation_png``: the observation picture's file-name suffix (see :func:`_observation_png`).
+    """
     with open(run / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1, rows
     row = rows[0]
     assert row["failed"] == "", row
-    for key in ("measurement_loss", "true_mse", "psnr"):
+    # Classifier guidance has no ground truth: it is judged against its start image.
+    no_truth = observation_png == ""
+    judged = ("target_prob_start", "target_prob", "start_mse") if no_truth else ("true_mse", "psnr")
+    for key in ("measurement_loss",) + judged:
         assert math.isfinite(float(row[key])), (key, row)
     pid = row["id"]
-    pngs = ["reconstruction", "grid", "target"] + (["observation"] if observation_png else [])
+    pngs = ["reconstruction", "grid", "start" if no_truth else "target"] + ([observation_png] if observation_png else [])
     for kind in pngs:
         with Image.open(run / f"{pid}_{kind}.png") as im:
             assert im.size[0] > 0 and im.size[1] > 0, kind
@@ -130,10 +136,10 @@ def _check_outputs(run: Path, observation_png: bool) -> Dict[str, str]:
     return row
 
 
-def _observation_is_image(cfg: Dict[str, Any]) -> bool:
-    """Compressed sensing and classifier guidance observe no image (no observation PNG)."""
+def _observation_png(cfg: Dict[str, Any]) -> str:
+    """The observation picture's suffix: compressed sensing shows ``A^T y``, classifier guidance none."""
     name = cfg["data"]["operator"]["class_path"].rsplit(".", 1)[-1]
-    return name not in ("CompressedSensing", "ClassGuidance")
+    return {"CompressedSensing": "observation_backprojection", "ClassGuidance": ""}.get(name, "observation")
 
 
 def test_every_config_is_covered() -> None:
@@ -151,7 +157,7 @@ def test_config_runs_end_to_end(config: Path, tmp_path: Path) -> None:
     if isinstance(cfg["data"].get("data"), dict):  # problems drawn from the generator: one is enough
         override["data"]["data"] = {"class_path": cfg["data"]["data"]["class_path"], "init_args": {"num": 1}}
     run = _fit(tmp_path, config, override, "smoke")
-    _check_outputs(run, _observation_is_image(cfg))
+    _check_outputs(run, _observation_png(cfg))
 
 
 # ----------------------------------------------------------------------------- StyleGAN-2 configs
@@ -163,7 +169,7 @@ def test_stylegan2_config_runs_end_to_end_with_the_tiny_fixture(config: Path, tm
         {"model": {"stages": _stages_with_steps(cfg, 2)}, "data": {"limit": 1, "batch_size": 1}},
     )
     run = _fit(tmp_path, config, override, "smoke")
-    row = _check_outputs(run, _observation_is_image(cfg))
+    row = _check_outputs(run, _observation_png(cfg))
     assert int(row["split"]) in {int(s["split"]) for s in cfg["model"]["stages"]}
 
 
@@ -191,7 +197,7 @@ def test_stylegan2_config_recovers_an_in_range_target(config: Path, tmp_path: Pa
         },
     )
     run = _fit(tmp_path, config, override, "inrange")
-    row = _check_outputs(run, _observation_is_image(cfg))
+    row = _check_outputs(run, _observation_png(cfg))
     # The ground truth the run used, and the start it began from, with the run's generator settings.
     latent_space = cfg["model"]["generator"]["init_args"].get("latent_space", "w+")
     gen = StyleGAN2Generator(checkpoint=_tiny(), latent_space=latent_space, gaussian_fit_samples=GAUSSIAN_FIT_SAMPLES)

@@ -138,7 +138,7 @@ def test_regenerate_refuses_other_generator_and_non_solutions(reference_run, tmp
         regenerate(sol, DCGANGenerator(weights="random"))
     half = tmp_path / "half_solution.pt"
     half.write_bytes(sol.read_bytes()[:1000])  # a half-written file
-    with pytest.raises(ValueError, match="not a readable ilo-pl solution"):
+    with pytest.raises(ValueError, match="half_solution.pt is not a valid ilo-pl solution file"):
         load_solution(half)
     torch.save({"format": "something else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not an ilo-pl solution file"):
@@ -657,7 +657,7 @@ def test_image_size_policy(tmp_path):
 
 def test_empty_or_missing_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no readable image in"):
+    with pytest.raises(ValueError, match="no usable image in"):
         ImageFolder(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ImageFolder(tmp_path / "nope")

@@ -8,10 +8,12 @@ keeps them in memory (the programmatic API).
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
@@ -20,11 +22,15 @@ from torch import Tensor
 from ilo_pl.callbacks.protocols import ResultProducing, require
 from ilo_pl.io import atomic_write_bytes, ensure_writable_dir, new_run_dir, save_image
 from ilo_pl.metrics import image_metrics
+from ilo_pl.operators.base import LinearOperator, Operator
 from ilo_pl.problem import ProblemResult, check_problem_ids
 from ilo_pl.manifest import MANIFEST, check_manifest, make_manifest, read_manifest, write_manifest
-from ilo_pl.resume import CSV_FIELDS, has_results, prepare_resume, read_csv_rows, write_csv
+from ilo_pl.resume import CSV_FIELDS, START_FIELDS, has_results, prepare_resume, read_csv_rows, write_csv
 
-__all__ = ["CSV_FIELDS", "ResultCollector", "ResultWriter", "merge_csvs"]
+__all__ = ["CSV_FIELDS", "ResultCollector", "ResultWriter", "merge_csvs", "observation_pictures"]
+
+#: The run folder's list of input files the data left out (unreadable, NaN pixels): ``file,reason``.
+SKIPPED_CSV = "skipped_inputs.csv"
 
 
 class _ResultHook(pl.Callback):
@@ -62,13 +68,28 @@ class ResultWriter(_ResultHook):
     """Write each problem's outputs into a run folder, and resume a killed run there.
 
     Per problem ``<id>``, in this order: ``<id>_reconstruction.png`` (mapped
-    linearly from ``[-1, 1]`` to ``[0, 255]``), ``<id>_observation.png`` (when
-    the observation is an image), ``<id>_target.png`` (when ground truth is
-    known), ``<id>_grid.png`` (observation | reconstruction | target), then
-    ``<id>_solution.pt`` (the variables that regenerate the reconstruction,
-    see :func:`ilo_pl.solutions.regenerate`, and the problem's CSV row) and
-    last the run's ``results.csv``. Every file is written atomically, so the
-    solution's presence means the problem's outputs are complete.
+    linearly from ``[-1, 1]`` to ``[0, 255]``), the observation's picture (see
+    :func:`observation_pictures`): ``<id>_observation.png`` when the
+    observation is an image, ``<id>_observation_backprojection.png`` (``A^T
+    y``) for measurement vectors of a linear operator (compressed sensing),
+    none for class labels; ``<id>_start.png`` for tasks judged against their
+    start image (classifier guidance, see
+    :meth:`~ilo_pl.operators.base.Operator.start_report`), ``<id>_target.png``
+    (when ground truth is known), ``<id>_grid.png`` (those images side by
+    side: observation | reconstruction | target, or start | reconstruction),
+    then ``<id>_solution.pt`` (the variables that regenerate the
+    reconstruction, see :func:`ilo_pl.solutions.regenerate`, and the
+    problem's CSV row) and last the run's ``results.csv``: ``true_mse``,
+    ``psnr`` and ``ssim`` against the ground truth (empty without one), and
+    for tasks judged against their start ``target_prob_start``,
+    ``target_prob`` and ``start_mse`` (empty for the others). Every file is
+    written atomically, so the solution's presence means the problem's
+    outputs are complete.
+
+    Input files the data left out (unreadable, NaN pixels: the problem
+    source's ``skipped``) are listed in the run folder's
+    ``skipped_inputs.csv`` (``file,reason``) and again on stderr when the
+    fit ends.
 
     Resuming: when the run folder already holds finished problems (see
     :mod:`ilo_pl.resume`), they are left out of this run (the data module's
@@ -116,6 +137,8 @@ class ResultWriter(_ResultHook):
         self.resumed: List[int] = []
         #: Ids of the problems this run wrote (this rank's).
         self.written: List[str] = []
+        #: ``(file, reason)`` of each input file the data left out (rank 0; ``skipped_inputs.csv``).
+        self.skipped: List[Tuple[str, str]] = []
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # the protocol check, before a run folder is made
@@ -126,6 +149,8 @@ class ResultWriter(_ResultHook):
             self.run_dir = Path(trainer.strategy.broadcast(str(self.run_dir) if trainer.is_global_zero else None))
         self.rows, self.written = [], []
         self._resume(trainer)
+        if trainer.is_global_zero:
+            self._record_skipped(trainer)
 
     def open_run_dir(self) -> Path:
         """Create the run folder: ``run_dir`` if given (an existing one only if ilo-pl made it), else the
@@ -193,6 +218,18 @@ class ResultWriter(_ResultHook):
             write_manifest(self.run_dir, manifest)
         return scan.finished, scan.ordered_rows()
 
+    def _record_skipped(self, trainer: "pl.Trainer") -> None:
+        """Rank 0: list the input files the problem source left out (``skipped_inputs.csv``: file, reason)."""
+        source = getattr(trainer.datamodule, "source", None) if trainer.datamodule is not None else None
+        self.skipped = [(str(p), str(why)) for p, why in (getattr(source, "skipped", None) or [])]
+        path = self.run_dir / SKIPPED_CSV
+        if self.skipped or path.is_file():  # (an earlier run's list in this folder is replaced)
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["file", "reason"])
+            w.writerows(self.skipped)
+            atomic_write_bytes(path, buf.getvalue().encode())
+
     @property
     def csv_path(self) -> Path:
         """The run's merged CSV."""
@@ -200,8 +237,9 @@ class ResultWriter(_ResultHook):
 
     def handle(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", result: ProblemResult) -> None:
         batch = result.batch
-        metrics = image_metrics(result.images, batch.target.cpu()) if batch.target is not None else None
-        obs = batch.observation.detach().float().cpu()
+        metrics = image_metrics(result.images, batch.target.cpu(), perceptual=True) if batch.target is not None else None
+        pictures, picture_name = observation_pictures(batch.operator, batch.observation, result.images)
+        start, report = _start_report(pl_module, result)
         # Ids become file names: never let one escape the run folder (ProblemBatch checks too;
         # a module may build its results some other way).
         check_problem_ids(batch.ids)
@@ -209,10 +247,12 @@ class ResultWriter(_ResultHook):
             rec = result.images[b]
             save_image(rec, self.run_dir / f"{pid}_reconstruction.png")
             panels = [rec]
-            obs_img = _observation_image(obs[b], rec)
-            if obs_img is not None:
-                save_image(obs_img, self.run_dir / f"{pid}_observation.png")
-                panels.insert(0, obs_img)
+            if pictures is not None:
+                save_image(pictures[b], self.run_dir / f"{pid}_{picture_name}.png")
+                panels.insert(0, pictures[b])
+            if start is not None:  # judged against its start (no ground truth): start | result
+                save_image(start[b], self.run_dir / f"{pid}_start.png")
+                panels.insert(0, start[b])
             if batch.target is not None:
                 save_image(batch.target[b].cpu(), self.run_dir / f"{pid}_target.png")
                 panels.append(batch.target[b].cpu())
@@ -227,10 +267,13 @@ class ResultWriter(_ResultHook):
                 "true_mse": float(metrics["true_mse"][b]) if metrics else "",
                 "psnr": float(metrics["psnr"][b]) if metrics else "",
                 "ssim": float(metrics["ssim"][b]) if metrics else "",
+                "stlpips": float(metrics["stlpips"][b]) if metrics and "stlpips" in metrics else "",
                 "best_stage": sol.stage,
                 "split": sol.split,
                 "failed": result.failed[b] or "",
             }
+            for key in START_FIELDS:  # (an operator's other keys would not reach the CSV)
+                row[key] = float(report[key][b]) if key in report else ""
             if self.save_solutions:
                 from ilo_pl.solutions import save_solution
 
@@ -258,6 +301,16 @@ class ResultWriter(_ResultHook):
             trainer.strategy.barrier("ilo_pl.ResultWriter.merge")
             if trainer.is_global_zero:
                 merge_csvs(self.run_dir)
+        if trainer.is_global_zero and self.skipped:
+            # The skip warnings came before all the solving: repeat them where the run ends.
+            shown = "; ".join(f"{p}: {why}" for p, why in self.skipped[:10])
+            more = f"; ... ({len(self.skipped)} in all)" if len(self.skipped) > 10 else ""
+            print(
+                f"ilo-pl: {len(self.skipped)} input file(s) were skipped and not solved (listed in "
+                f"{self.run_dir / SKIPPED_CSV}): {shown}{more}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _rank0_error(type_name: str, message: str) -> Exception:
@@ -323,3 +376,61 @@ def _observation_image(y: Tensor, like: Tensor) -> Optional[Tensor]:
     if y.shape[-2:] != like.shape[-2:]:  # low resolution: nearest-neighbour upscale for viewing
         return torch.nn.functional.interpolate(y[None], size=like.shape[-2:], mode="nearest")[0]
     return y
+
+
+def observation_pictures(operator: Any, y: Tensor, images: Tensor) -> Tuple[Optional[Tensor], str]:
+    """The observations of a problem batch as pictures, and the name of their files.
+
+    * an observation that is an image (of any resolution): itself, upscaled
+      (nearest neighbour) to the images' size: ``"observation"``;
+    * else, for a linear operator with an adjoint (compressed sensing): the
+      back-projection ``A^T y``, an image of the solution's shape:
+      ``"observation_backprojection"``. The compressed-sensing matrices have
+      ``E[A^T A] = I``, so it is an unbiased but noisy picture of the image
+      (at small ``m/n`` mostly noise);
+    * else (class labels): ``(None, "")``.
+
+    Args:
+        operator: the batch's operator.
+        y: the observations ``[B, ...]``.
+        images: the results ``[B, C, H, W]`` (their size; on the CPU).
+
+    Returns:
+        ``(pictures [B, C, H, W] on the CPU or None, file-name suffix)``.
+    """
+    obs = y.detach().float().cpu()
+    pics = [_observation_image(obs[b], images[b]) for b in range(images.shape[0])]
+    if all(p is not None for p in pics):
+        return torch.stack(pics), "observation"
+    if isinstance(operator, LinearOperator) and y.is_floating_point():
+        try:
+            with torch.no_grad():
+                back = operator.A_adjoint(y.detach()).float().cpu()
+        except NotImplementedError:
+            return None, ""
+        if tuple(back.shape) == tuple(images.shape):
+            return back, "observation_backprojection"
+    return None, ""
+
+
+def _start_report(pl_module: "pl.LightningModule", result: ProblemResult) -> Tuple[Optional[Tensor], Dict[str, Tensor]]:
+    """``(start images [B, C, H, W] on the CPU, the operator's start report)``, or ``(None, {})``.
+
+    Only for operators judged against the start (their ``start_report`` is
+    not ``None``) and results that recorded their start.
+    """
+    op = result.batch.operator
+    generator = getattr(pl_module, "generator", None)
+    # Only operators that override start_report want it: no start render for the other tasks.
+    if getattr(type(op), "start_report", Operator.start_report) is Operator.start_report:
+        return None, {}
+    if result.start is None or generator is None:
+        return None, {}
+    from ilo_pl.solutions import regenerate
+
+    # Rendered like a saved solution is regenerated (float32, the generator's device).
+    start = regenerate({"state": result.start.state, "split": result.start.split}, generator, check_identity=False)
+    report = op.start_report(start, result.images, result.batch.observation)
+    if report is None:
+        return None, {}
+    return start.float().cpu(), {k: v.detach().float().cpu() for k, v in report.items()}

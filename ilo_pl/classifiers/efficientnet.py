@@ -21,6 +21,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ilo_pl.checkpoints import load_checkpoint
 from ilo_pl.classifiers import ImageClassifier, load_state_dict_strict
 
 #: Normalisation of the official TF EfficientNet-Lite models, on [0, 1] images.
@@ -87,7 +88,7 @@ def efficientnet_lite0(
         path = default_weights_path() if weights is None else Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"EfficientNet-Lite0 weights {path} do not exist")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = load_checkpoint(path, "EfficientNet-Lite0 weights file")
         if isinstance(sd, dict) and "state_dict" in sd:
             sd = sd["state_dict"]
         if not isinstance(sd, dict):

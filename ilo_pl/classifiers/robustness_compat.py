@@ -28,7 +28,6 @@ MadryLab checkpoint format: a dict ``{"model": state_dict, "epoch": N, ...}``
 
 from __future__ import annotations
 
-import pickle
 import sys
 import types
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ilo_pl.checkpoints import CheckpointError, load_checkpoint
 from ilo_pl.classifiers import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, load_state_dict_strict
 
 _SHIM = "torchvision.models.utils"
@@ -126,17 +126,17 @@ def read_madrylab_checkpoint(
             "(e.g. imagenet_l2_3_0.pt, see docs/classifier.md) and pass its path"
         )
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+        ckpt = load_checkpoint(path, "MadryLab robustness checkpoint")
+    except CheckpointError as err:
+        if err.refused is None:
+            raise  # not a PyTorch file at all (corrupt, truncated, random bytes): nothing to unpickle
         if not allow_pickle:
-            # torch's message is pages long; keep the line naming the refused object.
-            lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported global" in ln]
-            why = lines[0] if lines else str(err).splitlines()[0]
             raise ValueError(
-                f"{path} holds Python objects that torch.load(weights_only=True) refuses ({why}). "
+                f"{path} holds Python objects that torch.load(weights_only=True) refuses ({err.refused}). "
                 "If you trust the file, pass allow_pickle=True (or re-save only "
                 "{'model': state_dict} once)"
-            ) from err
+            ) from None
+        # The caller's explicit opt-in, for a real pickle only (documented: files you trust).
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path} is not a MadryLab checkpoint: expected a dict, got {type(ckpt).__name__}")

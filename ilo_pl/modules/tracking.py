@@ -86,6 +86,8 @@ class BestIterate:
         self.device = torch.device(device)
         self.host_reads = host_reads_free(self.device) if host_reads is None else bool(host_reads)
         self.records: List[Dict[str, Any]] = []
+        #: The first stage's starting state (copied; the records' states become the best iterates).
+        self.start: Optional[Dict[str, Tensor]] = None
         self.fail_at = torch.full((batch_size, 2), -1, dtype=torch.long, device=self.device)
         # Host-side "some sample failed" flag, kept only with host reads: lets the healthy
         # case skip the per-step failure bookkeeping without reading the device.
@@ -97,6 +99,8 @@ class BestIterate:
     # ------------------------------------------------------------------ stages
     def begin_stage(self, state: Mapping[str, Tensor], **extra: Any) -> None:
         """Open the next stage's record, starting from ``state`` (copied)."""
+        if not self.records:
+            self.start = {k: v.detach().clone() for k, v in state.items()}  # on the device: no sync here
         self.records.append({
             "loss": torch.full((len(self),), INF, device=self.device),
             "state": {k: v.detach().clone() for k, v in state.items()},
@@ -276,6 +280,9 @@ class BestIterate:
             solutions=solutions,
             stage_losses=[r["loss"].cpu() for r in self.records],
             failed=failed,
+            start=None if self.start is None else Solution(
+                split=splits[0], stage=0, state={k: v.cpu() for k, v in self.start.items()}
+            ),
         )
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -145,6 +145,23 @@ class Operator(nn.Module):
         Operators whose measurements are not images return ``None``.
         """
         return y if y.shape == x.shape else None
+
+    def start_report(self, start: Tensor, final: Tensor, y: Tensor) -> Optional[Dict[str, Tensor]]:
+        """Per-sample numbers that judge a result against the image its solve started from, or ``None``.
+
+        For tasks without a ground truth to compare with (classifier guidance:
+        the result should stay close to its start while the measurement
+        changes). :class:`~ilo_pl.callbacks.ResultWriter` writes the values
+        into ``results.csv`` (columns of the same names) and shows the start
+        image in the grid. Default ``None``: the task is judged against its
+        ground truth.
+
+        Args:
+            start: the start images ``[B, C, H, W]`` (stage 0's initial variables, rendered).
+            final: the results ``[B, C, H, W]``.
+            y: the observations.
+        """
+        return None
 
     # -- validation -------------------------------------------------------
     def check_image(self, x: Tensor) -> None:
@@ -430,6 +447,11 @@ class OperatorSpec:
 
     #: Whether all problems share one operator (built with the spec's own seed).
     shared: bool = False
+
+    #: Whether a problem's data image is its ground truth (what the result is compared with:
+    #: ``<id>_target.png``, true MSE, PSNR, SSIM). ``False`` for specs whose observation does
+    #: not measure the data image (classifier guidance: the target class).
+    ground_truth: bool = True
 
     def observe(self, op: Operator, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """The observation of ground truth ``x`` (``[1, C, H, W]``): ``op(x)`` with seeded noise.

@@ -19,7 +19,7 @@ observations as floats); non-integral values are an error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +135,31 @@ class ClassifierOperator(Operator):
         """Class labels are not images: there is nothing to superimpose."""
         return None
 
+    @torch.no_grad()
+    def start_report(self, start: Tensor, final: Tensor, y: Tensor) -> Dict[str, Tensor]:
+        """The target class's probability at the start image and at the result, and the distance between them.
+
+        Args:
+            start: the start images ``[B, C, H, W]`` in ``[-1, 1]``.
+            final: the results ``[B, C, H, W]``.
+            y: the target classes ``[B]``.
+
+        Returns:
+            ``[B]`` float tensors (on the CPU): ``target_prob_start`` and
+            ``target_prob`` (``p(y | x)``, ``softmax`` of the logits;
+            ``target_prob`` is ``exp(-measurement_loss)``), and ``start_mse``,
+            the mean squared distance between result and start on the
+            ``[-1, 1]`` scale, both clamped to ``[-1, 1]`` as in the PNGs
+            (the same scale as ``true_mse`` in other tasks).
+        """
+        dev = self._device()
+        start, final = start.to(dev, torch.float32), final.to(dev, torch.float32)
+        target = as_class_indices(y).to(dev)[:, None]
+        p0 = self.probabilities(start).gather(1, target)[:, 0]
+        p1 = self.probabilities(final).gather(1, target)[:, 0]
+        dist = (final.clamp(-1, 1) - start.clamp(-1, 1)).pow(2).flatten(1).mean(1)
+        return {"target_prob_start": p0.cpu(), "target_prob": p1.cpu(), "start_mse": dist.cpu()}
+
     def probabilities(self, x: Tensor) -> Tensor:
         """``softmax(A(x))``: class probabilities ``[B, K]`` of images ``x``."""
         return self.A(x).softmax(-1)
@@ -178,14 +203,19 @@ class ClassGuidance(OperatorSpec):
     The classifier is built once and shared by every problem (``shared = True``).
     The observation of every problem is the target class: :meth:`observe`
     (what the data module calls) and :meth:`target_observation` return it.
-    The data set's images are not measured (they only serve as ground truth
-    in the outputs).
+    The data set's images are neither measured nor ground truth
+    (``ground_truth = False``: no ``<id>_target.png``, no true MSE, PSNR or
+    SSIM); the data set only says how many problems there are. A result is
+    judged against its start image instead
+    (:meth:`ClassifierOperator.start_report`): the target class's
+    probability before and after, and the distance to the start.
 
     Raises:
         ValueError: if ``target`` is negative or not below the classifier's ``K``.
     """
 
     shared = True
+    ground_truth = False
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ilo_pl.checkpoints import load_state_dict_strict
+from ilo_pl.checkpoints import load_checkpoint, load_state_dict_strict
 from ilo_pl.modules.generators.base import SplitGenerator, State
 
 _WHEEL = "gan_face_generate"
@@ -95,9 +95,7 @@ class DCGANGenerator(SplitGenerator):
 
     def load_weights(self, path: Path) -> None:
         """Load a DCGAN checkpoint with ``weights_only=True`` and strict key matching."""
-        if not path.is_file():
-            raise FileNotFoundError(f"DCGAN checkpoint {path} does not exist")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(path, "DCGAN checkpoint")  # FileNotFoundError / CheckpointError name the file
         sd = ckpt.get(_KEY, ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(sd, dict):
             raise ValueError(f"{path} is not a DCGAN checkpoint (expected a dict with '{_KEY}')")

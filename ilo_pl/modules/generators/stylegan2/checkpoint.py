@@ -9,13 +9,14 @@ missing, unexpected and mis-shaped keys.
 from __future__ import annotations
 
 import argparse
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from ilo_pl.checkpoints import load_checkpoint
 
 __all__ = ["PathLike", "infer_architecture", "read_checkpoint"]
 
@@ -38,7 +39,9 @@ def read_checkpoint(path: PathLike) -> Dict[str, Tensor]:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is not a checkpoint with a ``g_ema`` state dict.
+        ValueError: if the file is not a checkpoint with a ``g_ema`` state dict
+            (:class:`~ilo_pl.checkpoints.CheckpointError` for a file that is
+            no PyTorch checkpoint at all or holds refused objects).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -48,14 +51,10 @@ def read_checkpoint(path: PathLike) -> Dict[str, Tensor]:
             "(see docs/stylegan2.md) and pass its path as `checkpoint` "
             "(CLI: --model.generator.init_args.checkpoint=/path/to/ckpt.pt)"
         )
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} holds objects that a weights-only load refuses ({err}); re-save just the "
-            "generator: torch.save({'g_ema': ckpt['g_ema']}, 'g_ema.pt')"
-        ) from err
+    ckpt = load_checkpoint(
+        path, "StyleGAN-2 checkpoint", safe_globals=[argparse.Namespace],
+        hint="; re-save just the generator: torch.save({'g_ema': ckpt['g_ema']}, 'g_ema.pt')",
+    )
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"{path} is not a StyleGAN-2 checkpoint: it holds a {type(ckpt).__name__}, not a dict")
     if "g_ema" in ckpt:
