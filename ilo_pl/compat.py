@@ -112,3 +112,8 @@ def progress_bar_settings(bar: Any) -> Dict[str, Any]:
 def attached_trainer(module: Any) -> Any:
     """The trainer ``module`` is attached to, or ``None`` (without ``module.trainer``'s error)."""
     return getattr(module, "_trainer", None)
+
+
+def cli_parser(cli: Any, subcommand: Optional[str]) -> Any:
+    """The parser of one of a ``LightningCLI``'s subcommands (``LightningCLI._parser``, private)."""
+    return cli._parser(subcommand)

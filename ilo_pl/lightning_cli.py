@@ -28,12 +28,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 import ilo_pl.strategy  # noqa: F401 - registers strategy="ilo_ddp"
 from ilo_pl.callbacks.writer import RUN_MARKER, ResultWriter
 from ilo_pl.cli import lightning_notices_hidden
-from ilo_pl.compat import move_logger, replace_callback
+from ilo_pl.compat import cli_parser, move_logger, replace_callback
 from ilo_pl.data import InverseProblemDataModule
 from ilo_pl.io import atomic_write_bytes
 from ilo_pl.manifest import MANIFEST, renamed
 from ilo_pl.modules.ilo import ILOModule
 from ilo_pl.resume import has_results
+from ilo_pl.stages import MAX_STEPS_ENV, max_steps_cap
 from ilo_pl.trainer import TRAINER_DEFAULTS, quiet_lightning
 
 #: Config entries that may change when a run is resumed (they do not change any result).
@@ -95,7 +96,7 @@ class ILOCLI(LightningCLI):
         """``--<list> <yaml>`` arguments that set each list named by ``edits`` with the edits applied."""
         first = parser.parse_args(_without_print_config(rest))
         subcommand = first.get("subcommand")
-        cfg_parser, cfg = (self._parser(subcommand), first[subcommand]) if subcommand else (parser, first)
+        cfg_parser, cfg = (cli_parser(self, subcommand), first[subcommand]) if subcommand else (parser, first)
         plain = yaml.safe_load(cfg_parser.dump(cfg, skip_none=False)) or {}
         lists: Dict[str, Any] = {}
         for key, value in edits:
@@ -124,7 +125,11 @@ class ILOCLI(LightningCLI):
         # ResultWriter.setup. (Before the process group exists, a launched
         # child's trainer.global_rank still reads 0, hence launch_rank.)
         if launch_rank(trainer) == 0:
-            cfg_text = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+            cfg_text = cli_parser(self, self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+            cap = max_steps_cap()
+            if cap is not None:  # the file must not pass for the schedule that ran (a YAML comment: resume ignores it)
+                cfg_text = (f"# {MAX_STEPS_ENV}={cap} capped every stage at {cap} steps in this run (a smoke run);\n"
+                            f"# the `steps` below are the schedule's, not the steps that ran.\n") + cfg_text
             given = None if writer.run_dir is None else Path(writer.run_dir)
             created = given is None or not given.exists()
             empty = created or (given.is_dir() and not any(given.iterdir()))

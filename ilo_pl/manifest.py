@@ -51,6 +51,11 @@ def result_settings(trainer: Any) -> Dict[str, Any]:
         ) if torch.are_deterministic_algorithms_enabled() else False,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
+    from ilo_pl.stages import MAX_STEPS_ENV, max_steps_cap
+
+    cap = max_steps_cap()
+    if cap is not None:  # recorded only when set, so manifests of uncapped runs are unchanged
+        out[MAX_STEPS_ENV] = cap
     if accel == "CUDAAccelerator":  # these flags only act on CUDA kernels
         out["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
         out["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
@@ -330,6 +335,10 @@ def compare_manifests(old: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List[st
         a, b = old.get(section) or {}, new.get(section) or {}
         for key in sorted(set(a) | set(b)):
             if a.get(key, _MISSING) == b.get(key, _MISSING):
+                continue
+            if section == "settings" and key == "ILO_PL_MAX_STEPS":
+                refusals.append(f"environment variable ILO_PL_MAX_STEPS (caps every stage's steps; smoke runs): "
+                                f"{_short(a.get(key, _MISSING))} -> {_short(b.get(key, _MISSING))}")
                 continue
             if section == "settings" and key in _TORCH_SETTINGS:
                 refusals.append(f"torch setting {key} ({_TORCH_SETTINGS[key]}): "

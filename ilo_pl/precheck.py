@@ -135,8 +135,10 @@ def check_config(cfg: Any, where: str) -> None:
     Raises:
         ArgumentsError: naming ``where``, if it is not a mapping or names an unknown section or key.
     """
-    if not isinstance(cfg, dict) or not cfg:
-        shown = "empty" if cfg is None or cfg == {} else f"a {type(cfg).__name__}, not a mapping"
+    if cfg == {}:
+        return  # an explicit empty mapping is a layer that changes nothing (LightningCLI accepts it)
+    if not isinstance(cfg, dict):
+        shown = "empty" if cfg is None else f"a {type(cfg).__name__}, not a mapping"
         raise ArgumentsError(f"{where}: a config is a YAML mapping (model:, data:, ...); this one is {shown}")
     tops, keys = top_keys(), section_keys()
     for first, rest, value in _split_dotted(cfg):
@@ -211,7 +213,7 @@ def _config_values(argv: Sequence[str]) -> Iterator[str]:
         if a == "--":
             return
         name, eq, value = a.partition("=")
-        if name in _CONFIG_OPTIONS or (len(name) > 4 and "--config".startswith(name)):
+        if name in _CONFIG_OPTIONS or (len(name) >= 4 and "--config".startswith(name)):
             if eq:
                 yield value
             elif i + 1 < len(argv):
@@ -264,6 +266,35 @@ def _provided(key: str, configs: Sequence[Any], argv: Sequence[str]) -> bool:
     return False
 
 
+def _last_value(key: str, configs: Sequence[Any], argv: Sequence[str]) -> Any:
+    """The value of ``key`` (``section.name``) the last config or ``--section.name`` option gives; ``None`` if unsure."""
+    section, name = key.split(".", 1)
+    value: Any = None
+    for cfg in configs:
+        for first, rest, val in _split_dotted(cfg):
+            if first == section and isinstance(val, dict) and not rest and name in val:
+                value = val[name]
+            elif first == section and rest == name:
+                value = val
+    it = iter(argv)
+    for a in it:
+        opt, eq, val = a.partition("=")
+        if opt == f"--{key}":
+            value = val if eq else next(it, None)
+        elif opt.startswith(f"--{section}") and opt != f"--{key}" and not opt.startswith(f"--{section}."):
+            return None  # the section's own config (--data X): LightningCLI judges
+    return value
+
+
+def _check_data_path(configs: Sequence[Any], argv: Sequence[str]) -> None:
+    value = _last_value("data.data", configs, argv)
+    if isinstance(value, str) and value != "samples" and not Path(value).expanduser().exists():
+        raise ArgumentsError(
+            f"data.data: {value} does not exist (looked from {Path.cwd()}): give `data` a folder of "
+            "images, an image file or 'samples' (the built-in sample faces)"
+        )
+
+
 def check_fit_args(argv: Sequence[str]) -> None:
     """Check ``ilo-pl fit``'s arguments (those after ``fit``) without importing torch or Lightning.
 
@@ -290,6 +321,7 @@ def check_fit_args(argv: Sequence[str]) -> None:
             "(--config configs/inpainting_box.yaml, see configs/) or set "
             f"{'it' if len(missing) == 1 else 'them'} (--{missing[0]} ...)"
         )
+    _check_data_path(given, argv)
     skip_next = False
     for a in argv:
         if a == "--":
@@ -298,7 +330,7 @@ def check_fit_args(argv: Sequence[str]) -> None:
             skip_next = False
             continue
         name = a.split("=", 1)[0]
-        if name in _CONFIG_OPTIONS or (len(name) > 4 and "--config".startswith(name)):
+        if name in _CONFIG_OPTIONS or (len(name) >= 4 and "--config".startswith(name)):
             skip_next = "=" not in a  # its value may look like anything
             continue
         if a.startswith("--"):

@@ -229,3 +229,20 @@ def test_quick_fit_on_the_command_line_prints_only_ilo_pl_lines(tmp_path):
     assert any(line.startswith("ilo-pl: writing results to") for line in lines)
     written = yaml.safe_load((tmp_path / "runs" / "run_000" / "config.yaml").read_text())
     assert [s["steps"] for s in written["model"]["stages"]] == [1] * n
+
+
+def test_a_step_capped_run_says_so_and_is_not_resumed_uncapped(tmp_path, monkeypatch):
+    """ILO_PL_MAX_STEPS is written into config.yaml (a comment) and run_manifest.json; resuming uncapped names it."""
+    import json
+
+    from ilo_pl.cli import main
+
+    cfg = _tiny_config(tmp_path, "inpainting_box", steps=3)
+    run = tmp_path / "run"
+    monkeypatch.setenv("ILO_PL_MAX_STEPS", "1")
+    main(["fit", "--config", str(cfg), "--output.run_dir", str(run), "--trainer.enable_progress_bar", "false"])
+    assert (run / "config.yaml").read_text().startswith("# ILO_PL_MAX_STEPS=1 capped every stage at 1 steps")
+    assert json.loads((run / "run_manifest.json").read_text())["settings"]["ILO_PL_MAX_STEPS"] == 1
+    monkeypatch.delenv("ILO_PL_MAX_STEPS")
+    with pytest.raises(ValueError, match=r"environment variable ILO_PL_MAX_STEPS .*: 1 -> \(unset\)"):
+        main(["fit", "--config", str(cfg), "--output.run_dir", str(run)])

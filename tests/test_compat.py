@@ -77,3 +77,14 @@ def test_attached_trainer() -> None:
     trainer = _trainer(accelerator="cpu")
     module.trainer = trainer
     assert compat.attached_trainer(module) is trainer
+
+
+def test_cli_parser_is_the_subcommands_parser() -> None:
+    import yaml
+
+    from ilo_pl.compat import cli_parser
+    from ilo_pl.lightning_cli import ILOCLI
+
+    cli = ILOCLI(args=["--config", "configs/inpainting_box.yaml", "--model.selection", "last"], run=False)
+    dumped = yaml.safe_load(cli_parser(cli, None).dump(cli.config, skip_none=False))
+    assert dumped["model"]["selection"] == "last" and len(dumped["model"]["stages"]) == 5

@@ -573,3 +573,19 @@ def test_stage_transition_needs_no_placeholder_parameter(recwarn):
 def test_ilo_module_has_no_optimizer_before_its_first_stage():
     module = ILOModule(DCGANGenerator(), [Stage(0, 2)])
     assert module.configure_optimizers() is None
+
+
+def test_stage_transition_unsilences_when_the_fit_fails_before_its_first_stage(recwarn):
+    """Lightning skips teardown on an exception: the 'no optimizer' filter must not outlive the failed fit."""
+
+    class Boom(pl.Callback):
+        def on_train_start(self, trainer, pl_module):  # noqa: ANN001, ANN201
+            raise RuntimeError("boom")
+
+    loader = torch.utils.data.DataLoader([torch.zeros(1)] * 8, batch_size=None)
+    kw = default_trainer_kwargs()
+    kw.update(accelerator="cpu", callbacks=[StageTransition(), Boom()], max_steps=8)
+    with pytest.raises(RuntimeError, match="boom"):
+        pl.Trainer(**kw).fit(_NoVariableYetToy(), train_dataloaders=loader)
+    warnings.warn("`LightningModule.configure_optimizers` returned `None`, this fit will run with no optimizer")
+    assert [w for w in recwarn if "returned `None`" in str(w.message)]

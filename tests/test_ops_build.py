@@ -138,3 +138,32 @@ def test_cpu_kernel_builds_once_in_fresh_processes_whichever_ninja_is_first_on_p
     stamp = json.loads((folder / _build.STAMP).read_text())
     if packaged_ninja_dir() is not None:
         assert os.path.dirname(stamp["ninja"]) == packaged_ninja_dir()
+
+
+def test_cuda_build_key_follows_the_compilers_torch_would_run(monkeypatch, tmp_path):
+    """$PYTORCH_NVCC replaces nvcc and $CC is nvcc's host compiler (-ccbin): both change the binary, so the key."""
+    import torch.utils.cpp_extension as cpp
+
+    from ilo_pl.ops import _cuda
+
+    seen = []
+
+    def fake_load_cached(name, sources, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.append(kwargs["key_extra"])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(cpp, "CUDA_HOME", str(tmp_path))
+    monkeypatch.setattr(_cuda, "load_cached", fake_load_cached)
+    fake_cc, fake_nvcc = tmp_path / "cc", tmp_path / "nvcc-wrapper"
+    fake_cc.write_text("#!/bin/sh\n")
+    fake_nvcc.write_text("#!/bin/sh\n")
+    for env in ({}, {"CC": str(fake_cc)}, {"PYTORCH_NVCC": str(fake_nvcc)}):
+        for var in ("CC", "PYTORCH_NVCC"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        with pytest.raises(RuntimeError, match="stop here"):
+            _cuda._build()
+    plain, with_cc, with_nvcc = seen
+    assert plain != with_cc and str(fake_cc) in with_cc["ccbin"]
+    assert plain != with_nvcc and str(fake_nvcc) in with_nvcc["nvcc"]

@@ -66,15 +66,15 @@ def readme_blocks(path: Path = README) -> List[Block]:
     blocks: List[Block] = []
     i = 0
     while i < len(lines):
-        fence = re.match(r"^(```+)\s*([\w+-]*)\s*$", lines[i])
+        fence = re.match(r"^( *)(```+)\s*([\w+-]*)\s*$", lines[i])  # indented: inside a list item
         if not fence:
             i += 1
             continue
-        start, ticks, lang = i, fence.group(1), fence.group(2).lower()
+        start, indent, ticks, lang = i, len(fence.group(1)), fence.group(2), fence.group(3).lower()
         i += 1
         body = []
         while i < len(lines) and lines[i].strip() != ticks:
-            body.append(lines[i])
+            body.append(lines[i][indent:] if lines[i][:indent].isspace() else lines[i])
             i += 1
         if i >= len(lines):
             raise AssertionError(f"README.md:{start + 1}: unclosed fenced block")

@@ -64,6 +64,9 @@ class StageTransition(pl.Callback):
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self._unsilence()
 
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self._unsilence()  # Lightning skips teardown when a fit fails
+
     def _unsilence(self) -> None:
         if self._silenced is not None:
             try:

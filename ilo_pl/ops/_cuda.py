@@ -109,7 +109,9 @@ def _build() -> ModuleType:
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3"],
         is_python_module=True,
-        key_extra={"nvcc": file_identity(os.path.join(CUDA_HOME, "bin", "nvcc")), "archs": _cuda_archs()},
+        # torch's build runs $PYTORCH_NVCC instead of nvcc when set, and passes -ccbin $CC to nvcc.
+        key_extra={"nvcc": file_identity(os.environ.get("PYTORCH_NVCC") or os.path.join(CUDA_HOME, "bin", "nvcc")),
+                   "ccbin": file_identity(os.environ.get("CC")), "archs": _cuda_archs()},
         on_build=lambda folder: logger.info(
             "building the CUDA kernels in %s (once per machine and environment, a minute or two)", folder
         ),
