@@ -27,5 +27,7 @@ fi
 # torch and torchvision first, as a matching pair (lpips and robustness need torchvision;
 # mixing a torch build with another build's torchvision breaks its ops).
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q -e ".[test,bench]"
+# demo: `ilo-pl demo` (gradio) and its browser test's driver (playwright; the browser is the system's
+# chromium, which .ci/run installs with apt: `playwright install` is never run, nothing is downloaded).
+.venv/bin/python -m pip install -q -e ".[test,bench,demo]"
 echo "$want" > "$stamp"
