@@ -174,15 +174,16 @@ def test_failed_run_leaves_no_run_folder(tmp_path, capsys):
     from ilo_pl.cli import main
 
     cfg = _tiny_config(tmp_path, "inpainting_box")
-    missing = ["--data.data", str(tmp_path / "no_such_faces")]
-    with pytest.raises(FileNotFoundError):
+    (tmp_path / "no_faces").mkdir()  # exists (the command's precheck passes), holds no image: setup fails
+    missing = ["--data.data", str(tmp_path / "no_faces")]
+    with pytest.raises(ValueError, match="no usable image"):
         main(["fit", "--config", str(cfg), *missing])
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="no usable image"):
         main(["fit", "--config", str(cfg), *missing, "--output.run_dir", str(tmp_path / "mine")])
     assert not (tmp_path / "mine").exists()
     (tmp_path / "empty").mkdir()  # the user's empty folder: emptied again, kept
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="no usable image"):
         main(["fit", "--config", str(cfg), *missing, "--output.run_dir", str(tmp_path / "empty")])
     assert list((tmp_path / "empty").iterdir()) == []
     assert "the run failed before solving a problem" in capsys.readouterr().err
