@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python -m benchmarks.speed [--quick] [--out benchmarks/results/speed.csv]
-                               [--sections overhead throughput projection memory solve]
+                               [--sections overhead throughput projection memory solve batching]
                                [--repeats N] [--threads N] [--device cpu|cuda]
                                [--timing step|block]
 
@@ -37,6 +37,14 @@ Sections (all by default):
   its ImageNet weights are not offline -- same cost), at ``32-true`` and
   ``16-mixed`` (CUDA) or ``bf16-mixed`` (CPU). Not in the default sections
   on the CPU (minutes per solve there); ``--solve-scale`` scales the steps.
+* ``batching``   -- per-image ILO step time and peak memory per image against
+  the batch size (1, 2, 4, 8, 16) for the DCGAN, the tiny StyleGAN-2 fixture
+  and a randomly initialised 256x256 StyleGAN-2 (batch 16 left out there: it
+  needs ~18 GB), with StyleGAN-2's modulated convolutions fused and unfused
+  (``modconv_impl``) and, on the CPU, under three heap allocators
+  (:data:`MALLOCS`). Each configuration runs in a fresh process
+  (:func:`batching_in_fresh_process`), rounds interleaved across configurations.
+  Not in the default sections on the CPU (~35 min; ``--quick`` ~6 min).
 
 Devices (``--device``, default ``cpu``): ``cuda`` runs every section on the
 GPU (the trainer's ``accelerator``, the generator, the problem and the floor),
@@ -82,6 +90,7 @@ import json
 import logging
 import math
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -319,6 +328,192 @@ def memory(quick: bool, threads: int, bench: Bench = CPU) -> List[Dict[str, Any]
     return rows
 
 
+# ------------------------------------------------------------------------ batching
+#: Batch sizes of the ``batching`` section per model (256x256 StyleGAN-2: batch 16 would need ~18 GB).
+BATCHING_BATCHES: Dict[str, Tuple[int, ...]] = {
+    "dcgan": (1, 2, 4, 8, 16), "sg2-tiny": (1, 2, 4, 8, 16), "sg2-256": (1, 2, 4, 8),
+}
+#: ``--quick``'s batch sizes.
+BATCHING_QUICK_BATCHES: Dict[str, Tuple[int, ...]] = {"dcgan": (1, 4, 16), "sg2-tiny": (1, 4, 16), "sg2-256": (1, 8)}
+#: Timed steps per configuration of the ``batching`` section (the set-up step and ``warmup`` more run untimed).
+BATCHING_STEPS: Dict[str, Dict[int, int]] = {
+    "dcgan": {1: 30, 2: 24, 4: 16, 8: 12, 16: 8},
+    "sg2-tiny": {1: 30, 2: 24, 4: 16, 8: 12, 16: 8},
+    "sg2-256": {1: 2, 2: 2, 4: 2, 8: 2},
+}
+#: Heap allocators of the ``batching`` section (CPU), as environment settings of its child processes.
+#: ``glibc``: the default. glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh
+#: ``mmap`` and unmaps it when freed, so each such tensor is page-faulted and zeroed by the kernel again on
+#: every step (system time). ``glibc-keep``: glibc with ``mmap`` off and no trimming, so freed memory is
+#: reused (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``). ``jemalloc``: jemalloc preloaded, freed
+#: pages kept (``dirty_decay_ms:-1``); left out when ``libjemalloc.so.2`` is not installed.
+MALLOCS: Dict[str, Dict[str, str]] = {
+    "glibc": {},
+    "glibc-keep": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)},
+    "jemalloc": {"LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"},
+}
+_BATCHING_CHILD = "--batching-child"
+
+
+def find_jemalloc() -> Optional[str]:
+    """The path of ``libjemalloc.so.2`` if the dynamic loader finds it, else ``None``."""
+    import ctypes.util
+
+    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib", "/usr/lib/aarch64-linux-gnu"):
+        if Path(folder, "libjemalloc.so.2").is_file():
+            return str(Path(folder, "libjemalloc.so.2"))
+    name = ctypes.util.find_library("jemalloc")
+    return name if name else None
+
+
+def batching_variants(model: str, device: str, quick: bool) -> List[Tuple[Optional[str], str]]:
+    """The ``(modconv_impl, malloc)`` pairs the ``batching`` section runs for ``model``.
+
+    StyleGAN-2: fused and unfused modulated convolutions under the default allocator; at 256x256
+    also the unfused form under the allocators that keep freed memory. DCGAN: each allocator.
+    On a GPU only the default allocator (device memory has its own caching allocator).
+    ``quick``: the DCGAN under the default allocator only; at 256x256 the unfused form only,
+    under the default allocator and the last of the others.
+    """
+    mallocs = ["glibc"] if device != "cpu" else ["glibc", "glibc-keep"] + (["jemalloc"] if find_jemalloc() else [])
+    if model == "dcgan":
+        return [(None, m) for m in (mallocs[:1] if quick else mallocs)]
+    if model == "sg2-tiny":
+        return [("unfused", "glibc"), ("fused", "glibc")]
+    if quick:  # the default and the last allocator that keeps freed memory
+        return [("unfused", m) for m in dict.fromkeys([mallocs[0], mallocs[-1]])]
+    return [("unfused", "glibc"), ("fused", "glibc")] + [("unfused", m) for m in mallocs[1:]]
+
+
+def _batching_child(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Runs in a fresh process: the step times and peak memory of one ILO solve at one batch size.
+
+    One stage at split 0 freeing every entry (:func:`~benchmarks.timing.stages_for`); the
+    set-up step and ``warmup`` steps are not timed. Memory: the peak resident set size above
+    the set-up (generator built, problem drawn), its high-water mark reset through
+    ``/proc/self/clear_refs``; on a GPU also ``torch.cuda.max_memory_allocated`` above set-up.
+    """
+    import gc
+
+    from benchmarks.timing import StepTimer, _by_stage
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(spec["threads"])
+    bench = Bench(device=spec.get("device", "cpu"), timing=spec.get("timing", "step"))
+    gen = make_generator(spec["model"])
+    if spec.get("modconv"):
+        gen.modconv_impl = spec["modconv"]
+    gen = gen.to(bench.device)
+    batch, warmup = spec["batch"], spec["warmup"]
+    op, y = make_problem(gen, batch)
+    stages, kw = stages_for(spec["model"], 0, spec["steps"] + warmup + 2)
+    gc.collect()
+    if bench.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_gpu = torch.cuda.memory_allocated()
+    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak-RSS mark (Linux >= 4.0)
+        fh.write("5")
+    base = _rss_kib()["VmRSS"]
+    timer = StepTimer(with_floor=False, bench=bench, warmup=warmup)
+    solve(gen, op, y, stages, callbacks=[timer], trainer_kwargs=bench.trainer_kwargs(), **kw)
+    acc = _by_stage(timer, 0 if bench.timing == "block" else warmup)[0]
+    out = {"ilo": acc["ilo"], "ilo_cpu": acc["ilo_cpu"],
+           "peak_rss_delta_mib": round((_rss_kib()["VmHWM"] - base) / 1024, 1)}
+    if bench.device == "cuda":
+        out["peak_gpu_mib"] = round((torch.cuda.max_memory_allocated() - base_gpu) / 2**20, 1)
+    return out
+
+
+def batching_in_fresh_process(spec: Dict[str, Any], malloc: str = "glibc") -> Dict[str, Any]:
+    """:func:`_batching_child` of ``spec`` in a new ``python -m benchmarks.speed`` process under ``malloc``.
+
+    Raises:
+        RuntimeError: with the end of the child's stderr, if it fails.
+    """
+    import os
+
+    env = dict(os.environ, **MALLOCS[malloc])
+    if malloc == "jemalloc":
+        env["LD_PRELOAD"] = find_jemalloc() or MALLOCS[malloc]["LD_PRELOAD"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.speed", _BATCHING_CHILD, json.dumps(spec)],
+        capture_output=True, text=True, check=False, cwd=ROOT, env=env,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"batching measurement {spec} ({malloc}) failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def batching(
+    quick: bool, repeats: int, threads: int, bench: Bench = CPU,
+    batches: Optional[Dict[str, Sequence[int]]] = None, steps_scale: float = 1.0,
+) -> List[Dict[str, Any]]:
+    """Per-image ILO step time and peak memory per image against the batch size, per model and variant.
+
+    Every configuration (model, ``modconv_impl``, allocator, batch) runs in a fresh process
+    (:func:`batching_in_fresh_process`): the allocator is chosen before the process starts, and
+    each peak is the configuration's own. ``repeats`` rounds (one for the 256x256 StyleGAN-2,
+    whose steps take seconds per image), interleaved across configurations; medians pool the
+    rounds. ``per_image_vs_batch1`` is relative to the same model and variant at batch 1,
+    ``vs_default_batch1`` to the model's default (StyleGAN-2 unfused, as ``modconv_impl="auto"``
+    runs every ILO step that frees the latent; glibc's allocator) at batch 1.
+
+    Args:
+        quick: fewer steps and batch sizes, one round.
+        repeats: rounds.
+        threads: torch threads of each child.
+        bench: device and timing mode.
+        batches: batch sizes per model (default :data:`BATCHING_BATCHES`; ``quick``:
+            :data:`BATCHING_QUICK_BATCHES`).
+        steps_scale: scales the timed steps (:data:`BATCHING_STEPS`, at least 2).
+    """
+    if batches is None:
+        batches = BATCHING_QUICK_BATCHES if quick else BATCHING_BATCHES
+    scale = steps_scale * (0.5 if quick else 1.0)
+    configs = [(model, impl, malloc, b) for model, bs in batches.items()
+               for impl, malloc in batching_variants(model, bench.device, quick) for b in bs]
+    pooled: Dict[tuple, Dict[str, List[float]]] = {}
+    for r in range(1 if quick else repeats):
+        for model, impl, malloc, b in configs:
+            if r > 0 and model.startswith("sg2-") and model != "sg2-tiny":
+                continue
+            steps = max(2, round(BATCHING_STEPS.get(model, BATCHING_STEPS["sg2-256"]).get(b, 2) * scale))
+            spec = dict(model=model, modconv=impl, batch=b, steps=steps, warmup=0 if model == "sg2-256" else 2,
+                        threads=threads, device=bench.device, timing=bench.timing)
+            got = batching_in_fresh_process(spec, malloc)
+            acc = pooled.setdefault((model, impl, malloc, b), {"ilo": [], "ilo_cpu": [], "peak": [], "gpu": []})
+            acc["ilo"] += got["ilo"]
+            acc["ilo_cpu"] += got["ilo_cpu"]
+            acc["peak"].append(got["peak_rss_delta_mib"])
+            if "peak_gpu_mib" in got:
+                acc["gpu"].append(got["peak_gpu_mib"])
+            print(f"  {model:>8} {impl or '-':>7} {malloc:>10} batch {b:>2}: "
+                  f"{statistics.median(got['ilo_cpu' if bench.clock == 'cpu' else 'ilo']) * 1e3 / b:9.1f} ms/image, "
+                  f"peak {got['peak_rss_delta_mib'] / b:7.1f} MiB/image", flush=True)
+        print(f"  batching round {r + 1} done", flush=True)
+    key = "ilo_cpu" if bench.clock == "cpu" else "ilo"
+    per_image = {k: statistics.median(acc[key]) * 1e3 / k[3] for k, acc in pooled.items()}
+    rows = []
+    for (model, impl, malloc, b), acc in pooled.items():
+        base = per_image.get((model, impl, malloc, 1))
+        default = per_image.get((model, "unfused" if impl else None, "glibc", 1))
+        row = dict(
+            section="batching", device=bench.device, model=model, modconv=impl or "", malloc=malloc, batch=b,
+            step_cpu_ms=round(statistics.median(acc["ilo_cpu"]) * 1e3, 3), step_ms=round(statistics.median(acc["ilo"]) * 1e3, 3),
+            per_image_ms=round(per_image[(model, impl, malloc, b)], 3),
+            per_image_vs_batch1=round(per_image[(model, impl, malloc, b)] / base, 3) if base else "",
+            vs_default_batch1=round(per_image[(model, impl, malloc, b)] / default, 3) if default else "",
+            peak_mib=max(acc["peak"]), peak_per_image_mib=round(max(acc["peak"]) / b, 1),
+            clock=bench.clock, steps=len(acc["ilo"]),
+        )
+        if acc["gpu"]:
+            row.update(peak_gpu_mib=max(acc["gpu"]), peak_gpu_per_image_mib=round(max(acc["gpu"]) / b, 1))
+        rows.append(row)
+    return rows
+
+
 def _instantiate(spec: Dict[str, Any], **extra: Any) -> Any:
     """An object from a resolved config entry ``{class_path, init_args}`` (``extra`` overrides init_args)."""
     import importlib
@@ -418,7 +613,10 @@ TABLE_COLUMNS = {
     "projection": ["device", "size", "batch", "radius_frac", "sort_ms", "ilo_proj_ms", "speedup", "inplace_warm_ms", "speedup_warm", "native_warm_ms", "kernel_vs_native", "no_reads_warm_ms", "max_rel_err"],
     "solve": ["device", "model", "precision", "schedule", "steps", "total_s", "loop_s", "ms_per_step", "psnr_db", "loss", "failed"],
     "memory": ["model", "split", "batch", "ilo_peak_mib", "floor_peak_mib", "ilo_gpu_mib", "floor_gpu_mib", "operator_mib", "dense_matrix_gib"],
+    "batching": ["device", "model", "modconv", "malloc", "batch", "step_cpu_ms", "step_ms", "per_image_ms", "per_image_vs_batch1", "vs_default_batch1", "peak_mib", "peak_per_image_mib", "peak_gpu_per_image_mib", "clock", "steps"],
 }
+#: Sections left out of the default run on the CPU (minutes per configuration there).
+CPU_OPT_IN = ("solve", "batching")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -426,11 +624,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == _MEMORY_CHILD:
         print(json.dumps(_memory_child(json.loads(argv[1]))))
         return 0
+    if argv and argv[0] == _BATCHING_CHILD:
+        print(json.dumps(_batching_child(json.loads(argv[1]))))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, splits and repeats (a smoke run)")
     parser.add_argument("--out", type=Path, default=RESULTS / "speed.csv", help="CSV to write")
     parser.add_argument("--sections", nargs="+", choices=list(TABLE_COLUMNS), default=None,
-                        help="default: all but 'solve' on the CPU, all on CUDA")
+                        help="default: all but 'solve' and 'batching' on the CPU, all on CUDA")
     parser.add_argument("--repeats", type=int, default=None, help="rounds per measurement (default 3, quick 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for ILO and the floor (default 1)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where everything runs (default cpu)")
@@ -445,7 +646,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.solve_scale <= 0:
         parser.error("--solve-scale must be > 0")
     bench = Bench(device=args.device, timing=args.timing or ("block" if args.device == "cuda" else "step"))
-    sections = args.sections or [k for k in TABLE_COLUMNS if k != "solve" or args.device == "cuda"]
+    sections = args.sections or [k for k in TABLE_COLUMNS if k not in CPU_OPT_IN or args.device == "cuda"]
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.threads < 1:
@@ -472,6 +673,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             got = projection(args.quick, repeats, bench)
         elif section == "solve":
             got = solve_time(args.quick, bench, args.solve_size, args.solve_scale)
+        elif section == "batching":
+            got = batching(args.quick, repeats, args.threads, bench)
         else:
             got = memory(args.quick, args.threads, bench)
         rows += got

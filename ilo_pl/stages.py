@@ -236,7 +236,8 @@ def paper_stages(
     Stage ``s`` optimises the remaining W+ rows (group ``latent``), the
     intermediate feature map ``h`` (group ``state``, stages >= 1) and the
     noises ``noise_i`` with ``split_s <= i < first_noises + noises_per_stage * s``
-    (the first five noises in stage 0, two more freed per stage), each inside
+    (the first five noises in stage 0, two more freed per stage; only those
+    the generator's state has: none for StyleGAN3), each inside
     an l1 ball around the stage's starting point, with Adam at ``lr``. The
     RGB ``skip`` (group ``skip``) is carried at its ``G1`` value and not
     optimised, as in the paper.
@@ -291,8 +292,10 @@ def paper_stages(
             )
     stages = []
     for s, (k, n_steps) in enumerate(zip(splits, steps)):
-        last = min(first_noises + noises_per_stage * s, generator.num_layers)
-        free = ["latent"] + (["state"] if k > 0 else []) + [f"noise_{i}" for i in range(k, last)]
+        last = min(first_noises + noises_per_stage * s, int(getattr(generator, "num_layers", 0)))
+        # Only noises the state has (none for StyleGAN3 or noise_mode "none": latents and state only).
+        names = set(generator.groups(k))
+        free = ["latent"] + (["state"] if k > 0 else []) + [f"noise_{i}" for i in range(k, last) if f"noise_{i}" in names]
         radius = {"latent": float(radii["latent"][s]), "noise": float(radii["noise"][s])}
         if s > 0:
             radius["state"] = float(radii["state"][s - 1])

@@ -449,3 +449,17 @@ def test_scripts_run_as_modules_and_by_path(how, tmp_path):
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == sna.table(sna.read_rows(out)).strip()
+
+
+def test_nvlabs_speed_times_every_generator_per_split(tmp_path):
+    from benchmarks import nvlabs_speed
+
+    out = tmp_path / "nvlabs_speed.csv"
+    assert nvlabs_speed.main(["--steps", "1", "--warmup", "0", "--repeats", "1", "--splits", "0", "3",
+                              "--impls", "unfused", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert [(r["impl"], r["split"]) for r in rows] == [("unfused", "0"), ("unfused", "3")]
+    for r in rows:
+        for name in ("rosinality", "stylegan2ada", "stylegan3t"):
+            assert float(r[f"{name}_ms"]) > 0
+        assert float(r["stylegan3t_ratio"]) == pytest.approx(float(r["stylegan3t_ms"]) / float(r["rosinality_ms"]), rel=1e-2)

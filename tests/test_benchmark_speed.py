@@ -127,3 +127,55 @@ def test_op_count_script_counts_more_operators_on_the_device_path(capsys):
 
     assert host_reads_free(torch.zeros(1)) is True
 
+
+
+def test_batching_section_rows(monkeypatch):
+    """The batching section's rows, with its per-configuration child run in this process (a tiny smoke)."""
+    ran = []
+
+    def in_process(spec, malloc="glibc"):
+        ran.append((spec["model"], spec["modconv"], malloc, spec["batch"]))
+        return speed._batching_child(spec)
+
+    monkeypatch.setattr(speed, "batching_in_fresh_process", in_process)
+    threads = torch.get_num_threads()
+    try:
+        rows = speed.batching(True, 1, 1, batches={"dcgan": (1, 2), "sg2-tiny": (1, 2)}, steps_scale=0.1)
+    finally:
+        torch.set_num_threads(threads)
+    # quick: the DCGAN under the default allocator; the StyleGAN-2 fixture fused and unfused
+    assert ran == [("dcgan", None, "glibc", 1), ("dcgan", None, "glibc", 2),
+                   ("sg2-tiny", "unfused", "glibc", 1), ("sg2-tiny", "unfused", "glibc", 2),
+                   ("sg2-tiny", "fused", "glibc", 1), ("sg2-tiny", "fused", "glibc", 2)]
+    assert len(rows) == 6 and {r["section"] for r in rows} == {"batching"}
+    for r in rows:
+        assert r["steps"] == 2 and r["per_image_ms"] > 0 and r["peak_mib"] >= 0 and r["clock"] == "cpu"
+        assert r["per_image_ms"] == pytest.approx(r["step_cpu_ms"] / r["batch"], rel=1e-3)
+        if r["batch"] == 1:
+            assert r["per_image_vs_batch1"] == 1.0
+    fused1 = next(r for r in rows if r["modconv"] == "fused" and r["batch"] == 1)
+    assert fused1["vs_default_batch1"] == pytest.approx(fused1["per_image_ms"] / next(
+        r for r in rows if r["modconv"] == "unfused" and r["batch"] == 1)["per_image_ms"], rel=1e-2)
+    assert set(speed.TABLE_COLUMNS["batching"]) >= {"modconv", "malloc", "per_image_vs_batch1", "peak_per_image_mib"}
+
+
+def test_batching_child_gets_its_allocator_before_it_starts(monkeypatch):
+    """The child's allocator is set in its environment (no child is started here: that costs ~20 s)."""
+    import json
+    import subprocess
+
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen.update(cmd=cmd, env=env)
+        return subprocess.CompletedProcess(cmd, 0, stdout='log\n{"ilo": [1.0], "ilo_cpu": [1.0], "peak_rss_delta_mib": 3.0}\n', stderr="")
+
+    monkeypatch.setattr(speed.subprocess, "run", fake_run)
+    spec = dict(model="dcgan", modconv=None, batch=2, steps=2, warmup=0, threads=1, device="cpu", timing="step")
+    assert speed.batching_in_fresh_process(spec, "glibc-keep")["peak_rss_delta_mib"] == 3.0
+    assert seen["cmd"][-2:] == ["--batching-child", json.dumps(spec)]
+    assert seen["env"]["MALLOC_MMAP_MAX_"] == "0" and int(seen["env"]["MALLOC_TRIM_THRESHOLD_"]) >= 2**32
+    variants = speed.batching_variants("sg2-256", "cpu", quick=False)
+    assert variants[:3] == [("unfused", "glibc"), ("fused", "glibc"), ("unfused", "glibc-keep")]
+    assert speed.batching_variants("sg2-256", "cuda", quick=False) == [("unfused", "glibc"), ("fused", "glibc")]
+    assert "batching" in speed.CPU_OPT_IN

@@ -9,6 +9,9 @@
   ``device``; the state layout per split; float64 gradcheck through G2;
 * ILO variables: latent spaces, init, sphere variables, the paper schedule,
   and a live geodesic term at every split;
+* the two forms of the modulated convolution (``modconv_impl``: fused and
+  unfused) against the reference images and each other, gradients included,
+  and the ``"auto"`` rule;
 * loader and argument errors;
 * ILO on the fixture generator through ``ilo_pl.api.solve``.
 """
@@ -27,7 +30,13 @@ import torch.nn.functional as F
 from conftest import FIXTURES, TINY
 from ilo_pl.losses.base import GeodesicLoss, LossContext, MeasurementLoss
 from ilo_pl.modules.generators.base import SplitGenerator
-from ilo_pl.modules.generators.stylegan2 import StyleGAN2Generator, infer_architecture, read_checkpoint
+from ilo_pl.modules.generators.stylegan2 import (
+    ModulatedConv2d,
+    StyleGAN2Generator,
+    infer_architecture,
+    read_checkpoint,
+    resolve_modconv_impl,
+)
 from ilo_pl.operators.base import Identity
 from ilo_pl.stages import PAPER_RADII, paper_stages
 from ilo_pl.testing.generators import SplitGeneratorContract
@@ -212,6 +221,139 @@ def test_gradcheck_float64_through_g2(tiny_ckpt: dict) -> None:
         return gen.render({**mid, "h": h_, "latent": lat_}, k)
 
     assert torch.autograd.gradcheck(g2, (h, lat), fast_mode=True)
+
+
+# ----------------------------------------------------------------------------- modulated convolution forms
+FORMS = ("fused", "unfused")
+
+
+@pytest.mark.parametrize("impl", FORMS)
+def test_both_modconv_forms_reproduce_the_reference_images(ref: dict, impl: str) -> None:
+    gen = StyleGAN2Generator(checkpoint=_fixture(TINY), modconv_impl=impl)
+    assert {m.impl for m in gen.modules() if isinstance(m, ModulatedConv2d)} == {impl}
+    z, noises = ref["z"], list(ref["noises"])
+    with torch.no_grad():
+        for batch in (1, 2):  # batch 1 is one ordinary convolution in the fused form, batch 2 a grouped one
+            zb, nb = z[:batch], [n.expand(batch, -1, -1, -1) for n in noises]
+            image, _ = gen([zb], noise=nb, randomize_noise=False)
+            torch.testing.assert_close(image, ref["image"][:batch], atol=1e-4, rtol=0)
+            image, _ = gen([ref["w_plus_input"][:batch]], noise=nb, randomize_noise=False, input_is_latent=True)
+            torch.testing.assert_close(image, ref["image_from_w_plus_input"][:batch], atol=1e-4, rtol=0)
+
+
+def _render_with_grads(gen: StyleGAN2Generator, state: Dict[str, torch.Tensor], split: int):  # noqa: ANN202
+    """The image at ``split`` and the gradients of a fixed linear functional of it w.r.t. every state entry."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in state.items()}
+    image = gen.render(leaves, split)
+    probe = torch.linspace(-1, 1, image.numel(), dtype=image.dtype).view_as(image)
+    grads = torch.autograd.grad((image * probe).sum(), list(leaves.values()))
+    return image.detach(), dict(zip(leaves, grads))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_modconv_forms_agree_with_gradients(dtype: torch.dtype, tol: float, batch: int) -> None:
+    """Images and gradients w.r.t. latents, intermediate states (h, skip) and noises, at splits 0, 1 (after
+    the 4x4 conv and its ToRGB) and 2 (after an upsampling conv); gradients relative to their largest entry."""
+    gens = {impl: StyleGAN2Generator(checkpoint=_fixture(TINY), modconv_impl=impl).to(dtype) for impl in FORMS}
+    v = {k: t.to(dtype) for k, t in gens["fused"].init_variables(batch, torch.Generator().manual_seed(4)).items()}
+    for split in (0, 1, 2):
+        with torch.no_grad():
+            state = gens["unfused"].advance(v, 0, split)
+        (img_f, grad_f), (img_u, grad_u) = (_render_with_grads(gens[i], state, split) for i in FORMS)
+        torch.testing.assert_close(img_f, img_u, atol=tol, rtol=0)
+        assert set(grad_f) == set(state) and {"latent", "noise_6"} <= set(grad_f)
+        for name in grad_f:
+            scale = grad_u[name].abs().max()
+            assert scale > 0, (split, name)
+            torch.testing.assert_close(grad_f[name] / scale, grad_u[name] / scale, atol=tol, rtol=0, msg=f"{split} {name}")
+
+
+@pytest.mark.parametrize("impl", FORMS)
+@pytest.mark.parametrize("kind", ["conv", "upsample", "to_rgb"])
+def test_modconv_layer_gradcheck_float64(impl: str, kind: str) -> None:
+    """Each form is differentiable w.r.t. the input and the style (float64 gradcheck), upsampling and ToRGB's
+    non-demodulated 1x1 convolution included, at batch 2 (the fused form's grouped convolution)."""
+    torch.manual_seed(0)
+    if kind == "to_rgb":
+        layer = ModulatedConv2d(4, 3, 1, 5, demodulate=False, impl=impl)
+    else:
+        layer = ModulatedConv2d(4, 3, 3, 5, upsample=kind == "upsample", impl=impl)
+    layer = layer.double().requires_grad_(False)
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    style = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x, style))
+    other = ModulatedConv2d(layer.in_channel, layer.out_channel, layer.kernel_size, 5, demodulate=layer.demodulate,
+                            upsample=layer.upsample, impl=FORMS[impl == "fused"]).double()
+    other.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x, style), other(x, style), atol=1e-12, rtol=0)
+
+
+def test_modconv_auto_rule_and_errors() -> None:
+    assert resolve_modconv_impl("auto", 1, style_grad=False) == "fused"
+    assert resolve_modconv_impl("auto", 1, style_grad=True) == "unfused"
+    assert resolve_modconv_impl("auto", 2, "cpu", style_grad=False) == "unfused"
+    # Callers that do not say whether the styles need a gradient: whenever autograd records.
+    assert resolve_modconv_impl("auto", 1, torch.device("cpu")) == "unfused"
+    with torch.no_grad():
+        assert resolve_modconv_impl("auto", 1, torch.device("cpu")) == "fused"
+    for impl in FORMS:
+        assert resolve_modconv_impl(impl, 1, style_grad=True) == resolve_modconv_impl(impl, 8, style_grad=False) == impl
+    with pytest.raises(ValueError, match="impl must be one of 'auto', 'fused', 'unfused'; got 'grouped'"):
+        resolve_modconv_impl("grouped", 1)
+    with pytest.raises(ValueError, match="modconv_impl.*must be one of 'auto', 'fused', 'unfused'; got True"):
+        StyleGAN2Generator(checkpoint=_fixture(TINY), modconv_impl=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ModulatedConv2d(4, 4, 3, 4, impl="fast")
+
+
+def test_modconv_auto_runs_the_form_it_picks(g: StyleGAN2Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``"auto"``: fused for one sample without style gradients; unfused for batches and whenever the styles
+    (the latent) need a gradient, as in every ILO step that frees the latent."""
+    calls = []
+    for form in FORMS:
+        original = getattr(ModulatedConv2d, f"_{form}")
+
+        def spy(self, x, s, _form=form, _original=original):  # noqa: ANN001, ANN202
+            calls.append(_form)
+            return _original(self, x, s)
+
+        monkeypatch.setattr(ModulatedConv2d, f"_{form}", spy)
+    assert g.modconv_impl == "auto"
+    layers = sum(isinstance(m, ModulatedConv2d) for m in g.modules())  # 7 convs, 4 ToRGBs
+    v1, v2 = g.init_variables(1), g.init_variables(2)
+    with torch.no_grad():
+        g.render(v1, 0)
+        assert calls == ["fused"] * layers
+        calls.clear()
+        g.render(v2, 0)
+        assert calls == ["unfused"] * layers
+    calls.clear()
+    g.render({**v1, "latent": v1["latent"].clone().requires_grad_(True)}, 0)
+    assert calls == ["unfused"] * layers
+    calls.clear()
+    g.render({**v1, "noise_3": v1["noise_3"].clone().requires_grad_(True)}, 0)  # the latent fixed: no style gradient
+    assert calls == ["fused"] * layers
+
+
+def test_modconv_impl_is_settable_and_not_part_of_the_identity(g: StyleGAN2Generator) -> None:
+    """The forms render the same image up to float rounding, so a solution saved with one renders with the other."""
+    other = StyleGAN2Generator(checkpoint=_fixture(TINY), modconv_impl="fused")
+    assert other.identity() == g.identity() and "modconv_impl" not in str(g.render_settings())
+    other.modconv_impl = "unfused"
+    assert other.modconv_impl == "unfused"
+    assert {m.impl for m in other.modules() if isinstance(m, ModulatedConv2d)} == {"unfused"}
+    assert "impl='unfused'" in repr(other.conv1.conv)
+    with pytest.raises(ValueError, match="must be one of"):
+        other.modconv_impl = "none"
+    assert other.modconv_impl == "unfused"
+
+
+class TestStyleGAN2FusedContract(TestStyleGAN2Contract):
+    """The split contract with the fused form at every batch size (grouped convolutions)."""
+
+    def make_generator(self, device: torch.device) -> StyleGAN2Generator:
+        return StyleGAN2Generator(checkpoint=_fixture(TINY), modconv_impl="fused").to(device)
 
 
 # ----------------------------------------------------------------------------- ILO variables
@@ -484,10 +626,11 @@ def test_built_from_a_config_by_class_path(tmp_path: Path) -> None:
     parser.add_argument("--generator", type=SplitGenerator)
     spec = {
         "class_path": "ilo_pl.modules.generators.stylegan2.StyleGAN2Generator",
-        "init_args": {"checkpoint": str(_fixture(TINY)), "latent_space": "gaussian_fit"},
+        "init_args": {"checkpoint": str(_fixture(TINY)), "latent_space": "gaussian_fit", "modconv_impl": "unfused"},
     }
     cfg = parser.instantiate_classes(parser.parse_object({"generator": spec}))
     assert isinstance(cfg.generator, StyleGAN2Generator) and cfg.generator.latent_space == "gaussian_fit"
+    assert cfg.generator.modconv_impl == "unfused"
     spec["init_args"]["checkpoint"] = str(tmp_path / "missing.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
         parser.instantiate_classes(parser.parse_object({"generator": spec}))

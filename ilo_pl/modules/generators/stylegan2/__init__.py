@@ -5,7 +5,9 @@ The package is split by concern; every public name is re-exported here, so
 of the configs) and the other imports from this path keep working:
 
 * :mod:`~ilo_pl.modules.generators.stylegan2.layers`: the network's layers
-  (``PixelNorm``, ``EqualLinear``, ``ModulatedConv2d``, ``StyledConv``, ``ToRGB``, ...);
+  (``PixelNorm``, ``EqualLinear``, ``ModulatedConv2d``, ``StyledConv``, ``ToRGB``, ...)
+  and the choice between the modulated convolution's two forms
+  (:func:`resolve_modconv_impl`, :data:`MODCONV_IMPLS`);
 * :mod:`~ilo_pl.modules.generators.stylegan2.checkpoint`: reading the reference
   port's checkpoints (:func:`read_checkpoint`, :func:`infer_architecture`);
 * :mod:`~ilo_pl.modules.generators.stylegan2.generator`: :class:`StyleGAN2Generator`,
@@ -18,6 +20,7 @@ lives in :mod:`ilo_pl.stages`; it is re-exported here for the imports written be
 from ilo_pl.modules.generators.stylegan2.checkpoint import PathLike, infer_architecture, read_checkpoint
 from ilo_pl.modules.generators.stylegan2.generator import LATENT_SPACES, StyleGAN2Generator, standard_channels
 from ilo_pl.modules.generators.stylegan2.layers import (
+    MODCONV_IMPLS,
     Blur,
     ConstantInput,
     EqualLinear,
@@ -27,11 +30,13 @@ from ilo_pl.modules.generators.stylegan2.layers import (
     StyledConv,
     ToRGB,
     Upsample,
+    resolve_modconv_impl,
 )
 from ilo_pl.stages import PAPER_RADII, paper_stages
 
 __all__ = [
     "LATENT_SPACES",
+    "MODCONV_IMPLS",
     "PAPER_RADII",
     "Blur",
     "ConstantInput",
@@ -47,5 +52,6 @@ __all__ = [
     "infer_architecture",
     "paper_stages",
     "read_checkpoint",
+    "resolve_modconv_impl",
     "standard_channels",
 ]

@@ -67,12 +67,15 @@ from ilo_pl.checkpoints import load_state_dict_strict
 from ilo_pl.modules.generators.base import SplitGenerator, State
 from ilo_pl.modules.generators.stylegan2.checkpoint import PathLike, infer_architecture, read_checkpoint
 from ilo_pl.modules.generators.stylegan2.layers import (
+    MODCONV_IMPLS,
     ConstantInput,
     EqualLinear,
+    ModulatedConv2d,
     PixelNorm,
     StyledConv,
     ToRGB,
 )
+from ilo_pl.policy import check_impl
 
 __all__ = ["LATENT_SPACES", "StyleGAN2Generator", "standard_channels"]
 
@@ -121,6 +124,16 @@ class StyleGAN2Generator(SplitGenerator):
         gaussian_fit_samples: number of ``z`` for the Gaussian fit.
         stats_seed: seed of the ``z`` draws for ``w_avg`` and the Gaussian fit
             (deterministic statistics for a given checkpoint).
+        modconv_impl: how the modulated convolutions run (every conv layer, the
+            upsampling ones and ToRGB's): ``"fused"`` (per-sample modulated
+            weights, one grouped convolution), ``"unfused"`` (scale the
+            activations by the styles, one ordinary convolution with the shared
+            weight, scale the output by the demodulation coefficients) or
+            ``"auto"`` (default: per call, by batch size and device;
+            :func:`~ilo_pl.modules.generators.stylegan2.layers.resolve_modconv_impl`).
+            The forms are the same function up to float rounding, so the choice
+            is not part of :meth:`render_settings`: it changes speed, not
+            which image a state renders. Settable later (:attr:`modconv_impl`).
 
     Raises:
         FileNotFoundError: if ``checkpoint`` names a missing file.
@@ -144,10 +157,12 @@ class StyleGAN2Generator(SplitGenerator):
         mean_latent_samples: int = 4096,
         gaussian_fit_samples: int = 100_000,
         stats_seed: int = 0,
+        modconv_impl: str = "auto",
     ) -> None:
         super().__init__()
         if latent_space not in LATENT_SPACES:
             raise ValueError(f"latent_space must be one of {LATENT_SPACES}; got {latent_space!r}")
+        check_impl("StyleGAN2Generator(modconv_impl=...)", modconv_impl, MODCONV_IMPLS)
         sd = None
         if checkpoint is not None:
             sd = read_checkpoint(checkpoint)
@@ -225,9 +240,23 @@ class StyleGAN2Generator(SplitGenerator):
         self.register_buffer("gaussian_fit_std", torch.ones(style_dim), persistent=False)
         self._stats_ready: Dict[str, bool] = {"w_avg": False, "gaussian_fit": False}
 
+        self.modconv_impl = modconv_impl
         if sd is not None:
             self.load_generator_state(sd, source=str(checkpoint))
         self.freeze()
+
+    @property
+    def modconv_impl(self) -> str:
+        """How the modulated convolutions run (``"auto"``, ``"fused"`` or ``"unfused"``); settable."""
+        return self._modconv_impl
+
+    @modconv_impl.setter
+    def modconv_impl(self, impl: str) -> None:
+        check_impl("StyleGAN2Generator.modconv_impl", impl, MODCONV_IMPLS)
+        self.__dict__["_modconv_impl"] = impl
+        for module in self.modules():
+            if isinstance(module, ModulatedConv2d):
+                module.impl = impl
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
