@@ -234,3 +234,18 @@ def test_refuses_object_dtype_numpy(in_tmp: Path) -> None:
 def test_take_generator_names_a_missing_entry(in_tmp: Path) -> None:
     with pytest.raises(NetworkPickleError, match="G_ema"):
         take_generator({"G": None}, "G_ema", "x.pkl")
+
+
+def test_a_storage_payload_with_other_objects_is_refused_without_unsafe_advice():
+    import argparse
+    import io
+
+    import torch
+
+    from ilo_pl.modules.generators.nvlabs import pickle_reader
+
+    buf = io.BytesIO()
+    torch.save({"args": argparse.Namespace(a=1)}, buf)
+    with pytest.raises(pickle_reader.NetworkPickleError, match="argparse.Namespace") as info:
+        pickle_reader._load_from_bytes(buf.getvalue())
+    assert "weights_only" not in str(info.value)

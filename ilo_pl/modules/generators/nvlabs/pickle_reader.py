@@ -46,6 +46,7 @@ import collections
 import io
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
@@ -164,7 +165,13 @@ def _load_from_bytes(payload: Any) -> Any:
     try:
         return torch.load(io.BytesIO(bytes(payload)), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
-        raise NetworkPickleError(f"a tensor storage payload was refused by torch's weights-only loader: {err}") from None
+        # Name what was refused, not torch's advice (which suggests weights_only=False).
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" (it references {found.group(1)})" if found else ""
+        raise NetworkPickleError(
+            f"a tensor storage payload was refused by torch's weights-only loader{what}; "
+            "this file is not a network pickle ilo-pl can read"
+        ) from None
 
 
 def _as_typed(storage: Any) -> Tuple[torch.UntypedStorage, torch.dtype]:
