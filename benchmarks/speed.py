@@ -40,11 +40,11 @@ Sections (all by default):
 * ``batching``   -- per-image ILO step time and peak memory per image against
   the batch size (1, 2, 4, 8, 16) for the DCGAN, the tiny StyleGAN-2 fixture
   and a randomly initialised 256x256 StyleGAN-2 (batch 16 left out there: it
-  needs ~18 GB), with StyleGAN-2's modulated convolutions fused and unfused
+  needs 10-12 GB), with StyleGAN-2's modulated convolutions fused and unfused
   (``modconv_impl``) and, on the CPU, under three heap allocators
   (:data:`MALLOCS`). Each configuration runs in a fresh process
   (:func:`batching_in_fresh_process`), rounds interleaved across configurations.
-  Not in the default sections on the CPU (~35 min; ``--quick`` ~6 min).
+  Not in the default sections on the CPU (~50 min on one core; ``--quick`` ~10 min).
 
 Devices (``--device``, default ``cpu``): ``cuda`` runs every section on the
 GPU (the trainer's ``accelerator``, the generator, the problem and the floor),
@@ -329,7 +329,7 @@ def memory(quick: bool, threads: int, bench: Bench = CPU) -> List[Dict[str, Any]
 
 
 # ------------------------------------------------------------------------ batching
-#: Batch sizes of the ``batching`` section per model (256x256 StyleGAN-2: batch 16 would need ~18 GB).
+#: Batch sizes of the ``batching`` section per model (256x256 StyleGAN-2: batch 16 would need 10-12 GB).
 BATCHING_BATCHES: Dict[str, Tuple[int, ...]] = {
     "dcgan": (1, 2, 4, 8, 16), "sg2-tiny": (1, 2, 4, 8, 16), "sg2-256": (1, 2, 4, 8),
 }

@@ -120,6 +120,7 @@ class Upsample(nn.Module):
 #: Values of ``ModulatedConv2d(impl=...)`` and ``StyleGAN2Generator(modconv_impl=...)``.
 MODCONV_IMPLS = ("auto", "fused", "unfused")
 
+
 def resolve_modconv_impl(
     impl: str,
     batch: int,
@@ -133,22 +134,25 @@ def resolve_modconv_impl(
     under ``torch.no_grad()``, stages that keep the latent fixed), and
     ``"unfused"`` otherwise:
 
-    * with a gradient w.r.t. the styles, the fused form's backward pass
-      computes the gradient of every sample's modulated weight, a convolution
-      as costly as the forward one, which the unfused form never needs (its
-      style gradient is a sum over the scaled activations): 1.7x the unfused
-      form's cost per step at batch 1 on a 128x128 StyleGAN-2 on the CPU;
+    * with a gradient w.r.t. the styles (every ILO step that frees the
+      latent), the fused form's backward pass computes the gradient of every
+      sample's modulated weight, a convolution as costly as the forward one,
+      which the unfused form never needs (its style gradient is a sum over
+      the scaled activations): an ILO step of a 256x256 StyleGAN-2 costs 1.6x
+      the unfused one at batch 1 on the CPU (1.07x on the tiny fixture);
     * above batch 1 the fused form runs one group per sample, the unfused one
       a single convolution with the shared weight, which batches like any
-      convolution (fused: 1.1-1.7x the unfused cost per image at batch 2-16);
+      convolution: the fused step costs 1.1-1.7x the unfused one per image at
+      batch 2-16;
     * at batch 1 without style gradients the fused form is one ordinary
       convolution with a modulated copy of the weight and saves the two
-      activation-sized scalings: 23% faster on the tiny fixture, within 3% at
-      128x128.
+      activation-sized scalings: a no-grad render of the tiny fixture takes
+      23% less time fused, one of a 128x128 generator within 3% of unfused.
 
-    Measured on the CPU (docs/performance.md, "Batching"); the same rule is
-    used on every device. On GPUs it is an assumption, not a measurement: the
-    gradient argument is a count of operations and holds there too, and NVIDIA's
+    Measured on the CPU (``python -m benchmarks.speed --sections batching``,
+    docs/performance.md, "Batching StyleGAN-2"); the same rule is used on every
+    device. On GPUs it is an assumption, not a measurement: the gradient
+    argument is a count of operations and holds there too, and NVIDIA's
     StyleGAN-2 code, too, runs the fused form only outside training.
 
     Args:
