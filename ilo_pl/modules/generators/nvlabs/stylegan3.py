@@ -569,19 +569,9 @@ class StyleGAN3Generator(SplitGenerator):
         return out
 
     # ------------------------------------------------------------------ NVIDIA's API
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """``G(state)`` (split protocol) or NVIDIA's ``G(z, c, truncation_psi=1, truncation_cutoff=None, noise_mode='const')``."""
-        if args and isinstance(args[0], Mapping):
-            return self.render(args[0], 0)
-        return self.generate(*args, **kwargs)
-
-    def generate(
-        self, z: Tensor, c: Optional[Tensor] = None, truncation_psi: float = 1.0,
-        truncation_cutoff: Optional[int] = None, noise_mode: str = "const", force_fp32: bool = True, **_: Any,
-    ) -> Tensor:
-        """NVIDIA's ``G(z, c, ...)``: mapping then synthesis."""
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        return self.synthesize(ws, noise_mode=noise_mode, force_fp32=force_fp32)
+    # G(state) or G(z, c, ...), and mapping-then-synthesis: the same as StyleGAN2-ADA's.
+    forward = StyleGAN2ADAGenerator.forward
+    generate = StyleGAN2ADAGenerator.generate
 
     def synthesize(self, ws: Tensor, noise_mode: str = "const", force_fp32: bool = True) -> Tensor:
         """``G.synthesis(ws)``: computed in float32; ``noise_mode`` is accepted and ignored (no noise inputs)."""
