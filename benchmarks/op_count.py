@@ -32,7 +32,7 @@ import logging
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Counter, List, Optional
+from typing import Any, Counter, Dict, List, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -43,6 +43,9 @@ from ilo_pl.api import solve
 from ilo_pl.policy import host_reads
 
 COUNTED = range(11, 21)  # ten steps: one of them logs (log_every = 10), as in a solve
+#: Operators that read a value back to the host: a device synchronisation on an accelerator
+#: (``.item()``, ``float(t)``, ``bool(t)``, ``.tolist()`` all dispatch ``_local_scalar_dense``).
+HOST_READS = frozenset({"_local_scalar_dense"})
 
 
 class OpCounter(TorchDispatchMode):
@@ -52,17 +55,29 @@ class OpCounter(TorchDispatchMode):
         super().__init__()
         self.by_op: Counter[str] = collections.Counter()
         self.by_place: Counter[str] = collections.Counter()
+        self.reads_by_place: Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         self.by_op[func.overloadpacket.__name__] += 1
-        self.by_place[_place()] += 1
+        place = _place()
+        self.by_place[place] += 1
+        if func.overloadpacket.__name__ in HOST_READS:
+            self.reads_by_place[_place(lightning_first=True)] += 1
         return func(*args, **(kwargs or {}))
 
 
-def _place() -> str:
-    """The innermost ilo-pl (or benchmark floor) frame of the call, else the innermost Lightning function."""
+def _place(lightning_first: bool = False) -> str:
+    """The innermost ilo-pl (or benchmark floor) frame of the call, else the innermost Lightning function.
+
+    ``lightning_first``: the innermost Lightning function if there is one below the innermost
+    ilo-pl frame (a read Lightning makes inside an ilo-pl callback is Lightning's).
+    """
     lightning = None
-    for fr in reversed(traceback.extract_stack(limit=30)[:-2]):
+    for fr in reversed(traceback.extract_stack(limit=40)[:-2]):
+        if lightning_first and lightning is not None:
+            return lightning
+        if lightning_first and "/torch/optim/" in fr.filename:
+            return f"torch.optim: {fr.name}"
         if "/ilo_pl/" in fr.filename or fr.filename == timing.__file__:
             return f"{Path(fr.filename).name}:{fr.lineno} ({fr.name})"
         if lightning is None and "pytorch_lightning" in fr.filename:
@@ -85,15 +100,33 @@ class _Window(pl.Callback):
         self.step += 1
 
 
-def count(model: str, split: int, batch: int, path: str) -> tuple:
-    """``(ILO counter, floor counter)`` for one configuration; counts are totals over ``len(COUNTED)`` steps."""
+def _bar(kind: str) -> List[pl.Callback]:
+    """The progress bar ``ilo-pl fit`` installs (``tqdm``, ``rich``), or none."""
+    if kind == "none":
+        return []
+    from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
+
+    from ilo_pl.callbacks.progress import problem_progress_bar_for
+
+    return [problem_progress_bar_for(TQDMProgressBar() if kind == "tqdm" else RichProgressBar())]
+
+
+def count(model: str, split: int, batch: int, path: str, bar: str = "none") -> tuple:
+    """``(ILO counter, floor counter)`` for one configuration; counts are totals over ``len(COUNTED)`` steps.
+
+    ``bar``: the progress bar of the solve (``none`` as :func:`ilo_pl.api.solve` runs; ``tqdm``
+    as ``ilo-pl fit`` does in a terminal; ``rich``).
+    """
     gen = timing.make_generator(model)
     stages, kw = timing.stages_for(model, split, COUNTED.stop + 3)
     op, y = timing.make_problem(gen, batch)
     window = _Window()
+    trainer_kwargs: Dict[str, Any] = {"accelerator": "cpu"}
+    if bar != "none":
+        trainer_kwargs["enable_progress_bar"] = True
     # "device": the accelerator branch (no host reads), as the tests take it on the CPU.
     with host_reads(path != "device"):
-        solve(gen, op, y, stages, callbacks=[window], trainer_kwargs={"accelerator": "cpu"}, **kw)
+        solve(gen, op, y, stages, callbacks=[window, *_bar(bar)], trainer_kwargs=trainer_kwargs, **kw)
     state = gen.init_variables(batch, torch.Generator().manual_seed(0))
     state = gen.advance(state, 0, split) if split else state
     groups = gen.groups(split)
@@ -114,6 +147,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--path", choices=["cpu", "device"], default="device",
                         help="the engine's CPU branch or its accelerator branch (default: device)")
+    parser.add_argument("--progress-bar", choices=["none", "tqdm", "rich"], default="none",
+                        help="the solve's progress bar: none (the API's default) or ilo-pl fit's (default: none)")
     parser.add_argument("--top", type=int, default=25, help="rows of the by-op and by-place tables")
     args = parser.parse_args(argv)
     if args.batch < 1:
@@ -121,7 +156,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    ilo, floor = count(args.model, args.split, args.batch, args.path)
+    ilo, floor = count(args.model, args.split, args.batch, args.path, args.progress_bar)
     n = len(COUNTED)
     total_i, total_f = sum(ilo.by_op.values()) / n, sum(floor.by_op.values()) / n
     print(f"{args.model}, split {args.split}, batch {args.batch}, {args.path} path: operators per step: "
@@ -131,6 +166,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     for k, v in sorted(extra.items(), key=lambda kv: -kv[1])[: args.top]:
         if v > 0:
             print(f"  {v:6.1f}  {k}")
+    reads = sum(ilo.reads_by_place.values()) / n
+    print(f"\nhost reads per step (each a device sync on an accelerator): ILO {reads:.1f}, "
+          f"floor {sum(floor.reads_by_place.values()) / n:.1f}")
+    for k, v in ilo.reads_by_place.most_common(args.top):
+        print(f"  {v / n:6.1f}  {k}")
     print("\nILO operators by place (per step; Lightning's own include the forward/backward it drives):")
     for k, v in ilo.by_place.most_common(args.top):
         print(f"  {v / n:6.1f}  {k}")

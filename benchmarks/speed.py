@@ -342,16 +342,19 @@ BATCHING_STEPS: Dict[str, Dict[int, int]] = {
     "sg2-256": {1: 2, 2: 2, 4: 2, 8: 2},
 }
 #: Heap allocators of the ``batching`` section (CPU), as environment settings of its child processes.
-#: ``glibc``: the default. glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh
-#: ``mmap`` and unmaps it when freed, so each such tensor is page-faulted and zeroed by the kernel again on
-#: every step (system time). ``glibc-keep``: glibc with ``mmap`` off and no trimming, so freed memory is
-#: reused (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``). ``jemalloc``: jemalloc preloaded, freed
-#: pages kept (``dirty_decay_ms:-1``); left out when ``libjemalloc.so.2`` is not installed.
+#: ``glibc``: glibc as the system leaves it (``ILO_PL_MALLOC=system``). glibc serves every block above its
+#: mmap threshold (at most 32 MiB) with a fresh ``mmap`` and unmaps it when freed, so each such tensor is
+#: page-faulted and zeroed by the kernel again on every step (system time). ``keep``: what ``ilo-pl fit``
+#: does by default, :func:`ilo_pl.malloc.keep_freed_memory` (glibc with ``mmap`` off and no trimming, set
+#: in-process), so freed memory is reused. ``jemalloc``: jemalloc preloaded, freed pages kept
+#: (``dirty_decay_ms:-1``); left out when ``libjemalloc.so.2`` is not installed.
 MALLOCS: Dict[str, Dict[str, str]] = {
-    "glibc": {},
-    "glibc-keep": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)},
+    "glibc": {"ILO_PL_MALLOC": "system"},
+    "keep": {"ILO_PL_MALLOC": "keep"},
     "jemalloc": {"LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"},
 }
+#: The allocator ``per_image_vs_default_batch1`` compares with: ilo-pl's default.
+DEFAULT_MALLOC = "keep"
 _BATCHING_CHILD = "--batching-child"
 
 
@@ -369,20 +372,52 @@ def find_jemalloc() -> Optional[str]:
 def batching_variants(model: str, device: str, quick: bool) -> List[Tuple[Optional[str], str]]:
     """The ``(modconv_impl, malloc)`` pairs the ``batching`` section runs for ``model``.
 
-    StyleGAN-2: fused and unfused modulated convolutions under the default allocator; at 256x256
-    also the unfused form under the allocators that keep freed memory. DCGAN: each allocator.
-    On a GPU only the default allocator (device memory has its own caching allocator).
-    ``quick``: the DCGAN under the default allocator only; at 256x256 the unfused form only,
-    under the default allocator and the last of the others.
+    StyleGAN-2: fused and unfused modulated convolutions under ilo-pl's default allocator
+    settings (``keep``); at 256x256 also the unfused form under the system's glibc and jemalloc.
+    DCGAN: each allocator. On a GPU only the default (device memory has its own caching
+    allocator). ``quick``: the DCGAN under the default only; at 256x256 the unfused form only,
+    under the default and the system's glibc.
     """
-    mallocs = ["glibc"] if device != "cpu" else ["glibc", "glibc-keep"] + (["jemalloc"] if find_jemalloc() else [])
+    mallocs = [DEFAULT_MALLOC] if device != "cpu" else [DEFAULT_MALLOC, "glibc"] + (["jemalloc"] if find_jemalloc() else [])
     if model == "dcgan":
         return [(None, m) for m in (mallocs[:1] if quick else mallocs)]
     if model == "sg2-tiny":
-        return [("unfused", "glibc"), ("fused", "glibc")]
-    if quick:  # the default and the last allocator that keeps freed memory
-        return [("unfused", m) for m in dict.fromkeys([mallocs[0], mallocs[-1]])]
-    return [("unfused", "glibc"), ("fused", "glibc")] + [("unfused", m) for m in mallocs[1:]]
+        return [("unfused", DEFAULT_MALLOC), ("fused", DEFAULT_MALLOC)]
+    if quick:
+        return [("unfused", m) for m in mallocs[:2]]
+    return [("unfused", DEFAULT_MALLOC), ("fused", DEFAULT_MALLOC)] + [("unfused", m) for m in mallocs[1:]]
+
+
+def step_flops(gen: Any, batch: int) -> float:
+    """Floating-point operations of one ``G`` forward and backward (every input free) at ``batch``.
+
+    Counted by ``torch.utils.flop_counter`` (convolutions and matrix products; the elementwise
+    work is not counted), so ``flops / step time`` is a lower bound of the arithmetic rate.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    gen.freeze()  # as in a solve: no weight gradients
+    device = next(gen.parameters()).device
+    state = {k: v.detach().to(device).requires_grad_(True)
+             for k, v in gen.init_variables(batch, torch.Generator().manual_seed(0)).items()}
+    with FlopCounterMode(display=False) as counter:
+        gen.render(state, 0).square().sum().backward()
+    return float(counter.get_total_flops())
+
+
+def conv_peak_flops(seconds: float = 2.0) -> float:
+    """This CPU's rate (flop/s, process time) on one large 3x3 convolution (128 channels, 128x128), forward.
+
+    The reference for :func:`step_flops`: the dense arithmetic the generators' big layers do,
+    measured in the same process, so load and clock apply to both.
+    """
+    x, w = torch.randn(1, 128, 128, 128), torch.randn(128, 128, 3, 3)
+    torch.nn.functional.conv2d(x, w, padding=1)
+    n, t0 = 0, time.process_time()
+    while time.process_time() - t0 < seconds:
+        torch.nn.functional.conv2d(x, w, padding=1)
+        n += 1
+    return n * 2 * 128 * 128 * 9 * 128 * 128 / (time.process_time() - t0)
 
 
 def _batching_child(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -397,6 +432,9 @@ def _batching_child(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     from benchmarks.timing import StepTimer, _by_stage
 
+    from ilo_pl.malloc import keep_freed_memory
+
+    keep_freed_memory()  # as ilo-pl fit does; a no-op under ILO_PL_MALLOC=system or a preloaded allocator
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(spec["threads"])
@@ -405,6 +443,7 @@ def _batching_child(spec: Dict[str, Any]) -> Dict[str, Any]:
     if spec.get("modconv"):
         gen.modconv_impl = spec["modconv"]
     gen = gen.to(bench.device)
+
     batch, warmup = spec["batch"], spec["warmup"]
     op, y = make_problem(gen, batch)
     stages, kw = stages_for(spec["model"], 0, spec["steps"] + warmup + 2)
@@ -421,6 +460,8 @@ def _batching_child(spec: Dict[str, Any]) -> Dict[str, Any]:
     acc = _by_stage(timer, 0 if bench.timing == "block" else warmup)[0]
     out = {"ilo": acc["ilo"], "ilo_cpu": acc["ilo_cpu"],
            "peak_rss_delta_mib": round((_rss_kib()["VmHWM"] - base) / 1024, 1)}
+    if spec.get("roofline") and bench.device == "cpu":  # after the peak is read: freed memory may be kept
+        out.update(gflop_per_image=step_flops(gen, 1) / 1e9, conv_peak_gflops=conv_peak_flops() / 1e9)
     if bench.device == "cuda":
         out["peak_gpu_mib"] = round((torch.cuda.max_memory_allocated() - base_gpu) / 2**20, 1)
     return out
@@ -458,7 +499,11 @@ def batching(
     whose steps take seconds per image), interleaved across configurations; medians pool the
     rounds. ``per_image_vs_batch1`` is relative to the same model and variant at batch 1,
     ``vs_default_batch1`` to the model's default (StyleGAN-2 unfused, as ``modconv_impl="auto"``
-    runs every ILO step that frees the latent; glibc's allocator) at batch 1.
+    runs every ILO step that frees the latent; ilo-pl's allocator settings, :data:`DEFAULT_MALLOC`)
+    at batch 1. Roofline (CPU, batch-1 children of the StyleGAN-2 256x256 and the DCGAN):
+    ``gflop_per_image`` of one ``G`` forward and backward (:func:`step_flops`), ``gflops`` the
+    rate that implies at each batch size, and ``conv_peak_gflops`` the same process's rate on one
+    large convolution (:func:`conv_peak_flops`): how far batching can lower the per-image cost.
 
     Args:
         quick: fewer steps and batch sizes, one round.
@@ -475,18 +520,22 @@ def batching(
     configs = [(model, impl, malloc, b) for model, bs in batches.items()
                for impl, malloc in batching_variants(model, bench.device, quick) for b in bs]
     pooled: Dict[tuple, Dict[str, List[float]]] = {}
+    roofline: Dict[tuple, Tuple[float, float]] = {}
     for r in range(1 if quick else repeats):
         for model, impl, malloc, b in configs:
             if r > 0 and model.startswith("sg2-") and model != "sg2-tiny":
                 continue
             steps = max(2, round(BATCHING_STEPS.get(model, BATCHING_STEPS["sg2-256"]).get(b, 2) * scale))
             spec = dict(model=model, modconv=impl, batch=b, steps=steps, warmup=0 if model == "sg2-256" else 2,
-                        threads=threads, device=bench.device, timing=bench.timing)
+                        threads=threads, device=bench.device, timing=bench.timing,
+                        roofline=r == 0 and b == 1 and model in ("sg2-256", "dcgan"))
             got = batching_in_fresh_process(spec, malloc)
             acc = pooled.setdefault((model, impl, malloc, b), {"ilo": [], "ilo_cpu": [], "peak": [], "gpu": []})
             acc["ilo"] += got["ilo"]
             acc["ilo_cpu"] += got["ilo_cpu"]
             acc["peak"].append(got["peak_rss_delta_mib"])
+            if "gflop_per_image" in got:
+                roofline[(model, impl, malloc)] = (got["gflop_per_image"], got["conv_peak_gflops"])
             if "peak_gpu_mib" in got:
                 acc["gpu"].append(got["peak_gpu_mib"])
             print(f"  {model:>8} {impl or '-':>7} {malloc:>10} batch {b:>2}: "
@@ -498,7 +547,7 @@ def batching(
     rows = []
     for (model, impl, malloc, b), acc in pooled.items():
         base = per_image.get((model, impl, malloc, 1))
-        default = per_image.get((model, "unfused" if impl else None, "glibc", 1))
+        default = per_image.get((model, "unfused" if impl else None, DEFAULT_MALLOC, 1))
         row = dict(
             section="batching", device=bench.device, model=model, modconv=impl or "", malloc=malloc, batch=b,
             step_cpu_ms=round(statistics.median(acc["ilo_cpu"]) * 1e3, 3), step_ms=round(statistics.median(acc["ilo"]) * 1e3, 3),
@@ -508,6 +557,10 @@ def batching(
             peak_mib=max(acc["peak"]), peak_per_image_mib=round(max(acc["peak"]) / b, 1),
             clock=bench.clock, steps=len(acc["ilo"]),
         )
+        if (model, impl, malloc) in roofline:
+            gflop, peak = roofline[(model, impl, malloc)]
+            row.update(gflop_per_image=round(gflop, 2), gflops=round(gflop / (per_image[(model, impl, malloc, b)] / 1e3), 1),
+                       conv_peak_gflops=round(peak, 1))
         if acc["gpu"]:
             row.update(peak_gpu_mib=max(acc["gpu"]), peak_gpu_per_image_mib=round(max(acc["gpu"]) / b, 1))
         rows.append(row)
@@ -613,7 +666,7 @@ TABLE_COLUMNS = {
     "projection": ["device", "size", "batch", "radius_frac", "sort_ms", "ilo_proj_ms", "speedup", "inplace_warm_ms", "speedup_warm", "native_warm_ms", "kernel_vs_native", "no_reads_warm_ms", "max_rel_err"],
     "solve": ["device", "model", "precision", "schedule", "steps", "total_s", "loop_s", "ms_per_step", "psnr_db", "loss", "failed"],
     "memory": ["model", "split", "batch", "ilo_peak_mib", "floor_peak_mib", "ilo_gpu_mib", "floor_gpu_mib", "operator_mib", "dense_matrix_gib"],
-    "batching": ["device", "model", "modconv", "malloc", "batch", "step_cpu_ms", "step_ms", "per_image_ms", "per_image_vs_batch1", "vs_default_batch1", "peak_mib", "peak_per_image_mib", "peak_gpu_per_image_mib", "clock", "steps"],
+    "batching": ["device", "model", "modconv", "malloc", "batch", "step_cpu_ms", "step_ms", "per_image_ms", "per_image_vs_batch1", "vs_default_batch1", "peak_mib", "peak_per_image_mib", "peak_gpu_per_image_mib", "gflops", "conv_peak_gflops", "clock", "steps"],
 }
 #: Sections left out of the default run on the CPU (minutes per configuration there).
 CPU_OPT_IN = ("solve", "batching")
@@ -640,6 +693,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "timed between two synchronisations (CUDA default)")
     parser.add_argument("--solve-size", type=int, default=1024, help="StyleGAN-2 resolution of the 'solve' section")
     parser.add_argument("--solve-scale", type=float, default=1.0, help="scale of the 'solve' section's steps")
+    parser.add_argument("--batching-models", nargs="+", choices=list(BATCHING_BATCHES), default=None,
+                        help="models of the 'batching' section (default: all)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to PyTorch (run on a GPU machine, or drop --device)")
@@ -674,7 +729,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif section == "solve":
             got = solve_time(args.quick, bench, args.solve_size, args.solve_scale)
         elif section == "batching":
-            got = batching(args.quick, repeats, args.threads, bench)
+            table = BATCHING_QUICK_BATCHES if args.quick else BATCHING_BATCHES
+            got = batching(args.quick, repeats, args.threads, bench,
+                           batches={m: table[m] for m in (args.batching_models or table)})
         else:
             got = memory(args.quick, args.threads, bench)
         rows += got

@@ -35,6 +35,7 @@ def solve(
     target: Optional[Tensor] = None,
     seeds: Optional[Sequence[int]] = None,
     ids: Optional[Sequence[str]] = None,
+    labels: Optional[Sequence[int]] = None,
     trainer_kwargs: Optional[Dict[str, Any]] = None,
     callbacks: Optional[List[pl.Callback]] = None,
     **module_kwargs: Any,
@@ -52,6 +53,8 @@ def solve(
         seeds: one seed per problem (default ``0..B-1``).
         ids: names of the problems (they name output files: distinct, no path
             separators or leading ``.``; see :func:`~ilo_pl.problem.check_problem_ids`).
+        labels: one class per problem, for class-conditional generators
+            (``generator.num_classes > 0``); refused by unconditional ones.
         trainer_kwargs: overrides of :func:`default_trainer_kwargs`.
         callbacks: extra callbacks.
         **module_kwargs: further :class:`ILOModule` arguments (``sna``, ``sphere``, ...).
@@ -75,8 +78,11 @@ def solve(
     quiet_lightning()
     operator = as_operator(operator)
     b = observation.shape[0]
+    # a conditional generator takes its default class (or says how to give one) when labels is None
+    labels = generator.check_labels(None if labels is None else list(labels), b)
     with torch.no_grad():
-        probe = generator.render(generator.init_variables(1), 0)
+        probe_kw = {"labels": labels[:1]} if labels else {}
+        probe = generator.render(generator.init_variables(1, **probe_kw), 0)
     operator.check_observation(observation, probe.expand(b, *probe.shape[1:]).to(observation.device))
     if ids is not None:
         # Ids name output files (ResultWriter, OptimizationGIF): refuse unsafe ones before any work.
@@ -90,6 +96,7 @@ def solve(
         seeds=list(seeds) if seeds is not None else list(range(b)),
         target=target,
         indices=list(range(b)),
+        labels=list(labels) if labels is not None else None,
     )
     module = ILOModule(generator, list(stages), losses=losses, loss_weights=loss_weights, **module_kwargs)
     collector = ResultCollector()

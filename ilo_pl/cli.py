@@ -196,6 +196,17 @@ def lightning_notices_hidden() -> Iterator[None]:
             log.removeFilter(notice_filter)
 
 
+def _keep_freed_memory() -> None:
+    """ilo-pl's allocator settings for the solve (:mod:`ilo_pl.malloc`); a bad ``ILO_PL_MALLOC`` is refused."""
+    from ilo_pl.malloc import keep_freed_memory
+
+    try:
+        keep_freed_memory()
+    except ValueError as exc:
+        print(f"ilo-pl: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(args: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``ilo-pl`` console script.
 
@@ -211,6 +222,8 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     if command in ("-h", "--help", "--version"):
         parser.parse_args(argv[:1])  # prints and exits
     show_info_messages()
+    if command in ("fit", "regenerate", "demo"):
+        _keep_freed_memory()
     if command == "regenerate":
         regenerate_main(argv[1:])
         return

@@ -8,14 +8,25 @@ seeded operator per problem and yields each batch once per optimizer step
 Seeds: problem ``i`` of a run with seed ``s`` uses ``problem_seed(s, i)`` for
 its operator, its observation noise and its initial variables, so results do
 not depend on batch size, batch-mates, sharding or resumption.
+
+Class labels (class-conditional generators, e.g. NVIDIA's conditional
+StyleGAN2-ADA snapshots): ``class_labels`` of the data module gives each
+problem its class, either one int for every problem or a CSV file
+(:func:`read_class_labels`) with a ``file,label`` row per image, keyed by the
+image's file name (for the built-in samples and generator draws, by the
+problem id). The batch carries them (:attr:`~ilo_pl.problem.ProblemBatch.labels`)
+and the generator keeps each problem's class in its state, so saved solutions
+regenerate with it.
 """
 
 from __future__ import annotations
 
 import abc
+import csv
 import logging
+import os
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -92,6 +103,60 @@ def problem_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(index)) % (2**62)
 
 
+def read_class_labels(path: Union[str, "os.PathLike[str]"]) -> Dict[str, int]:
+    """The class of each image named in a labels CSV: ``{file name: label}``.
+
+    The file has two columns, the image's file name and its class (a whole
+    number); further columns are ignored. A first row whose class is not a
+    whole number is a header (e.g. ``file,label``). A name may carry folders
+    (``images/cat_01.png``): only its last part, the file name, is kept.
+    Blank lines are skipped::
+
+        file,label
+        cat_01.png,3
+        dog_07.png,5
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: naming the line, for a row without two cells, a class that
+            is not a whole number, or a file listed twice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"class labels file {path} does not exist (give data.class_labels a CSV of file,label rows)"
+        )
+    out: Dict[str, int] = {}
+    where: Dict[str, int] = {}  # line of each name, for the duplicate message
+    first = True
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
+        for line, row in enumerate(csv.reader(f), start=1):
+            cells = [c.strip() for c in row]
+            if not any(cells):
+                continue
+            if len(cells) < 2 or not cells[0]:
+                raise ValueError(f"{path}, line {line}: expected `file,label`; got {','.join(row)!r}")
+            header, first = first, False
+            try:
+                label = int(cells[1])
+            except ValueError:
+                if header:
+                    continue
+                raise ValueError(
+                    f"{path}, line {line}: the class of {cells[0]!r} must be a whole number; got {cells[1]!r}"
+                ) from None
+            name = PurePosixPath(cells[0].replace("\\", "/")).name
+            if name in out:
+                raise ValueError(
+                    f"{path}, line {line}: {name!r} is listed twice (also on line {where[name]}); "
+                    "give each image one class"
+                )
+            out[name], where[name] = label, line
+    if not out:
+        raise ValueError(f"{path} lists no image (expected `file,label` rows)")
+    return out
+
+
 class ProblemSource(abc.ABC):
     """An indexed collection of problems (ground-truth images, or none)."""
 
@@ -113,6 +178,10 @@ class ProblemSource(abc.ABC):
     def describe(self, index: int) -> str:
         """Problem ``index`` for messages: its file where it has one (default: its id)."""
         return f"problem {self.name(index)!r} of {type(self).__name__}"
+
+    def label_key(self, index: int) -> str:
+        """The name a class labels file lists problem ``index`` under (default: its id)."""
+        return self.name(index)
 
     def fingerprint(self) -> Dict[str, object]:
         """A JSON-able description of the problems (what a resumed run must find unchanged).
@@ -138,6 +207,8 @@ class ImageFolder(ProblemSource):
         path: the folder, or a single image file (one problem).
         resize: policy for images whose size differs from the generator's:
             ``"center_crop"`` (default), ``"resize"`` or ``"error"``.
+        exclude: files of the folder that are not problems and are left out
+            silently (the class labels file, when it lies beside the images).
 
     Attributes:
         files: the usable image files, in problem order.
@@ -149,13 +220,17 @@ class ImageFolder(ProblemSource):
             ``path`` that is not usable: naming it and why).
     """
 
-    def __init__(self, path: Union[str, Path], resize: str = "center_crop") -> None:
+    def __init__(
+        self, path: Union[str, Path], resize: str = "center_crop", exclude: Sequence[Union[str, Path]] = ()
+    ) -> None:
         self.path = Path(path)
         self.resize = resize
         if self.path.is_file():
             files = [self.path]
         elif self.path.is_dir():
-            files = sorted(p for p in self.path.iterdir() if p.is_file() and not p.name.startswith("."))
+            left_out = {Path(p).resolve() for p in exclude}
+            files = sorted(p for p in self.path.iterdir()
+                           if p.is_file() and not p.name.startswith(".") and p.resolve() not in left_out)
         else:
             raise FileNotFoundError(
                 f"{self.path} does not exist: give `data` a folder of images, an image file or 'samples'"
@@ -207,6 +282,10 @@ class ImageFolder(ProblemSource):
 
     def describe(self, index: int) -> str:
         return f"{self.files[index]} (problem {self.name(index)!r})"
+
+    def label_key(self, index: int) -> str:
+        """The image's file name (what a labels CSV lists)."""
+        return self.files[index].name
 
 
 def unusable_image(path: Path) -> Optional[str]:
@@ -294,6 +373,9 @@ class GeneratorSamples(ProblemSource):
             raise ValueError("GeneratorSamples needs num >= 1")
         self.num, self.split, self.sparsity, self.magnitude = int(num), int(split), float(sparsity), float(magnitude)
         self.generator = None
+        #: Each problem's class for a class-conditional generator (set by the data module from
+        #: its ``class_labels``; ``None``: the generator's default class).
+        self.labels: Optional[List[int]] = None
 
     def bind(self, generator: torch.nn.Module) -> None:
         generator.check_split(self.split)
@@ -315,15 +397,20 @@ class GeneratorSamples(ProblemSource):
         if self.generator is None:
             raise RuntimeError("GeneratorSamples is not bound to a generator (call bind)")
         g = torch.Generator().manual_seed(seed + 101)  # not the solver's init seed
-        return draw_from_generator(self.generator, g, self.split, self.sparsity, self.magnitude)[0].cpu()
+        label = None if self.labels is None else self.labels[index]
+        return draw_from_generator(self.generator, g, self.split, self.sparsity, self.magnitude, label)[0].cpu()
 
 
 @torch.no_grad()
 def draw_from_generator(
-    generator, g: torch.Generator, split: int = 0, sparsity: float = 0.01, magnitude: float = 5.0
+    generator, g: torch.Generator, split: int = 0, sparsity: float = 0.01, magnitude: float = 5.0,
+    label: Optional[int] = None,
 ) -> Tensor:
-    """``G(z*)`` (split 0) or ``G2(G1(z*) + delta)`` with a sparse ``delta`` at ``split``; ``[1, C, H, W]``."""
-    z = generator.init_variables(1, g)
+    """``G(z*)`` (split 0) or ``G2(G1(z*) + delta)`` with a sparse ``delta`` at ``split``; ``[1, C, H, W]``.
+
+    ``label``: the class of a class-conditional generator's draw (``None``: its default).
+    """
+    z = generator.init_variables(1, g) if label is None else generator.init_variables(1, g, labels=[label])
     if split == 0:
         return generator.render(z, 0)
     state = generator.advance(z, 0, split)
@@ -418,6 +505,15 @@ class InverseProblemDataModule(pl.LightningDataModule):
         seed: the run's seed (see :func:`problem_seed`).
         resize: policy for image files of another size (see :func:`ilo_pl.io.load_image`).
         limit: solve only the first ``limit`` problems.
+        class_labels: for class-conditional generators: one class (an int) for
+            every problem, or a CSV file of ``file,label`` rows
+            (:func:`read_class_labels`) naming every image's class by its file
+            name (the problem id for the built-in samples and generator draws);
+            a labels file inside the image folder is not taken for an image.
+            ``None``: the generator's default (``class_label``). Checked when
+            the generator is known: labels for an unconditional generator, a
+            class out of its range and an image the file does not list are
+            refused.
     """
 
     def __init__(
@@ -428,6 +524,7 @@ class InverseProblemDataModule(pl.LightningDataModule):
         seed: int = 0,
         resize: str = "center_crop",
         limit: Optional[int] = None,
+        class_labels: Union[int, str, None] = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -442,6 +539,16 @@ class InverseProblemDataModule(pl.LightningDataModule):
         self.seed = seed
         self.resize = resize
         self.limit = limit
+        if isinstance(class_labels, bool) or not isinstance(class_labels, (int, str, os.PathLike, type(None))):
+            raise TypeError(
+                f"class_labels must be an int (one class for every problem) or a CSV file of file,label rows; "
+                f"got {class_labels!r}"
+            )
+        self.class_labels = class_labels
+        #: Each solved problem's class (problem id -> label) once bound, for the run manifest;
+        #: ``None`` without ``class_labels``.
+        self.class_label_table: Optional[Dict[str, int]] = None
+        self._labels: Optional[List[int]] = None  # by problem index
         self.source: Optional[ProblemSource] = None
         self.image_shape: Optional[Tuple[int, int, int]] = None
         #: Problem indices to leave out (finished in an earlier, resumed run).
@@ -457,7 +564,8 @@ class InverseProblemDataModule(pl.LightningDataModule):
             return self.data
         if self.data == "samples":
             return SampleFaces()
-        return ImageFolder(self.data, resize=self.resize)
+        exclude = [] if self.class_labels is None or isinstance(self.class_labels, int) else [self.class_labels]
+        return ImageFolder(self.data, resize=self.resize, exclude=exclude)
 
     def setup(self, stage: str = "fit") -> None:
         module = self.trainer.lightning_module if self.trainer is not None else None
@@ -470,6 +578,49 @@ class InverseProblemDataModule(pl.LightningDataModule):
         self.image_shape = tuple(generator.image_shape)
         self.source = self.make_source()
         self.source.bind(generator)
+        self._bind_labels(generator)
+
+    def _bind_labels(self, generator) -> None:  # noqa: ANN001
+        """Each problem's class from ``class_labels``, checked against the generator (before any solve)."""
+        self._labels = self.class_label_table = None
+        classes = int(getattr(generator, "num_classes", 0))
+        name = type(generator).__name__
+        if self.class_labels is None:
+            check = getattr(generator, "check_labels", None)
+            if classes > 0 and check is not None:
+                check(None, 1)  # a conditional generator without a default class says how to give one
+            return
+        if classes == 0:
+            raise ValueError(
+                f"class_labels ({self.class_labels!r}) are given, but the generator ({name}) is unconditional "
+                "(it has no class input); leave data.class_labels out"
+            )
+        n = len(self.source) if self.limit is None else min(len(self.source), int(self.limit))
+        keys = [self.source.label_key(i) for i in range(n)]
+        if isinstance(self.class_labels, int):
+            labels = [self.class_labels] * n
+            where = "data.class_labels"
+        else:
+            table = read_class_labels(self.class_labels)
+            missing = [k for k in keys if k not in table]
+            if missing:
+                shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                raise ValueError(
+                    f"{self.class_labels} gives no class for {len(missing)} of the {n} problems: {shown}; "
+                    "add a `file,label` row for each"
+                )
+            labels = [table[k] for k in keys]
+            where = str(self.class_labels)
+        for key, label in zip(keys, labels):
+            if not 0 <= label < classes:
+                raise ValueError(
+                    f"{where}: class {label} of {key!r} is out of range: the generator ({name}) has {classes} "
+                    f"classes (0..{classes - 1})"
+                )
+        self._labels = labels
+        self.class_label_table = {self.source.name(i): label for i, label in enumerate(labels)}
+        if isinstance(self.source, GeneratorSamples):
+            self.source.labels = labels  # ground truth drawn from each problem's own class
 
     def problem_indices(self, rank: int = 0, world_size: int = 1) -> List[int]:
         """This rank's share of the problems (round-robin), without skipped ones."""
@@ -532,5 +683,6 @@ class InverseProblemDataModule(pl.LightningDataModule):
             # A data image that the observation does not measure (classifier guidance) is no ground truth.
             target=torch.cat(targets, 0) if getattr(spec, "ground_truth", True) else None,
             indices=list(indices),
+            labels=None if self._labels is None else [self._labels[i] for i in indices],
         )
 

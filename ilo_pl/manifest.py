@@ -5,7 +5,7 @@ A resumed run must produce what the first run would have: the writer records
 uses a folder -- the effective trainer and torch settings that change results
 (:func:`result_settings`), the generator's identity, the module's
 result-changing settings (:func:`module_settings`: stages, loss weights and
-terms, SNA, sphere, selection, range projection, ramps), the data module's
+terms, SNA, sphere, selection, range projection, ramps, restarts, consistency), the data module's
 seed, operator and resize policy, and the problem source's fingerprint (for a
 folder of images: every file's name, size and modification time) -- and
 refuses to resume a folder that holds results when any of them differs
@@ -77,7 +77,14 @@ MODULE_SETTINGS = {
     "range_lr": "range_lr",
     "rampup": "rampup",
     "rampdown": "rampdown",
+    "restarts": "restarts",
+    "restart_keep": "restart_keep",
+    "consistency": "consistency",
 }
+
+#: Settings added after manifests existed, recorded only when not at these defaults (the
+#: results they had before), so that a folder written before them still resumes.
+UNRECORDED_DEFAULTS = {"restarts": 1, "restart_keep": None, "consistency": "none"}
 
 
 #: Class paths recorded under an earlier name (in manifests and config files): the same class,
@@ -199,7 +206,10 @@ def module_settings(module: Any) -> Dict[str, Any]:
     out: Dict[str, Any] = {"class": _qualname(module)}
     for key, attr in MODULE_SETTINGS.items():
         if hasattr(module, attr) and not callable(getattr(module, attr)):
-            out[key] = describe(getattr(module, attr))
+            value = getattr(module, attr)
+            if key in UNRECORDED_DEFAULTS and value == UNRECORDED_DEFAULTS[key]:
+                continue
+            out[key] = describe(value)
     losses = getattr(module, "losses", None)
     if hasattr(losses, "items"):
         out["losses"] = {str(name): describe_module(term) for name, term in losses.items()}
@@ -214,6 +224,10 @@ def data_settings(datamodule: Any) -> Dict[str, Any]:
     for key, attr in (("seed", "seed"), ("operator", "operator_spec"), ("resize", "resize")):
         if hasattr(datamodule, attr):
             out[key] = describe(getattr(datamodule, attr))
+    # Each problem's class (data.class_labels), recorded only when given: unlabelled runs' manifests are unchanged.
+    labels = getattr(datamodule, "class_label_table", None)
+    if labels is not None:
+        out["class_labels"] = dict(labels)
     return out
 
 

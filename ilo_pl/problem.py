@@ -100,6 +100,11 @@ class ProblemBatch:
             so a problem's result does not depend on its batch-mates.
         target: the ground-truth image ``[B, C, H, W]`` in ``[-1, 1]`` when known.
         indices: the problems' indices in the data set (for sharding/resume).
+        labels: one class label per problem, for class-conditional generators
+            (the data's ``class_labels``); ``None``: the generator's default
+            (unconditional generators take none). Each problem starts from its
+            own class, whatever its batch-mates' (checked by the generator
+            when the solve starts).
     """
 
     ids: List[str]
@@ -108,6 +113,7 @@ class ProblemBatch:
     seeds: List[int]
     target: Optional[Tensor] = None
     indices: List[int] = field(default_factory=list)
+    labels: Optional[List[int]] = None
 
     def __post_init__(self) -> None:
         # Ids name output files: refuse unsafe or repeated ones before any work.
@@ -120,11 +126,18 @@ class ProblemBatch:
             )
         if self.target is not None and self.target.shape[0] != b:
             raise ValueError(f"target has {self.target.shape[0]} images for {b} problems")
+        if self.labels is not None:
+            self.labels = list(self.labels)
+            if len(self.labels) != b:
+                raise ValueError(
+                    f"a ProblemBatch of {b} ids needs {b} class labels (one per problem); got {len(self.labels)}"
+                )
 
     @property
     def key(self) -> tuple:
         """Identity of the problem batch (a new key starts a new solve)."""
-        return tuple(self.ids) + tuple(self.seeds)
+        labels = () if self.labels is None else ("labels",) + tuple(self.labels)
+        return tuple(self.ids) + tuple(self.seeds) + labels
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -138,6 +151,7 @@ class ProblemBatch:
             seeds=self.seeds,
             target=None if self.target is None else self.target.to(device),
             indices=self.indices,
+            labels=self.labels,
         )
 
 
@@ -149,11 +163,21 @@ class Solution:
         split: the split point of ``state``.
         stage: index of the stage the best iterate came from.
         state: the full state at ``split`` (one sample, batch dim 1).
+        restart: which of the problem's restarts it is (``0``: the problem's
+            own seed; see :mod:`ilo_pl.modules.restarts`).
+        consistency: the final consistency step applied (``"none"``,
+            ``"project"``, ``"prox"``; see :mod:`ilo_pl.operators.consistency`).
+        correction: that step's change of the image, ``[1, C, H, W]``
+            float32 (``None`` without one): the reconstruction is
+            ``render(state, split) + correction``, not in the generator's range.
     """
 
     split: int
     stage: int
     state: Dict[str, Tensor]
+    restart: int = 0
+    consistency: str = "none"
+    correction: Optional[Tensor] = None
 
 
 @dataclass

@@ -51,10 +51,11 @@ START_FIELDS = ["target_prob_start", "target_prob", "start_mse"]
 
 #: Columns of ``results.csv`` (the writer's and the resume's common format). ``true_mse``,
 #: ``psnr``, ``ssim`` and ``stlpips`` are empty for problems without ground truth; the start
-#: columns and then ``stlpips`` (ST-LPIPS, AlexNet: :func:`ilo_pl.metrics.stlpips`; not the
-#: paper's LPIPS) come last, so the earlier columns keep their places.
+#: columns, then ``stlpips`` (ST-LPIPS, AlexNet: :func:`ilo_pl.metrics.stlpips`; not the
+#: paper's LPIPS) and ``restart`` (the winning restart, :mod:`ilo_pl.modules.restarts`; empty
+#: in rows written before it) come last, so the earlier columns keep their places.
 CSV_FIELDS = (["index", "id", "measurement_loss", "true_mse", "psnr", "ssim", "best_stage", "split", "failed"]
-              + START_FIELDS + ["stlpips"])
+              + START_FIELDS + ["stlpips", "restart"])
 
 
 @dataclass

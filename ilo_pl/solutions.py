@@ -6,11 +6,21 @@ strings only, so it loads with ``torch.load(..., weights_only=True)``:
 
 ``{"format": "ilo-pl-solution/1", "split": int, "stage": int,
 "state": {name: tensor [1, ...]}, "generator": {...identity...},
-"image": tensor [1, C, H, W], "index": int or None, "row": {...} or None}``
+"image": tensor [1, C, H, W], "index": int or None, "row": {...} or None,
+"restart": int}``
 
 ``index`` is the problem's index in its data set and ``row`` its
 ``results.csv`` row, so a resumed run can rebuild a CSV that fell behind
-(see :mod:`ilo_pl.resume`).
+(see :mod:`ilo_pl.resume`). ``restart`` is the problem's restart the state
+belongs to (:mod:`ilo_pl.modules.restarts`; absent from files written before it).
+
+A solve with a consistency step (``consistency: project | prox``,
+:mod:`ilo_pl.operators.consistency`) saves an image that is *not* in the
+generator's range: ``image = render(state, split) + correction``. Its file
+has the format ``"ilo-pl-solution/2"`` (an older ilo-pl refuses it rather
+than regenerate the image without the step) and a ``"consistency"`` entry
+``{"mode": str, "correction": tensor [1, C, H, W], "note": str}``; the note
+says so in the file itself.
 
 :func:`regenerate` renders ``state`` at ``split`` with the given generator
 and checks that the generator is the one that produced the solution (class,
@@ -35,6 +45,15 @@ from ilo_pl.io import atomic_write_bytes
 from ilo_pl.problem import Solution
 
 FORMAT = "ilo-pl-solution/1"
+#: The format of a solution whose image includes a consistency step (a correction on top of the rendering).
+FORMAT_CORRECTED = "ilo-pl-solution/2"
+FORMATS = (FORMAT, FORMAT_CORRECTED)
+
+#: What a corrected solution file says about its image.
+CORRECTION_NOTE = (
+    "image = render(state, split) + correction: the saved reconstruction includes the final consistency "
+    "step ({mode}), so it is not in the generator's range; ilo_pl.solutions.regenerate adds the correction"
+)
 
 PathLike = Union[str, Path]
 
@@ -58,7 +77,7 @@ def save_solution(
         row: the problem's ``results.csv`` row (numbers and strings only).
     """
     payload = {
-        "format": FORMAT,
+        "format": FORMAT if solution.correction is None else FORMAT_CORRECTED,
         "split": int(solution.split),
         "stage": int(solution.stage),
         "state": {k: v.detach().cpu().float().contiguous() for k, v in solution.state.items()},
@@ -66,7 +85,14 @@ def save_solution(
         "image": image.detach().cpu().float()[None] if image.dim() == 3 else image.detach().cpu().float(),
         "index": None if index is None else int(index),
         "row": None if row is None else {str(k): _plain(v) for k, v in row.items()},
+        "restart": int(solution.restart),
     }
+    if solution.correction is not None:
+        payload["consistency"] = {
+            "mode": str(solution.consistency),
+            "correction": solution.correction.detach().cpu().float().contiguous(),
+            "note": CORRECTION_NOTE.format(mode=solution.consistency),
+        }
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -91,8 +117,8 @@ def load_solution(path: PathLike) -> Dict[str, Any]:
             a truncated, corrupt or foreign file, else one saying so.
     """
     data = load_checkpoint(path, "ilo-pl solution file")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an ilo-pl solution file (format {FORMAT})")
+    if not isinstance(data, dict) or data.get("format") not in FORMATS:
+        raise ValueError(f"{path} is not an ilo-pl solution file (format {' or '.join(FORMATS)})")
     return data
 
 
@@ -130,6 +156,10 @@ def check_generator_identity(saved: Mapping[str, str], generator) -> None:  # no
 def regenerate(path_or_solution: Union[PathLike, Dict[str, Any]], generator, check_identity: bool = True) -> Tensor:  # noqa: ANN001
     """Render a saved solution with ``generator``: ``[1, C, H, W]`` in ``[-1, 1]``.
 
+    A solution with a consistency step's correction (format
+    ``ilo-pl-solution/2``) renders ``state`` and adds the correction (in
+    float32 on the CPU, as the run did), so the image includes the step.
+
     Renders in the generator's dtype (float32) without autocast, on the
     generator's device. How close that is to the saved image depends on how
     the run rendered it:
@@ -164,7 +194,9 @@ def regenerate(path_or_solution: Union[PathLike, Dict[str, Any]], generator, che
         check_generator_identity(sol["generator"], generator)
     device = next(generator.buffers(), next(generator.parameters(), torch.zeros(0))).device
     state = {k: v.to(device) for k, v in sol["state"].items()}
-    return generator.render(state, int(sol["split"])).float().cpu()
+    image = generator.render(state, int(sol["split"])).float().cpu()
+    step = sol.get("consistency")
+    return image if not step else image + step["correction"].float().cpu()
 
 
 def load_generator(config: PathLike, device: Union[str, torch.device] = "cpu"):  # noqa: ANN201 - a SplitGenerator

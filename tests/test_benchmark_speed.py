@@ -133,20 +133,21 @@ def test_batching_section_rows(monkeypatch):
     """The batching section's rows, with its per-configuration child run in this process (a tiny smoke)."""
     ran = []
 
-    def in_process(spec, malloc="glibc"):
+    def in_process(spec, malloc="keep"):
         ran.append((spec["model"], spec["modconv"], malloc, spec["batch"]))
         return speed._batching_child(spec)
 
     monkeypatch.setattr(speed, "batching_in_fresh_process", in_process)
+    monkeypatch.setenv("ILO_PL_MALLOC", "system")  # the child's allocator call must not change this process
     threads = torch.get_num_threads()
     try:
         rows = speed.batching(True, 1, 1, batches={"dcgan": (1, 2), "sg2-tiny": (1, 2)}, steps_scale=0.1)
     finally:
         torch.set_num_threads(threads)
     # quick: the DCGAN under the default allocator; the StyleGAN-2 fixture fused and unfused
-    assert ran == [("dcgan", None, "glibc", 1), ("dcgan", None, "glibc", 2),
-                   ("sg2-tiny", "unfused", "glibc", 1), ("sg2-tiny", "unfused", "glibc", 2),
-                   ("sg2-tiny", "fused", "glibc", 1), ("sg2-tiny", "fused", "glibc", 2)]
+    assert ran == [("dcgan", None, "keep", 1), ("dcgan", None, "keep", 2),
+                   ("sg2-tiny", "unfused", "keep", 1), ("sg2-tiny", "unfused", "keep", 2),
+                   ("sg2-tiny", "fused", "keep", 1), ("sg2-tiny", "fused", "keep", 2)]
     assert len(rows) == 6 and {r["section"] for r in rows} == {"batching"}
     for r in rows:
         assert r["steps"] == 2 and r["per_image_ms"] > 0 and r["peak_mib"] >= 0 and r["clock"] == "cpu"
@@ -156,7 +157,15 @@ def test_batching_section_rows(monkeypatch):
     fused1 = next(r for r in rows if r["modconv"] == "fused" and r["batch"] == 1)
     assert fused1["vs_default_batch1"] == pytest.approx(fused1["per_image_ms"] / next(
         r for r in rows if r["modconv"] == "unfused" and r["batch"] == 1)["per_image_ms"], rel=1e-2)
-    assert set(speed.TABLE_COLUMNS["batching"]) >= {"modconv", "malloc", "per_image_vs_batch1", "peak_per_image_mib"}
+    assert set(speed.TABLE_COLUMNS["batching"]) >= {"modconv", "malloc", "per_image_vs_batch1", "peak_per_image_mib",
+                                                    "gflops", "conv_peak_gflops"}
+    # the roofline: the DCGAN's flops per image, and the rate each batch size implies
+    dc = [r for r in rows if r["model"] == "dcgan"]
+    assert all(r["gflop_per_image"] == dc[0]["gflop_per_image"] > 0.1 for r in dc)
+    for r in dc:
+        assert r["gflops"] == pytest.approx(r["gflop_per_image"] / (r["per_image_ms"] / 1e3), rel=0.02)
+        assert r["conv_peak_gflops"] > 0
+    assert not any("gflops" in r for r in rows if r["model"] == "sg2-tiny")
 
 
 def test_batching_child_gets_its_allocator_before_it_starts(monkeypatch):
@@ -172,10 +181,12 @@ def test_batching_child_gets_its_allocator_before_it_starts(monkeypatch):
 
     monkeypatch.setattr(speed.subprocess, "run", fake_run)
     spec = dict(model="dcgan", modconv=None, batch=2, steps=2, warmup=0, threads=1, device="cpu", timing="step")
-    assert speed.batching_in_fresh_process(spec, "glibc-keep")["peak_rss_delta_mib"] == 3.0
+    assert speed.batching_in_fresh_process(spec, "glibc")["peak_rss_delta_mib"] == 3.0
     assert seen["cmd"][-2:] == ["--batching-child", json.dumps(spec)]
-    assert seen["env"]["MALLOC_MMAP_MAX_"] == "0" and int(seen["env"]["MALLOC_TRIM_THRESHOLD_"]) >= 2**32
+    assert seen["env"]["ILO_PL_MALLOC"] == "system"  # the system's glibc, as without ilo-pl's settings
+    speed.batching_in_fresh_process(spec, "keep")
+    assert seen["env"]["ILO_PL_MALLOC"] == "keep"
     variants = speed.batching_variants("sg2-256", "cpu", quick=False)
-    assert variants[:3] == [("unfused", "glibc"), ("fused", "glibc"), ("unfused", "glibc-keep")]
-    assert speed.batching_variants("sg2-256", "cuda", quick=False) == [("unfused", "glibc"), ("fused", "glibc")]
+    assert variants[:3] == [("unfused", "keep"), ("fused", "keep"), ("unfused", "glibc")]
+    assert speed.batching_variants("sg2-256", "cuda", quick=False) == [("unfused", "keep"), ("fused", "keep")]
     assert "batching" in speed.CPU_OPT_IN

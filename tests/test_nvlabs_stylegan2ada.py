@@ -6,41 +6,33 @@
   forms, and ``img_const_G`` (the non-EMA ``G``) does not match;
 * the split contract (``SplitGeneratorContract``) for the fixture (W+ and Gaussian
   fit) and for random-weight ``orig`` / ``resnet`` / conditional / fp16-block networks;
-* state layout, noise modes, class labels, errors.
+* state layout, noise modes, the default class label, the modulated convolution's form, errors.
+
+Per-problem class labels (data, batches, regenerate) are in ``test_generators_conditional.py``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import pytest
 import torch
 
-from conftest import FIXTURES
 from ilo_pl.modules.generators.nvlabs import NetworkPickleError, StyleGAN2ADAGenerator
 from ilo_pl.stages import check_stage_names, paper_stages
 from ilo_pl.testing.generators import SplitGeneratorContract
-
-NV = FIXTURES / "nvlabs"
-SHARED = NV / "stylegan2ada_tiny_shared.pkl"
-LEGACY = NV / "stylegan2ada_tiny_shared_legacy.pkl"
-TOL = 1e-4
-
-
-def _fixture(path: Path) -> Path:
-    if not path.is_file():
-        pytest.fail(f"missing fixture {path}: the shared fixtures must be at ../shared/fixtures/nvlabs")
-    return path
+from nvlabs_common import ADA_LEGACY_PKL as LEGACY
+from nvlabs_common import ADA_PKL as SHARED
+from nvlabs_common import NV, TOL, nv_reference
+from nvlabs_common import max_err as _err
+from nvlabs_common import nv_fixture as _fixture
+from nvlabs_common import random_ada as _random
 
 
 @pytest.fixture(scope="module")
 def ref() -> Dict[str, torch.Tensor]:
-    return torch.load(_fixture(NV / "stylegan2ada_tiny_shared_reference.pt"), weights_only=True)
-
-
-def _err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
+    return nv_reference("stylegan2ada_tiny_shared")
 
 
 @pytest.mark.parametrize("impl", ["fused", "unfused"])
@@ -99,20 +91,6 @@ class TestStyleGAN2ADAGaussianFitContract(TestStyleGAN2ADAContract):
         return StyleGAN2ADAGenerator(_fixture(SHARED), latent_space="gaussian_fit", gaussian_fit_samples=2000).to(device)
 
 
-def _random(**kw: object) -> StyleGAN2ADAGenerator:
-    torch.manual_seed(0)
-    args = dict(z_dim=16, w_dim=16, img_resolution=16, channel_base=128, channel_max=16,
-                mapping_kwargs={"num_layers": 2}, conv_clamp=256, mean_latent_samples=256)
-    args.update(kw)
-    g = StyleGAN2ADAGenerator(**args)
-    # Non-zero noise strengths and biases, so the noise inputs matter.
-    with torch.no_grad():
-        for name, p in g.named_parameters():
-            if name.endswith("noise_strength") or name.endswith(".bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return g
-
-
 class TestOrigContract(SplitGeneratorContract):
     batch = 2
     atol = 1e-5
@@ -127,10 +105,10 @@ class TestResnetContract(TestOrigContract):
 
 
 class TestConditionalFp16Contract(TestOrigContract):
-    """A conditional network with fp16 blocks (computed in float32 on the CPU), one class per problem."""
+    """A conditional network with fp16 blocks (computed in float32 on the CPU), its default class for all."""
 
     def make_generator(self, device: torch.device) -> StyleGAN2ADAGenerator:
-        return _random(c_dim=5, num_fp16_res=2, class_label=[1, 3], fp16=True).to(device)
+        return _random(c_dim=5, num_fp16_res=2, class_label=3, fp16=True).to(device)
 
 
 def test_state_layout_and_groups() -> None:
@@ -164,16 +142,50 @@ def test_noise_modes() -> None:
         StyleGAN2ADAGenerator(_fixture(SHARED), noise_mode="const_noise")
 
 
-def test_class_labels() -> None:
-    g = _random(c_dim=4, class_label=[0, 3])
+def test_default_class_label() -> None:
+    """``class_label`` is one class for every problem: in each state, whatever the batch size."""
+    g = _random(c_dim=4, class_label=3)
+    assert g.num_classes == 4 and g.check_labels(None, 3) == [3, 3, 3]
     with pytest.raises(ValueError, match="conditional"):
         g.mapping(torch.randn(2, 16), None)
-    with pytest.raises(ValueError, match="out of range"):
+    s = g.init_variables(3, torch.Generator().manual_seed(0))
+    assert s["class_label"].tolist() == [3.0, 3.0, 3.0] and g.groups(0)["class_label"] == "condition"
+    with pytest.raises(ValueError, match=r"class_label 7 is out of range.*4 classes \(0\.\.3\)"):
         _random(c_dim=4, class_label=7)
     with pytest.raises(ValueError, match="unconditional"):
         _random(class_label=1)
-    c = g._labels_onehot(3, torch.device("cpu"))
-    assert c.argmax(1).tolist() == [0, 3, 0]
+    # A list would be the old per-batch-position cycling: refused, pointing at per-problem labels.
+    with pytest.raises(ValueError, match="one class for every problem.*data.class_labels"):
+        _random(c_dim=4, class_label=[0, 3])
+
+
+@pytest.mark.parametrize("frees_latent", [True, False])
+def test_auto_modconv_asks_whether_the_styles_need_a_gradient(frees_latent: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``modconv_impl="auto"`` passes ``style_grad`` as the rosinality layers do: at batch 1 with autograd
+    on, a stage that keeps the latent fixed (only ``h`` free) runs fused, one that frees it unfused."""
+    from ilo_pl.modules.generators.nvlabs import ops
+
+    calls: List[object] = []
+    real = ops.resolve_modconv_impl
+
+    def spy(impl: str, batch: int, device: object = None, style_grad: object = None) -> str:
+        calls.append(style_grad)
+        return real(impl, batch, device, style_grad)
+
+    monkeypatch.setattr(ops, "resolve_modconv_impl", spy)
+    g = StyleGAN2ADAGenerator(_fixture(SHARED))
+    with torch.no_grad():
+        state = g.advance(g.init_variables(1, torch.Generator().manual_seed(0)), 0, 2)
+        want = g.render(state, 2)
+    state = {k: v.clone() for k, v in state.items()}
+    free = "latent" if frees_latent else "h"
+    state[free].requires_grad_(True)
+    calls.clear()
+    img = g.render(state, 2)
+    assert calls and all(c is frees_latent for c in calls), calls
+    assert _err(img.detach(), want) < 1e-5  # the two forms are the same function up to rounding
+    img.square().sum().backward()
+    assert state[free].grad is not None and torch.isfinite(state[free].grad).all()
 
 
 def test_refuses_a_stylegan3_pickle() -> None:

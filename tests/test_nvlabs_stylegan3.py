@@ -6,6 +6,8 @@
   match, and the trap in the embedded source never fires;
 * the split contract (``SplitGeneratorContract``) at every split, batched (W+ and Gaussian fit);
 * state layout, groups, the paper's schedule without noises, the R config's 2-D filter path, errors.
+
+``configs/stylegan3`` through ``ilo-pl fit`` are tested in ``test_nvlabs_configs.py``.
 """
 
 from __future__ import annotations
@@ -16,36 +18,25 @@ from typing import Dict
 import pytest
 import torch
 
-from conftest import FIXTURES
 from ilo_pl.modules.generators import load_generator
 from ilo_pl.modules.generators.nvlabs import NetworkPickleError, StyleGAN2ADAGenerator, StyleGAN3Generator
 from ilo_pl.modules.generators.nvlabs.stylegan3 import filtered_lrelu
 from ilo_pl.stages import check_stage_names, paper_stages
 from ilo_pl.testing.generators import SplitGeneratorContract
-
-NV = FIXTURES / "nvlabs"
-PKL = NV / "stylegan3t_tiny.pkl"
-TOL = 1e-4
-
-
-def _fixture(path: Path) -> Path:
-    if not path.is_file():
-        pytest.fail(f"missing fixture {path}: the shared fixtures must be at ../shared/fixtures/nvlabs")
-    return path
+from nvlabs_common import NV, TOL, nv_reference
+from nvlabs_common import SG3_PKL as PKL
+from nvlabs_common import max_err as _err
+from nvlabs_common import nv_fixture as _fixture
 
 
 @pytest.fixture(scope="module")
 def ref() -> Dict[str, torch.Tensor]:
-    return torch.load(_fixture(NV / "stylegan3t_tiny_reference.pt"), weights_only=True)
+    return nv_reference("stylegan3t_tiny")
 
 
 @pytest.fixture(scope="module")
 def g() -> StyleGAN3Generator:
     return StyleGAN3Generator(_fixture(PKL))
-
-
-def _err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_reproduces_every_reference_entry(ref: Dict[str, torch.Tensor], tmp_path: Path,
@@ -173,79 +164,3 @@ def test_errors_and_the_other_generator(tmp_path: Path) -> None:
         g.synthesis(torch.zeros(1, 7, 32))
     with pytest.raises(ValueError, match="lacks entries"):
         g.render({"latent": torch.zeros(1, 6, 32)}, 2)
-
-
-# ----------------------------------------------------------------------------- configs/stylegan3 through `ilo-pl fit`
-ROOT = Path(__file__).resolve().parents[1]
-SG3_CONFIGS = sorted((ROOT / "configs" / "stylegan3").glob("*.yaml"))
-
-
-def _sg3_overrides(cfg: Dict[str, object]) -> Dict[str, object]:
-    from test_configs import GAUSSIAN_FIT_SAMPLES, _tiny_stylegan2_overrides
-
-    out = _tiny_stylegan2_overrides(cfg)  # LPIPS offline at 32x32, operators scaled to 32x32
-    out["model"]["generator"] = {
-        "class_path": cfg["model"]["generator"]["class_path"],
-        "init_args": {"checkpoint": str(_fixture(PKL)), "gaussian_fit_samples": GAUSSIAN_FIT_SAMPLES},
-    }
-    return out
-
-
-def test_every_stylegan3_config_names_the_loader_and_no_noise() -> None:
-    from test_configs import _shipped
-
-    assert len(SG3_CONFIGS) == 5
-    for config in SG3_CONFIGS:
-        cfg = _shipped(config)
-        gen = cfg["model"]["generator"]
-        assert gen["class_path"] == "ilo_pl.modules.generators.pretrained_generator"
-        assert gen["init_args"]["checkpoint"] == "stylegan3-t-ffhq-1024x1024.pkl"
-        for stage in cfg["model"]["stages"]:
-            assert all(not k.startswith("noise") for k in list(stage["free"]) + list(stage["radius"])), stage
-
-
-@pytest.mark.parametrize("config", SG3_CONFIGS, ids=lambda p: p.stem)
-def test_stylegan3_config_runs_end_to_end(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_configs import _check_outputs, _fit, _merge, _observation_png, _shipped, _stages_with_steps
-
-    monkeypatch.chdir(tmp_path)
-    cfg = _shipped(config)
-    override = _merge(_sg3_overrides(cfg), {"model": {"stages": _stages_with_steps(cfg, 2)},
-                                            "data": {"limit": 1, "batch_size": 1}})
-    run = _fit(tmp_path, config, override, "smoke")
-    _check_outputs(run, _observation_png(cfg))
-    assert not (tmp_path / "EMBEDDED_PICKLE_CODE_RAN").exists()
-
-
-@pytest.mark.parametrize("name", [p.stem for p in SG3_CONFIGS])
-def test_stylegan3_config_recovers_an_in_range_target(name: str, tmp_path: Path) -> None:
-    from test_configs import (
-        GAUSSIAN_FIT_SAMPLES, IN_RANGE_STEPS, _check_outputs, _fit, _load_png, _merge, _observation_png, _shipped,
-        _stages_with_steps, _start_true_mse,
-    )
-
-    config = ROOT / "configs" / "stylegan3" / f"{name}.yaml"
-    cfg = _shipped(config)
-    override = _merge(
-        _sg3_overrides(cfg),
-        {
-            "model": {"stages": _stages_with_steps(cfg, IN_RANGE_STEPS)},
-            "data": {
-                "data": {"class_path": "ilo_pl.data.GeneratorSamples", "init_args": {"num": 1, "split": 0}},
-                "limit": 1,
-                "batch_size": 1,
-            },
-        },
-    )
-    run = _fit(tmp_path, config, override, "inrange")
-    row = _check_outputs(run, _observation_png(cfg))
-    latent_space = cfg["model"]["generator"]["init_args"].get("latent_space", "w+")
-    gen = load_generator(_fixture(PKL), latent_space=latent_space, gaussian_fit_samples=GAUSSIAN_FIT_SAMPLES)
-    target = _load_png(run / f"{row['id']}_target.png")
-    start = _start_true_mse(cfg, target, gen)
-    result = float(row["true_mse"])
-    print(f"{name}: start true MSE {start:.4f}, after ILO {result:.4f}")
-    # The fixture's images are faint (std ~0.1: random weights, output_scale 0.25), so sigma-50 noise
-    # (std 0.39) is four times the signal: denoising gets a 3x bar (measured 4.4x), the others 5x.
-    factor = 0.34 if name == "ffhq1024_denoising" else 0.2
-    assert result < factor * start, (result, start)

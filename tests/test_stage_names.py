@@ -19,7 +19,7 @@ def dcgan() -> DCGANGenerator:
 def test_a_misspelt_radius_key_is_refused_with_the_valid_names(dcgan) -> None:  # noqa: ANN001
     stages = [Stage(0, 5), Stage(1, 5, free=["state"], radius={"staet": 300.0})]
     with pytest.raises(ValueError, match=r"stage 1 \(split 1\): `radius` key 'staet' is neither a group "
-                                         r"\(state, latent, noise, skip\) nor a pattern matching an entry .*\(h\)"):
+                                         r"\(state, latent, noise, skip, condition\) nor a pattern matching an entry .*\(h\)"):
         ILOModule(dcgan, stages)
 
 

@@ -451,7 +451,7 @@ def test_stage_radius_reads_the_generator_groups() -> None:
     from ilo_pl.modules.generators.base import GROUPS
     from ilo_pl.stages import Stage
 
-    assert GROUPS == ("state", "latent", "noise", "skip")
+    assert GROUPS == ("state", "latent", "noise", "skip", "condition")
     st = Stage(split=1, steps=1, free=["state", "skip"], radius={"skip": 3.0, "sk*": 1.0, "state": 5.0})
     assert st.radius_of("skip", "skip") == 1.0  # names before groups, as for every other group
     assert st.radius_of("h", "state") == 5.0

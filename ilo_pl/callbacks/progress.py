@@ -3,7 +3,7 @@
 * :class:`ProblemProgressBar` (Rich) and :class:`ProblemTQDMProgressBar`:
   Lightning's progress bars with the current problem id(s), the problem's
   number among this rank's problems, the stage and the loss (the module logs
-  ``loss`` and ``stage`` every ``log_every`` steps). The ``ilo-pl`` CLI puts
+  ``loss`` every ``log_every`` steps; the bar reads it once per logged value). The ``ilo-pl`` CLI puts
   one in place of Lightning's default bar.
 * :class:`OptimizationGIF`: renders the current iterate every ``N`` steps and
   writes ``<id>_progress.gif`` per problem when the problem is finished. It
@@ -13,7 +13,9 @@
 Protocol (what the module offers): ``generator`` (a
 :class:`~ilo_pl.modules.generators.base.SplitGenerator`), ``current_state()``,
 ``split``, ``stage_index``, ``stages``, ``steps_per_problem`` and
-``last_result`` (see :class:`~ilo_pl.modules.ilo.ILOModule`).
+``last_result`` (see :class:`~ilo_pl.modules.ilo.ILOModule`); optionally
+``log_count`` (how many times it has logged ``loss``: the bars read the loss
+back only when it changes; without it, at every refresh).
 """
 
 from __future__ import annotations
@@ -45,11 +47,24 @@ def problem_label(ids: Sequence[str], max_chars: int = 40) -> str:
     return label
 
 
+def reads_module_metrics(bar: Any) -> bool:
+    """Whether ``bar`` reads the loss and stage itself (ilo-pl's problem bars), not from ``prog_bar`` metrics."""
+    return isinstance(bar, _ProblemMetricsMixin)
+
+
 class _ProblemMetricsMixin:
-    """Adds ``problem`` and a readable ``stage`` to a Lightning progress bar's metrics."""
+    """Adds ``problem``, a readable ``stage`` and the logged ``loss`` to a Lightning progress bar's metrics.
+
+    The loss comes from ``trainer.callback_metrics`` (the module logs it as a
+    device tensor, not to the progress bar: see :mod:`ilo_pl.modules.step_logs`)
+    and is read back once per logged value, when the bar refreshes, so the bar
+    adds one host sync per ``log_every`` steps on an accelerator, not one per step.
+    """
 
     _ids: Sequence[str] = ()
     _batch_number = 0
+    _loss_seen: Optional[int] = None
+    _loss_value: Optional[float] = None
 
     def on_train_batch_start(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
@@ -70,6 +85,12 @@ class _ProblemMetricsMixin:
         index = getattr(pl_module, "stage_index", -1)
         if stages and index >= 0:
             items["stage"] = f"{index + 1}/{len(stages)} (split {stages[index].split})"
+        loss = trainer.callback_metrics.get("loss")
+        if isinstance(loss, torch.Tensor):
+            count = getattr(pl_module, "log_count", None)  # how many times the module has logged
+            if count is None or count != self._loss_seen:  # a newly logged value: read it once
+                self._loss_seen, self._loss_value = count, float(loss)
+            items.setdefault("loss", round(self._loss_value, 4) if self._loss_value is not None else None)
         # problem and stage first: they are what a user looks for
         ordered = {k: items[k] for k in ("problem", "stage") if k in items}
         ordered.update({k: v for k, v in items.items() if k not in ordered})
@@ -107,7 +128,8 @@ class OptimizationGIF(_ResultHook):
     (``G2`` of the current state at the current split, rendered under
     ``no_grad``); the last frame is the final reconstruction. Frames are kept
     in memory until the problem is finished, downscaled to at most
-    ``max_size`` pixels a side.
+    ``max_size`` pixels a side. With restarts (:mod:`ilo_pl.modules.restarts`)
+    every restart's frames are kept and the GIF shows the winning restart's.
 
     The GIF is written when the problem finishes (atomically, like every
     output) but is not part of what marks a problem finished: a resumed run
@@ -141,7 +163,8 @@ class OptimizationGIF(_ResultHook):
         self.max_size = int(max_size)
         self._key: Optional[tuple] = None
         self._step = 0
-        self._frames: List[List[np.ndarray]] = []
+        # Frames by (problem, restart): a batch of restarts has several rows per problem.
+        self._frames: Dict[tuple, List[np.ndarray]] = {}
         #: Paths of the GIFs written so far.
         self.written: List[Path] = []
 
@@ -161,13 +184,15 @@ class OptimizationGIF(_ResultHook):
         key = getattr(batch, "key", None)
         if key != self._key:
             self._key, self._step = key, 0
-            self._frames = [[] for _ in range(len(batch))]
+            self._frames = {}
         self._step += 1
         if self._step % self.every_n_steps == 0:
             with torch.no_grad():
                 image = pl_module.generator.render(pl_module.current_state(), pl_module.split)
+            # A row's (problem, restart): RestartBatch lists them; a plain batch is restart 0.
+            rows = list(zip(getattr(batch, "problem", range(image.shape[0])), getattr(batch, "restart", [0] * image.shape[0])))
             for b in range(image.shape[0]):
-                self._frames[b].append(self._frame(image[b]))
+                self._frames.setdefault(rows[b], []).append(self._frame(image[b]))
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _frame(self, image: torch.Tensor) -> np.ndarray:
@@ -185,11 +210,11 @@ class OptimizationGIF(_ResultHook):
 
         folder = self._folder(trainer)
         for b, pid in enumerate(result.batch.ids):
-            frames = self._frames[b] + [self._frame(result.images[b])]
+            frames = self._frames.get((b, result.solutions[b].restart), []) + [self._frame(result.images[b])]
             pics = [Image.fromarray(f) for f in frames]
             buf = io.BytesIO()
             pics[0].save(buf, format="GIF", save_all=True, append_images=pics[1:], duration=self.duration_ms, loop=0)
             path = folder / f"{pid}_progress.gif"
             atomic_write_bytes(path, buf.getvalue())
             self.written.append(path)
-        self._frames = [[] for _ in result.batch.ids]
+        self._frames = {}

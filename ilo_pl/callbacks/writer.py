@@ -82,7 +82,8 @@ class ResultWriter(_ResultHook):
     problem's CSV row) and last the run's ``results.csv``: ``true_mse``,
     ``psnr`` and ``ssim`` against the ground truth (empty without one), and
     for tasks judged against their start ``target_prob_start``,
-    ``target_prob`` and ``start_mse`` (empty for the others). Every file is
+    ``target_prob`` and ``start_mse`` (empty for the others), and ``restart``
+    (the problem's winning restart, :mod:`ilo_pl.modules.restarts`). Every file is
     written atomically, so the solution's presence means the problem's
     outputs are complete.
 
@@ -271,6 +272,7 @@ class ResultWriter(_ResultHook):
                 "best_stage": sol.stage,
                 "split": sol.split,
                 "failed": result.failed[b] or "",
+                "restart": sol.restart,
             }
             for key in START_FIELDS:  # (an operator's other keys would not reach the CSV)
                 row[key] = float(report[key][b]) if key in report else ""

@@ -8,12 +8,13 @@ begins the stages and the projection callbacks keep variables feasible (the
 module implements their protocols, :mod:`ilo_pl.callbacks.protocols`). Its
 parts: :mod:`~ilo_pl.modules.variables` (a stage's variables),
 :mod:`~ilo_pl.modules.tracking` (best iterates, failures), :mod:`~ilo_pl.modules.sna`,
-:mod:`~ilo_pl.modules.overflow` (float16 overflows).
+:mod:`~ilo_pl.modules.overflow` (float16 overflows), :mod:`~ilo_pl.modules.restarts` and
+:mod:`~ilo_pl.modules.finish` (restarts, the final consistency step).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Literal, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -23,13 +24,13 @@ from ilo_pl.callbacks.projection import L1BallProjection, SphereProjection
 from ilo_pl.callbacks.stage import StageTransition
 from ilo_pl.compat import attached_trainer, grad_scaler
 from ilo_pl.losses.base import LossContext, LossTerm, MeasurementLoss, weighted_sum
+from ilo_pl.modules.finish import check_options, check_setup, finish, keep_best_, prepare
 from ilo_pl.modules.generators.base import SplitGenerator, State
-from ilo_pl.modules.generators.range import computed_entries
-from ilo_pl.modules.generators.range import project_to_range as range_projection
 from ilo_pl.modules.overflow import OverflowGuard
 from ilo_pl.modules.sna import NoiseDraws
+from ilo_pl.modules.step_logs import log_step
 from ilo_pl.modules.tracking import BestIterate
-from ilo_pl.modules.variables import StageVariables, initial_state, stage_variables
+from ilo_pl.modules.variables import StageVariables, initial_state, project_stage_to_range, stage_variables
 from ilo_pl.policy import host_reads_free
 from ilo_pl.problem import ProblemBatch, ProblemResult
 from ilo_pl.stages import Stage, check_stage_losses, check_stage_names, check_stages, stage_losses, stage_optimizer
@@ -67,6 +68,13 @@ class ILOModule(pl.LightningModule):
             ``"last"`` (each stage's final iterate; the last stage's is
             returned). With SNA the trajectory is noisy, and picking its
             best-fitting point selects iterates that fit the noise: use ``"last"``.
+        restarts: initial latents per problem, solved side by side; each problem returns the one with
+            the lowest measurement loss (:mod:`~ilo_pl.modules.restarts`; 1: a single start).
+        restart_keep: run the stages after the first on each problem's best ``K`` restarts only
+            (by measurement loss after the first stage); default: all.
+        consistency: a final step towards the observation, for operators with an adjoint
+            (:mod:`~ilo_pl.operators.consistency`): ``"project"`` (``A x = y`` exactly),
+            ``"prox"`` (a proximal step with the known noise level) or ``"none"``.
     """
 
     def __init__(
@@ -85,6 +93,9 @@ class ILOModule(pl.LightningModule):
         range_lr: float = 0.05,
         log_every: int = 10,
         selection: str = "best",
+        restarts: int = 1,
+        restart_keep: Optional[int] = None,
+        consistency: Literal["none", "project", "prox"] = "none",
     ) -> None:
         super().__init__()
         if not isinstance(generator, SplitGenerator):
@@ -111,6 +122,7 @@ class ILOModule(pl.LightningModule):
         if selection not in ("best", "last"):
             raise ValueError(f"selection must be 'best' or 'last'; got {selection!r}")
         self.selection = selection
+        self.restarts, self.restart_keep, self.consistency = check_options(restarts, restart_keep, consistency)
 
         self.variables = nn.ParameterDict()
         self._vars = StageVariables(self.variables)
@@ -175,7 +187,7 @@ class ILOModule(pl.LightningModule):
         stages map the previous stage's kept iterate to the new split with ``G1``."""
         stage = self.stages[index]
         if index == 0:
-            state = initial_state(self.generator, batch.seeds, stage.split, self.sphere, self.device)
+            state = initial_state(self.generator, batch.seeds, stage.split, self.sphere, self.device, batch.labels)
             self._key = batch.key
             self._problem_step = 0
             reads = host_reads_free(self.device)  # the policy, read once per problem batch
@@ -183,6 +195,7 @@ class ILOModule(pl.LightningModule):
             self.overflow = OverflowGuard(len(batch), self.device, host_reads=reads)
             self.noise_draws.start(batch.seeds, self.device)
         else:
+            keep_best_(self, batch, self.restart_keep if index == 1 else None)  # restarts pruned after stage 0
             prev = self.tracker.records[index - 1]
             with torch.no_grad():
                 state = self.generator.advance(prev["state"], self.stages[index - 1].split, stage.split)
@@ -201,25 +214,9 @@ class ILOModule(pl.LightningModule):
         self._weighted = [(n, w) for n, w in stage_losses(stage, self.loss_weights).items() if w != 0]
 
     def project_to_range(self, batch: ProblemBatch, index: int) -> None:
-        """Algorithm 1, line 5: pull stage ``index - 1``'s solution into the range of the earlier layers.
-
-        Its activations become ``G1(u)``, ``u`` the closest state in stage
-        ``index - 2``'s feasible set (:func:`~ilo_pl.modules.generators.range.project_to_range`);
-        the record gets the projected state with its own image and noiseless
-        error. A sample whose projection is not finite keeps its solution.
-        """
-        if index < 2 or not computed_entries(self.generator, self.stages[index - 1].split):
-            return  # (e.g. two CSGM rounds at split 0: no activation to project)
-        src, dst = self.stages[index - 2], self.stages[index - 1]
-        src_rec, dst_rec = self.tracker.records[index - 2], self.tracker.records[index - 1]
-        merged, _ = range_projection(
-            self.generator, src_rec["state"], src.split, src_rec["extra"]["feasible"], dst_rec["state"], dst.split,
-            steps=self.range_steps, lr=self.range_lr,
-        )
-        with torch.no_grad():
-            image = self.generator.render(merged, dst.split).float()
-            err = batch.operator.measurement_error(batch.operator.A(image), batch.observation)
-            self.tracker.replace(index - 1, merged, image, err, render=lambda st: self.generator.render(st, dst.split))
+        """Algorithm 1, line 5: pull stage ``index - 1``'s solution into the range of the earlier layers
+        (:func:`~ilo_pl.modules.variables.project_stage_to_range`)."""
+        project_stage_to_range(self.generator, self.tracker, self.stages, batch, index, self.range_steps, self.range_lr)
 
     # ------------------------------------------------------------ projections
     def l1_constraints(self) -> Iterable[Tuple[nn.Parameter, Tensor, float]]:
@@ -241,6 +238,9 @@ class ILOModule(pl.LightningModule):
         callbacks.append(L1BallProjection())
         return callbacks
 
+    def setup(self, stage: str) -> None:
+        check_setup(self)  # a consistency step the data's operator cannot take: refused before any problem
+
     # -------------------------------------------------------------- optimisation
     def current_state(self) -> Dict[str, Tensor]:
         """The full state at the current split: variables and fixed entries."""
@@ -257,7 +257,7 @@ class ILOModule(pl.LightningModule):
         if isinstance(batch, ProblemBatch):
             if self._batch_cache is not None and self._batch_cache[0] is batch:
                 return self._batch_cache[1]
-            moved = batch.to(device)
+            moved = prepare(self, batch.to(device))  # (expanded to the restarts: the rows solved)
             self._batch_cache = (batch, moved)
             return moved
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
@@ -289,10 +289,7 @@ class ILOModule(pl.LightningModule):
         self._problem_step += 1
         self._batch = batch  # for optimizer_step's evaluation of the stepped state
         if self._problem_step % self.log_every == 0:
-            self.log("loss", loss.detach() / len(batch), prog_bar=True, on_step=True, batch_size=len(batch))
-            self.log("stage", float(self._stage), prog_bar=True, on_step=True, batch_size=len(batch))
-            for name, term in logs.items():
-                self.log(f"loss/{name}/stage{self._stage}", term.detach().mean(), on_step=True, batch_size=len(batch))
+            log_step(self, loss, logs, len(batch), self._stage)  # no per-step host sync: see step_logs
         return loss
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
@@ -322,7 +319,7 @@ class ILOModule(pl.LightningModule):
             self.tracker.update(image, err, torch.zeros_like(err, dtype=torch.float32), state, self.variables.keys(), self._stage_step)
         if self._problem_step == self.steps_per_problem * acc:
             splits = [s.split for s in self.stages]
-            self.last_result = self.tracker.compute(batch, splits, self.generator.render)
+            self.last_result = finish(self, self.tracker.compute(batch, splits, self.generator.render))
 
     @torch.no_grad()
     def on_after_backward(self) -> None:

@@ -240,6 +240,25 @@ class BestIterate:
         rec["image"] = where_rows(ok, image.float(), old_image.float())
         rec["loss"] = torch.where(ok, err, rec["loss"])
 
+    @torch.no_grad()
+    def take_rows_(self, rows: Tensor) -> None:
+        """Keep only the samples ``rows`` (``[N]`` long, on :attr:`device`), in that order.
+
+        Every record, the start and the failures are cut down alike; the
+        records' ``extra`` entries are the caller's to cut (restarts pruned
+        after a stage, :func:`ilo_pl.modules.restarts.keep_best_`).
+        """
+        for rec in self.records:
+            rec["loss"] = rec["loss"].index_select(0, rows)
+            rec["state"] = {k: v.index_select(0, rows) for k, v in rec["state"].items()}
+            if rec["image"] is not None:
+                rec["image"] = rec["image"].index_select(0, rows)
+        if self.start is not None:
+            self.start = {k: v.index_select(0, rows) for k, v in self.start.items()}
+        self.fail_at = self.fail_at.index_select(0, rows)
+        if self.host_reads:
+            self._host_failed = bool(self.failed.any())
+
     # ------------------------------------------------------------------ result
     @torch.no_grad()
     def compute(self, batch: ProblemBatch, splits: Sequence[int], render: Any) -> ProblemResult:

@@ -5,20 +5,24 @@
 stage's optimisation variables (``nn.Parameter``, float32, on the module's
 device), the entries it keeps fixed, and the constraints the projection
 callbacks enforce after every step: l1 balls around each free entry's
-starting value and, optionally, spheres.
+starting value and, optionally, spheres. :func:`project_stage_to_range`
+hands a stage's solution on through the range of the earlier layers.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ilo_pl.modules.generators.base import SplitGenerator, State
-from ilo_pl.modules.generators.range import FeasibleSet
+from ilo_pl.modules.generators.range import FeasibleSet, computed_entries
+from ilo_pl.modules.generators.range import project_to_range as range_projection
+from ilo_pl.modules.tracking import BestIterate
+from ilo_pl.problem import ProblemBatch
 from ilo_pl.projections import project_sphere_
 from ilo_pl.stages import Stage
 
@@ -95,7 +99,8 @@ def stage_variables(
 
 
 def initial_state(
-    generator: SplitGenerator, seeds: Sequence[int], split: int, sphere: bool, device: torch.device
+    generator: SplitGenerator, seeds: Sequence[int], split: int, sphere: bool, device: torch.device,
+    labels: Optional[Sequence[int]] = None,
 ) -> State:
     """The first stage's starting state: each problem's variables drawn from its own seed, at ``split``.
 
@@ -105,8 +110,15 @@ def initial_state(
         split: the first stage's split (a schedule may start deeper than the input).
         sphere: start the generator's split-0 sphere variables on their spheres.
         device: where the state lives.
+        labels: one class label per problem, for a class-conditional generator
+            (``None``: its default); checked by the generator (an unconditional one refuses them).
     """
-    parts = [generator.init_variables(1, torch.Generator().manual_seed(int(s))) for s in seeds]
+    if labels is None:
+        parts = [generator.init_variables(1, torch.Generator().manual_seed(int(s))) for s in seeds]
+    else:
+        labels = generator.check_labels(labels, len(seeds))
+        parts = [generator.init_variables(1, torch.Generator().manual_seed(int(s)), labels=[c])
+                 for s, c in zip(seeds, labels)]
     state = {k: torch.cat([p[k] for p in parts], 0).to(device) for k in parts[0]}
     if sphere:
         # Start on the spheres, so that the stage's anchors (its l1 balls' centres) are
@@ -119,3 +131,35 @@ def initial_state(
         with torch.no_grad():
             state = generator.advance(state, 0, split)
     return state
+
+
+def project_stage_to_range(
+    generator: SplitGenerator,
+    tracker: BestIterate,
+    stages: Sequence[Stage],
+    batch: ProblemBatch,
+    index: int,
+    steps: int,
+    lr: float,
+) -> None:
+    """Algorithm 1, line 5: pull stage ``index - 1``'s solution into the range of the earlier layers.
+
+    Its activations become ``G1(u)``, ``u`` the closest state in stage
+    ``index - 2``'s feasible set (:func:`~ilo_pl.modules.generators.range.project_to_range`,
+    ``steps`` Adam steps at ``lr``); the tracker's record gets the projected
+    state with its own image and noiseless error. A sample whose projection
+    is not finite keeps its solution. Nothing to do before stage 2, or when
+    the split has no activation (two CSGM rounds at split 0).
+    """
+    if index < 2 or not computed_entries(generator, stages[index - 1].split):
+        return
+    src, dst = stages[index - 2], stages[index - 1]
+    src_rec, dst_rec = tracker.records[index - 2], tracker.records[index - 1]
+    merged, _ = range_projection(
+        generator, src_rec["state"], src.split, src_rec["extra"]["feasible"], dst_rec["state"], dst.split,
+        steps=steps, lr=lr,
+    )
+    with torch.no_grad():
+        image = generator.render(merged, dst.split).float()
+        err = batch.operator.measurement_error(batch.operator.A(image), batch.observation)
+        tracker.replace(index - 1, merged, image, err, render=lambda st: generator.render(st, dst.split))

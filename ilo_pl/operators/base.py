@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +60,12 @@ def _draw(
     # consume the global RNG (which would shift a seeded run's later draws).
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     return torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype).to(device)
+
+
+def per_sample(value: Union[float, Tensor], like: Tensor) -> Tensor:
+    """A number or a per-sample ``[B]`` tensor, shaped to broadcast against ``like`` ``[B, ...]``."""
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return t.view(-1, *([1] * (like.dim() - 1))) if t.dim() else t
 
 
 def _row_norm(v: Tensor) -> Tensor:
@@ -257,6 +263,17 @@ class LinearOperator(Operator):
         """The adjoint ``A^T y``. Subclasses override."""
         raise NotImplementedError(f"{type(self).__name__} does not define A_adjoint(y)")
 
+    def least_norm_solve(self, r: Tensor, damping: Union[float, Tensor] = 0.0) -> Optional[Tensor]:
+        """A closed form of ``A^T (A A^T + damping I)^+ r``, or ``None`` where there is none (the default).
+
+        That is the least-norm minimiser of ``||A d - r||^2 + damping ||d||^2``
+        (``damping >= 0``, a number or one per sample ``[B]``): the measurement-
+        consistency step (:mod:`ilo_pl.operators.consistency`), which solves it
+        by conjugate gradients when this returns ``None``. Override it where
+        ``A A^T`` is diagonal (masks, the identity).
+        """
+        return None
+
     @torch.no_grad()
     def adjointness_test(
         self,
@@ -389,6 +406,9 @@ class Identity(LinearOperator):
 
     def A_adjoint(self, y: Tensor) -> Tensor:  # noqa: N802
         return y
+
+    def least_norm_solve(self, r: Tensor, damping: Union[float, Tensor] = 0.0) -> Tensor:
+        return r / (1 + per_sample(damping, r))  # A A^T = I
 
 
 class LambdaOperator(Operator):

@@ -131,6 +131,13 @@ class LinearCompose(Compose, LinearOperator):
             y = op.A_adjoint(y)
         return y
 
+    def least_norm_solve(self, r: Tensor, damping: Union[float, Tensor] = 0.0) -> Optional[Tensor]:
+        # Identity parts (a noise stage) change nothing: the one other part's closed form is the composition's.
+        parts = [op for op in self.ops if not isinstance(op, Identity)]
+        if len(parts) > 1:
+            return None
+        return (parts[0] if parts else self.ops[-1]).least_norm_solve(r, damping)
+
 
 def Noisy(operator: OperatorLike, sigma: float, clip: bool = True) -> Compose:  # noqa: N802
     """``operator`` followed by Gaussian noise of ``sigma`` (0..255 scale): ``Compose(operator, GaussianNoise(sigma))``.

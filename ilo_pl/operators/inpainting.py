@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ilo_pl.operators.base import LinearOperator, OperatorSpec
+from ilo_pl.operators.base import LinearOperator, OperatorSpec, per_sample
 
 
 class Inpainting(LinearOperator):
@@ -66,6 +66,11 @@ class Inpainting(LinearOperator):
     def A_adjoint(self, y: Tensor) -> Tensor:  # noqa: N802
         self._check_size(y)
         return y * self.mask.to(y.dtype)
+
+    def least_norm_solve(self, r: Tensor, damping: Union[float, Tensor] = 0.0) -> Tensor:
+        # A A^T = diag(m) on image space: (A A^T + damping)^+ scales observed entries by
+        # 1 / (1 + damping) and A^T zeroes the rest (for damping 0: paste the residual).
+        return self.A_adjoint(r) / (1 + per_sample(damping, r))
 
     def measurement_error(self, Ax: Tensor, y: Tensor) -> Tensor:  # noqa: N803
         # Mean over observed entries only, so the loss does not depend on the

@@ -26,14 +26,23 @@ Each state entry belongs to a *group* (:meth:`SplitGenerator.groups`) that
 stage configs refer to: ``"state"`` (the intermediate activation),
 ``"latent"`` (input latents, W+ rows), ``"noise"`` (per-layer noise maps) and
 ``"skip"`` (StyleGAN-2's accumulated RGB skip: carried so that ``G2(G1(v)) ==
-G(v)``, but a group of its own so that freeing ``state`` does not free it). Entries in :meth:`SplitGenerator.sphere_variables`
+G(v)``, but a group of its own so that freeing ``state`` does not free it) and
+``"condition"`` (a class-conditional generator's per-problem class label,
+carried unchanged to every split; never optimised). Entries in :meth:`SplitGenerator.sphere_variables`
 live on a sphere and get :class:`~ilo_pl.callbacks.SphereProjection`.
+
+Class-conditional generators (:attr:`SplitGenerator.num_classes` ``> 0``)
+take one class label per problem: ``init_variables(B, generator, labels=[...])``
+puts them into the state (entry ``class_label``, group ``condition``), so a
+state renders the same alone or in any batch and a saved solution carries its
+class. :meth:`SplitGenerator.check_labels` validates labels for any generator
+(an unconditional one refuses them).
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +51,7 @@ State = Dict[str, Tensor]
 
 #: Groups a state entry can belong to (what stage configs name in ``free`` and
 #: ``radius``; :meth:`ilo_pl.stages.Stage.radius_of` reads this tuple too).
-GROUPS = ("state", "latent", "noise", "skip")
+GROUPS = ("state", "latent", "noise", "skip", "condition")
 
 
 class SplitGenerator(nn.Module, abc.ABC):
@@ -57,6 +66,9 @@ class SplitGenerator(nn.Module, abc.ABC):
     num_splits: int = 0
     #: ``(C, H, W)`` of the generated images.
     image_shape: Tuple[int, int, int] = (3, 0, 0)
+    #: Number of classes of a class-conditional generator (0: unconditional). A
+    #: conditional generator's ``init_variables`` also takes ``labels=`` (one per problem).
+    num_classes: int = 0
 
     # -- the protocol -----------------------------------------------------
     @abc.abstractmethod
@@ -124,6 +136,31 @@ class SplitGenerator(nn.Module, abc.ABC):
         """
         return {}
 
+    def check_labels(self, labels: Optional[Sequence[int]], batch_size: Optional[int] = None) -> Optional[List[int]]:
+        """Validate per-problem class labels: what ``init_variables(..., labels=...)`` will use.
+
+        This default is for unconditional generators: no labels (``None``) is
+        fine, any labels are refused. Conditional generators override it (range,
+        count, the default class when ``labels`` is ``None``).
+
+        Args:
+            labels: one class per problem, or ``None``.
+            batch_size: the number of problems the labels are for (checked when given).
+
+        Returns:
+            The labels to use (``None`` for an unconditional generator).
+
+        Raises:
+            ValueError: naming the generator, for labels given to an unconditional one.
+        """
+        if labels is None:
+            return None
+        shown = list(labels)[:5]
+        raise ValueError(
+            f"{type(self).__name__} is unconditional (it has no class input), but class labels {shown} were "
+            "given; leave them out (data.class_labels, ProblemBatch.labels)"
+        )
+
     # -- conveniences -------------------------------------------------------
     def forward(self, state: Mapping[str, Tensor]) -> Tensor:  # noqa: D401
         """The full generator ``G(v) = render(v, 0)``."""
@@ -136,6 +173,13 @@ class SplitGenerator(nn.Module, abc.ABC):
                 f"split {split!r} is out of range for {type(self).__name__}: "
                 f"valid split points are 0..{self.num_splits}"
             )
+
+    def check_advance(self, start: int, stop: int) -> None:
+        """Raise a ``ValueError`` unless ``0 <= start <= stop <= num_splits`` (what ``advance`` takes)."""
+        self.check_split(start)
+        self.check_split(stop)
+        if stop < start:
+            raise ValueError(f"cannot advance from split {start} back to split {stop}")
 
     def freeze(self) -> "SplitGenerator":
         """Freeze the weights and put the network in eval mode (returns ``self``)."""

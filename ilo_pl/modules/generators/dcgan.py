@@ -111,10 +111,7 @@ class DCGANGenerator(SplitGenerator):
         return self.main[self._bounds[start] : self._bounds[stop]]
 
     def advance(self, state: Mapping[str, Tensor], start: int, stop: int) -> State:
-        self.check_split(start)
-        self.check_split(stop)
-        if stop < start:
-            raise ValueError(f"cannot advance from split {start} back to split {stop}")
+        self.check_advance(start, stop)
         return {"h": self._blocks(start, stop)(state["h"])}
 
     def render(self, state: Mapping[str, Tensor], split: int) -> Tensor:

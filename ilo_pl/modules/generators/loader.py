@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from ilo_pl.modules.generators.base import SplitGenerator
 
@@ -91,7 +91,7 @@ def pretrained_generator(
     stats_seed: Optional[int] = None,
     modconv_impl: Optional[str] = None,
     noise_mode: Optional[str] = None,
-    class_label: Union[int, Sequence[int], None] = None,
+    class_label: Optional[int] = None,
 ) -> SplitGenerator:
     """Config form of :func:`load_generator`: the generator of any supported checkpoint.
 
@@ -115,7 +115,8 @@ def pretrained_generator(
         stats_seed: seed of those draws.
         modconv_impl: ``"auto"``, ``"fused"`` or ``"unfused"``.
         noise_mode: NVIDIA only: ``"random"``, ``"const"`` or ``"none"``.
-        class_label: NVIDIA conditional snapshots only: the class of each problem.
+        class_label: NVIDIA conditional snapshots only: the default class of every
+            problem (problems take their own from the data's ``class_labels``).
 
     Returns:
         What :func:`load_generator` returns for ``checkpoint``.

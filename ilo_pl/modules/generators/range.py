@@ -5,9 +5,9 @@ After a stage at split ``k1`` has moved the activation off the range of
 deeper: it looks for the state ``u`` at the previous stage's split ``k0``,
 inside that stage's feasible set, whose ``G1(u)`` comes closest to the
 solution, and hands ``G1(u)`` on. Only the entries ``G1`` *computes* (the
-activations: every group but ``latent`` and ``noise``) are replaced; the
-entries it merely carries through (W+ rows and noises not consumed before
-``k1``) keep the solution's values.
+activations: every group but ``latent``, ``noise`` and ``condition``) are
+replaced; the entries it merely carries through (W+ rows and noises not
+consumed before ``k1``, class labels) keep the solution's values.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ilo_pl.modules.generators.base import SplitGenerator, State
 from ilo_pl.projections import L1Workspace, project_l1_ball_, project_sphere_
 
 #: Groups that hold input variables, which ``advance`` carries through unchanged.
-INPUT_GROUPS = ("latent", "noise")
+INPUT_GROUPS = ("latent", "noise", "condition")
 
 
 @dataclass

@@ -19,7 +19,7 @@ In a config::
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -50,7 +50,9 @@ class LatentSphere(SplitGenerator):
         if declared:
             self._split0 = dict(declared)
         else:
-            probe = generator.init_variables(1, torch.Generator().manual_seed(0))
+            # A conditional generator may have no default class: probe with class 0.
+            labels = {"labels": [0]} if generator.num_classes > 0 else {}
+            probe = generator.init_variables(1, torch.Generator().manual_seed(0), **labels)
             groups = generator.groups(0)
             self._split0 = {k: tuple(range(1, v.dim())) for k, v in probe.items() if groups.get(k) == "latent"}
             if not self._split0:
@@ -59,8 +61,21 @@ class LatentSphere(SplitGenerator):
                     f"(its groups there: {groups})"
                 )
 
-    def init_variables(self, batch_size: int, generator: Optional[torch.Generator] = None) -> State:
-        return self.inner.init_variables(batch_size, generator)
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        """The wrapped generator's number of classes."""
+        return self.inner.num_classes
+
+    def check_labels(self, labels: Optional[Sequence[int]], batch_size: Optional[int] = None) -> Optional[List[int]]:
+        return self.inner.check_labels(labels, batch_size)
+
+    def init_variables(
+        self, batch_size: int, generator: Optional[torch.Generator] = None, labels: Optional[Sequence[int]] = None
+    ) -> State:
+        # Labels are passed on only when given: an unconditional generator's init_variables takes none.
+        if labels is None:
+            return self.inner.init_variables(batch_size, generator)
+        return self.inner.init_variables(batch_size, generator, labels=labels)
 
     def advance(self, state: Mapping[str, Tensor], start: int, stop: int) -> State:
         return self.inner.advance(state, start, stop)

@@ -4,6 +4,8 @@
   unpickler (:func:`read_network_pickle`): nothing from the file is run;
 * :mod:`~ilo_pl.modules.generators.nvlabs.stylegan2ada`: :class:`StyleGAN2ADAGenerator`;
 * :mod:`~ilo_pl.modules.generators.nvlabs.stylegan3`: :class:`StyleGAN3Generator` (configs T and R);
+* :mod:`~ilo_pl.modules.generators.nvlabs.mapping`: what both share (the mapping network, options,
+  per-problem class labels, ``w_avg`` and the Gaussian fit, NVIDIA's ``G(z, c)``);
 * :mod:`~ilo_pl.modules.generators.nvlabs.ops`: the reference operations in NVIDIA's conventions.
 """
 

@@ -164,7 +164,9 @@ def modulated_conv2d(
     ``"fused"`` builds each sample's modulated (demodulated) weight and runs
     one grouped convolution; ``"unfused"`` scales the activations by the
     styles, convolves with the shared weight and scales the output by the
-    demodulation coefficients; ``"auto"`` picks per call.
+    demodulation coefficients; ``"auto"`` picks per call, from the batch size
+    and whether ``styles`` need a gradient (``styles.requires_grad`` with
+    autograd recording), as the rosinality generator's layers do.
 
     In float16 (GPU only) the weight and styles are first rescaled by their
     max-norms to avoid overflow, as NVIDIA does; with demodulation the
@@ -184,11 +186,14 @@ def modulated_conv2d(
     """
     b = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
+    # The fused form's backward costs a convolution per sample only when the styles need a
+    # gradient (a stage that frees the latent), so "auto" asks about the styles themselves.
+    style_grad = styles.requires_grad and torch.is_grad_enabled()
     if x.dtype == torch.float16 and demodulate:
         weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
     dcoefs = None
-    form = resolve_modconv_impl(impl, b, x.device)
+    form = resolve_modconv_impl(impl, b, x.device, style_grad=style_grad)
     if form == "unfused":
         if demodulate:
             dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [B, out]

@@ -28,6 +28,8 @@ entry                    what                                          group
                          (``resnet`` arch., in the middle of a block)
 ``latent``               W+ rows ``k .. num_ws-1``                     latent
 ``noise_i``, ``i >= k``  noise maps (absent with ``noise_mode="none"``)  noise
+``class_label``          each problem's class ``[B]`` (conditional      condition
+                         networks only; see ``nvlabs.mapping``)
 =======================  ============================================  ========
 
 so ``render(advance(v, 0, k), k) == render(v, 0)`` exactly.
@@ -40,19 +42,24 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ilo_pl.checkpoints import load_state_dict_strict
-from ilo_pl.modules.generators.base import SplitGenerator, State
+from ilo_pl.modules.generators.base import State
+from ilo_pl.modules.generators.nvlabs.mapping import (
+    LATENT_SPACES,
+    NOISE_MODES,
+    FullyConnectedLayer,
+    MappingNetwork,
+    NVLabsGenerator,
+    mapping_spec,
+)
 from ilo_pl.modules.generators.nvlabs.ops import (
     ACT_GAIN,
-    MODCONV_IMPLS,
     as_float,
     bias_act,
     conv2d_resample,
     modulated_conv2d,
-    normalize_2nd_moment,
     upfirdn2d,
 )
 from ilo_pl.modules.generators.nvlabs.pickle_reader import (
@@ -61,14 +68,13 @@ from ilo_pl.modules.generators.nvlabs.pickle_reader import (
     read_network_pickle,
     record_state_dict,
     take_generator,
+    walk,
 )
-from ilo_pl.policy import check_impl
+from ilo_pl.modules.generators.stylegan2.layers import ModconvImplOption
 
-__all__ = ["ARCHITECTURES", "LATENT_SPACES", "NOISE_MODES", "StyleGAN2ADAGenerator"]
+__all__ = ["ARCHITECTURES", "LATENT_SPACES", "NOISE_MODES", "FullyConnectedLayer", "MappingNetwork", "StyleGAN2ADAGenerator"]
 
 ARCHITECTURES = ("orig", "skip", "resnet")
-NOISE_MODES = ("random", "const", "none")
-LATENT_SPACES = ("w+", "gaussian_fit")
 PathLike = Union[str, Path]
 
 
@@ -79,72 +85,6 @@ def _setup_filter(taps: Sequence[float]) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- layers
-class FullyConnectedLayer(nn.Module):
-    """Equalised-learning-rate linear layer: ``act(x @ (W * weight_gain).T + b * bias_gain)``."""
-
-    def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
-        lr_multiplier: float = 1.0, bias_init: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.activation = activation
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
-        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
-        self.weight_gain = lr_multiplier / math.sqrt(in_features)
-        self.bias_gain = float(lr_multiplier)
-
-    def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
-        if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        return bias_act(x.matmul(w.t()), b, act=self.activation)
-
-
-class MappingNetwork(nn.Module):
-    """z (and class c) -> w, broadcast to ``num_ws`` rows, with ``w_avg`` truncation."""
-
-    def __init__(
-        self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, num_layers: int = 8,
-        embed_features: Optional[int] = None, layer_features: Optional[int] = None,
-        lr_multiplier: float = 0.01, w_avg_beta: float = 0.995,
-    ) -> None:
-        super().__init__()
-        self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, c_dim, w_dim, num_ws, num_layers
-        self.w_avg_beta = w_avg_beta
-        embed_features = w_dim if embed_features is None else embed_features
-        embed_features = 0 if c_dim == 0 else embed_features
-        layer_features = w_dim if layer_features is None else layer_features
-        feats = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
-        self.embed = FullyConnectedLayer(c_dim, embed_features) if c_dim > 0 else None
-        for i in range(num_layers):
-            setattr(self, f"fc{i}", FullyConnectedLayer(feats[i], feats[i + 1], activation="lrelu", lr_multiplier=lr_multiplier))
-        self.register_buffer("w_avg", torch.zeros([w_dim]))
-
-    def forward(
-        self, z: Optional[Tensor], c: Optional[Tensor] = None, truncation_psi: float = 1.0,
-        truncation_cutoff: Optional[int] = None, update_emas: bool = False,
-    ) -> Tensor:
-        """``mapping(z, c)`` ``[B, num_ws, w_dim]`` (NVIDIA's call signature)."""
-        x = None
-        if self.z_dim > 0:
-            x = normalize_2nd_moment(z.to(torch.float32))
-        if self.c_dim > 0:
-            if c is None or c.shape[-1] != self.c_dim:
-                raise ValueError(f"this generator is conditional: pass c [B, {self.c_dim}] (one-hot class labels)")
-            y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
-            x = torch.cat([x, y], dim=1) if x is not None else y
-        for i in range(self.num_layers):
-            x = getattr(self, f"fc{i}")(x)
-        x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
-        if truncation_psi != 1:
-            if truncation_cutoff is None:
-                x = self.w_avg.lerp(x, truncation_psi)
-            else:
-                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
-        return x
-
-
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 convolution (optional 2x up), noise, bias, leaky ReLU with gain and clamp."""
 
@@ -300,16 +240,7 @@ def _spec_from_record(rec: PersistentRecord, source: str) -> Dict[str, Any]:
             f"{source}: the synthesis network ({synthesis.class_name}) is not StyleGAN-2's "
             "(no block_resolutions; a StyleGAN3 pickle? use StyleGAN3Generator or load_generator)"
         )
-    fc0 = mapping.child("fc0")
-    embed = mapping.child("embed")
-    n_layers = int(mapping.attr("num_layers"))
-    m = dict(
-        num_layers=n_layers,
-        embed_features=None if embed is None else int(embed.state["_parameters"]["weight"].shape[0]),
-        layer_features=int(fc0.state["_parameters"]["weight"].shape[0]) if n_layers > 1 else None,
-        lr_multiplier=float(fc0.attr("bias_gain")),
-        w_avg_beta=float(mapping.attr("w_avg_beta") or 0.995),
-    )
+    m = mapping_spec(mapping, w_avg_beta=0.995)
     blocks = []
     for r in synthesis.attr("block_resolutions"):
         b = synthesis.child(f"b{r}")
@@ -359,8 +290,11 @@ class SynthesisNetwork(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the generator
-class StyleGAN2ADAGenerator(SplitGenerator):
+class StyleGAN2ADAGenerator(ModconvImplOption, NVLabsGenerator):
     """NVIDIA's StyleGAN-2 (ADA / stylegan3 repository), read safely from a network pickle.
+
+    Options, class labels, mapping statistics and NVIDIA's ``G(z, c, ...)`` are
+    :class:`~ilo_pl.modules.generators.nvlabs.mapping.NVLabsGenerator`'s.
 
     Args:
         checkpoint: an NVIDIA network pickle (``.pkl``; read with
@@ -378,12 +312,15 @@ class StyleGAN2ADAGenerator(SplitGenerator):
         noise_mode: ``"random"`` (initial noises ``N(0, 1)``, optimised by ILO),
             ``"const"`` (initial noises are the snapshot's ``noise_const``) or
             ``"none"`` (no noise inputs: the state has no ``noise_i``).
-        class_label: for conditional snapshots, the class of each problem (an
-            int for all, or one per problem, cycled over the batch); it enters
-            through the mapping network (initial W+ rows, Gaussian fit).
+        class_label: conditional snapshots only: the default class of every
+            problem (an int), for problems whose data give none (``labels`` of
+            :meth:`init_variables`, the data's ``class_labels``). It enters
+            through the mapping network (initial W+ rows, Gaussian fit); each
+            problem's class is kept in its state (entry ``class_label``).
         gaussian_fit_samples, stats_seed: the Gaussian fit's draws.
         mean_latent_samples: ``w_avg`` is the snapshot's tracked average;
-            with random weights it is the mean of this many mapped ``z``.
+            with random weights it is the mean of this many mapped ``z``
+            (of every class in turn for a conditional network).
         modconv_impl: ``"auto"``, ``"fused"`` or ``"unfused"`` (the rosinality
             generator's option and rule; same function up to rounding).
         fp16: run NVIDIA's fp16 blocks in float16 on GPUs (as NVIDIA does);
@@ -392,6 +329,10 @@ class StyleGAN2ADAGenerator(SplitGenerator):
     Raises:
         FileNotFoundError, NetworkPickleError, ValueError.
     """
+
+    # The first release drew z in both latent spaces: kept, so seeded starts stay the same.
+    _draws_z_always = True
+    _modconv_layers = (SynthesisLayer, ToRGBLayer)
 
     def __init__(
         self,
@@ -411,7 +352,7 @@ class StyleGAN2ADAGenerator(SplitGenerator):
         latent_space: str = "w+",
         init_truncation: float = 0.7,
         noise_mode: str = "random",
-        class_label: Union[int, Sequence[int], None] = None,
+        class_label: Optional[int] = None,
         mean_latent_samples: int = 4096,
         gaussian_fit_samples: int = 100_000,
         stats_seed: int = 0,
@@ -420,11 +361,6 @@ class StyleGAN2ADAGenerator(SplitGenerator):
         _snapshot: Optional[Any] = None,
     ) -> None:
         super().__init__()
-        if latent_space not in LATENT_SPACES:
-            raise ValueError(f"latent_space must be one of {LATENT_SPACES}; got {latent_space!r}")
-        if noise_mode not in NOISE_MODES:
-            raise ValueError(f"noise_mode must be one of {NOISE_MODES}; got {noise_mode!r}")
-        check_impl("StyleGAN2ADAGenerator(modconv_impl=...)", modconv_impl, MODCONV_IMPLS)
         sd = None
         record = None
         if checkpoint is not None:
@@ -440,35 +376,13 @@ class StyleGAN2ADAGenerator(SplitGenerator):
                 z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs, channel_base=channel_base,
                 channel_max=channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp, architecture=architecture,
             )
-        self.spec = spec
-        self.z_dim, self.c_dim, self.w_dim = spec["z_dim"], spec["c_dim"], spec["w_dim"]
-        self.img_resolution, self.img_channels, self.num_ws = spec["img_resolution"], spec["img_channels"], spec["num_ws"]
-        self.image_shape = (self.img_channels, self.img_resolution, self.img_resolution)
-        self.latent_space, self.noise_mode = latent_space, noise_mode
-        self.init_truncation = float(init_truncation)
-        self.mean_latent_samples, self.gaussian_fit_samples = int(mean_latent_samples), int(gaussian_fit_samples)
-        self.stats_seed, self.fp16 = int(stats_seed), bool(fp16)
-        if class_label is None:
-            labels: List[int] = []
-        elif isinstance(class_label, int):
-            labels = [class_label]
-        else:
-            labels = [int(c) for c in class_label]
-        if self.c_dim > 0 and not labels:
-            labels = [0]
-        bad = [c for c in labels if not 0 <= c < max(self.c_dim, 1)]
-        if self.c_dim == 0 and class_label is not None:
-            raise ValueError("class_label given, but this generator is unconditional (c_dim 0)")
-        if bad:
-            raise ValueError(f"class_label {bad} out of range 0..{self.c_dim - 1}")
-        self.class_labels = labels
-
-        m = spec["mapping"]
-        self.mapping = MappingNetwork(
-            self.z_dim, self.c_dim, self.w_dim, self.num_ws, num_layers=m["num_layers"],
-            embed_features=m["embed_features"], layer_features=m["layer_features"],
-            lr_multiplier=m["lr_multiplier"], w_avg_beta=m["w_avg_beta"],
+        self._configure(
+            spec, latent_space=latent_space, init_truncation=init_truncation, noise_mode=noise_mode,
+            class_label=class_label, mean_latent_samples=mean_latent_samples,
+            gaussian_fit_samples=gaussian_fit_samples, stats_seed=stats_seed, modconv_impl=modconv_impl,
+            w_avg_recorded=sd is not None,
         )
+        self.fp16 = bool(fp16)
         self.synthesis = SynthesisNetwork(spec, self)
         # Conv layers in order: (block, layer), and the W+ row of each ToRGB.
         self._convs: List[Tuple[SynthesisBlock, SynthesisLayer, int]] = []
@@ -479,9 +393,6 @@ class StyleGAN2ADAGenerator(SplitGenerator):
         if self.num_layers + 1 != self.num_ws:
             raise ValueError(f"{self.num_layers} conv layers need {self.num_layers + 1} W+ rows; the network has {self.num_ws}")
         self.num_splits = self.num_layers - 1
-        self.register_buffer("gaussian_fit_mean", torch.zeros(self.w_dim), persistent=False)
-        self.register_buffer("gaussian_fit_std", torch.ones(self.w_dim), persistent=False)
-        self._stats_ready = {"w_avg": sd is not None, "gaussian_fit": False}
         if sd is not None:
             # Filters: the recorded tensors replace the defaults (their shapes come from the file).
             load_state_dict_strict(self, sd, f"{checkpoint} ({network}) does not match the StyleGAN2-ADA architecture "
@@ -491,16 +402,9 @@ class StyleGAN2ADAGenerator(SplitGenerator):
         self.freeze()
 
     # ------------------------------------------------------------------ construction helpers
-    @classmethod
-    def from_checkpoint(cls, path: PathLike, **kwargs: Any) -> "StyleGAN2ADAGenerator":
-        """Build the generator of a network pickle (path only; architecture read from the file)."""
-        return cls(checkpoint=path, **kwargs)
-
     def _apply_recorded_gains(self, record: PersistentRecord) -> None:
         """Take the recorded per-layer constants (gains, clamps, activations) over the defaults."""
         mods = dict(self.named_modules())
-        from ilo_pl.modules.generators.nvlabs.pickle_reader import walk
-
         for name, rec in walk(record):
             mod = mods.get(name)
             if mod is None:
@@ -514,86 +418,13 @@ class StyleGAN2ADAGenerator(SplitGenerator):
                     raise NetworkPickleError(f"layer {name}: unsupported activation {act!r}")
                 mod.activation = act
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # noqa: ANN201
-        """``nn.Module.load_state_dict`` that also forgets the cached Gaussian fit."""
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self._stats_ready = {"w_avg": True, "gaussian_fit": False}
-        return result
-
-    @property
-    def modconv_impl(self) -> str:
-        """How the modulated convolutions run (``"auto"``, ``"fused"`` or ``"unfused"``); settable."""
-        return self._modconv_impl
-
-    @modconv_impl.setter
-    def modconv_impl(self, impl: str) -> None:
-        check_impl("StyleGAN2ADAGenerator.modconv_impl", impl, MODCONV_IMPLS)
-        self.__dict__["_modconv_impl"] = impl
-        for module in self.modules():
-            if isinstance(module, (SynthesisLayer, ToRGBLayer)):
-                module.impl = impl
-
     def _blocks(self) -> Iterator[SynthesisBlock]:
         for r in self.synthesis.block_resolutions:
             yield getattr(self.synthesis, f"b{r}")
 
-    @property
-    def device(self) -> torch.device:
-        """The device of the weights."""
-        return self.mapping.w_avg.device
-
     def architecture(self) -> str:
         """``"orig"``, ``"skip"`` or ``"resnet"``."""
         return next(self._blocks()).architecture
-
-    # ------------------------------------------------------------------ mapping statistics
-    def _labels_onehot(self, n: int, device: torch.device, offset: int = 0) -> Optional[Tensor]:
-        if self.c_dim == 0:
-            return None
-        idx = torch.tensor([self.class_labels[(offset + i) % len(self.class_labels)] for i in range(n)])
-        return F.one_hot(idx, self.c_dim).to(device, torch.float32)
-
-    def _mapped_samples(self, n: int, chunk: int = 8192) -> Iterator[Tensor]:
-        gen = torch.Generator().manual_seed(self.stats_seed)
-        for start in range(0, n, chunk):
-            m = min(chunk, n - start)
-            z = torch.randn(m, self.z_dim, generator=gen).to(self.device)
-            yield self.mapping(z, self._labels_onehot(m, self.device))[:, 0]
-
-    @torch.no_grad()
-    def average_latent(self) -> Tensor:
-        """``w_avg`` ``[1, w_dim]``: the snapshot's tracked average (random weights: a seeded mean)."""
-        if not self._stats_ready["w_avg"]:
-            total = torch.zeros(self.w_dim, dtype=torch.float64, device=self.device)
-            for w in self._mapped_samples(self.mean_latent_samples):
-                total += w.double().sum(0)
-            self.mapping.w_avg.copy_(total / self.mean_latent_samples)
-            self._stats_ready["w_avg"] = True
-        return self.mapping.w_avg[None]
-
-    @torch.no_grad()
-    def gaussian_fit(self) -> Tuple[Tensor, Tensor]:
-        """PULSE's Gaussian fit ``(mu, sigma)`` of ``leaky_relu(mapping(z), 5)``, each ``[w_dim]``."""
-        if not self._stats_ready["gaussian_fit"]:
-            s1 = torch.zeros(self.w_dim, dtype=torch.float64, device=self.device)
-            s2 = torch.zeros_like(s1)
-            for w in self._mapped_samples(self.gaussian_fit_samples):
-                u = F.leaky_relu(w, 5.0).double()
-                s1 += u.sum(0)
-                s2 += u.pow(2).sum(0)
-            n = self.gaussian_fit_samples
-            mean = s1 / n
-            self.gaussian_fit_mean.copy_(mean)
-            self.gaussian_fit_std.copy_(((s2 - n * mean.pow(2)).clamp_min(0) / (n - 1)).sqrt())
-            self._stats_ready["gaussian_fit"] = True
-        return self.gaussian_fit_mean, self.gaussian_fit_std
-
-    def latent_to_w(self, latent: Tensor) -> Tensor:
-        """Map the ``latent`` state entry to W+ rows."""
-        if self.latent_space == "w+":
-            return latent
-        mean, std = self.gaussian_fit()
-        return F.leaky_relu(latent * std.to(latent.dtype) + mean.to(latent.dtype), 0.2)
 
     # ------------------------------------------------------------------ running layers
     def _dtype(self, block: SynthesisBlock, device: torch.device, force_fp32: bool) -> torch.dtype:
@@ -661,7 +492,7 @@ class StyleGAN2ADAGenerator(SplitGenerator):
         names.append("latent")
         if self.noise_mode != "none":
             names += [f"noise_{j}" for j in range(split, self.num_layers)]
-        return names
+        return names + self._condition_names()
 
     def _blocks_upto(self, split: int) -> List[SynthesisBlock]:
         """Blocks whose last conv is before ``split`` (their ToRGB, if any, has run)."""
@@ -672,106 +503,48 @@ class StyleGAN2ADAGenerator(SplitGenerator):
                 done.append(block)
         return done
 
-    def _check_state(self, state: Mapping[str, Tensor], split: int) -> None:
-        missing = [n for n in self.state_names(split) if n not in state]
-        if missing:
-            raise ValueError(
-                f"the state at split {split} lacks entries {missing}; it needs {self.state_names(split)} "
-                "(make it with init_variables() and advance())"
-            )
-        lat = state["latent"]
-        rows = self.num_ws - split
-        if lat.dim() != 3 or tuple(lat.shape[1:]) != (rows, self.w_dim):
-            raise ValueError(f"state['latent'] at split {split} must be [B, {rows}, {self.w_dim}]; got {tuple(lat.shape)}")
-
     def _noises(self, state: Mapping[str, Tensor]) -> List[Optional[Tensor]]:
         return [state.get(f"noise_{j}") for j in range(self.num_layers)]
 
     # ------------------------------------------------------------------ SplitGenerator protocol
-    @torch.no_grad()
-    def init_variables(self, batch_size: int, generator: Optional[torch.Generator] = None) -> State:
-        """Initial W+ rows (own ``z`` per row) and noises (``noise_mode``) for ``batch_size`` problems."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        dev = self.device
-        z = torch.randn(batch_size, self.num_ws, self.z_dim, generator=generator)
-        if self.latent_space == "w+":
-            avg = self.average_latent()
-            c = self._labels_onehot(batch_size, dev)
-            c = None if c is None else c.repeat_interleave(self.num_ws, 0)
-            w = self.mapping(z.reshape(-1, self.z_dim).to(dev), c)[:, 0].reshape(batch_size, self.num_ws, self.w_dim)
-            latent = avg + self.init_truncation * (w - avg)
-        else:
-            latent = torch.randn(batch_size, self.num_ws, self.w_dim, generator=generator).to(dev)
-        state: State = {"latent": latent}
+    def _initial_noises(self, batch_size: int, generator: Optional[torch.Generator]) -> State:
+        """``noise_mode`` ``"random"``: ``N(0, 1)`` maps; ``"const"``: the snapshot's; ``"none"``: no entries."""
+        out: State = {}
         if self.noise_mode != "none":
             for j in range(self.num_layers):
                 r = self._noise_res(j)
                 if self.noise_mode == "const":
-                    state[f"noise_{j}"] = self._convs[j][1].noise_const.expand(batch_size, 1, r, r).clone()
+                    out[f"noise_{j}"] = self._convs[j][1].noise_const.expand(batch_size, 1, r, r).clone()
                 else:
-                    state[f"noise_{j}"] = torch.randn(batch_size, 1, r, r, generator=generator).to(dev)
-        return state
+                    out[f"noise_{j}"] = torch.randn(batch_size, 1, r, r, generator=generator).to(self.device)
+        return out
 
     def advance(self, state: Mapping[str, Tensor], start: int, stop: int) -> State:
         """``G1``: the state at split ``stop`` from the state at ``start``."""
         self._check_state(state, start)
-        self.check_split(stop)
-        if stop < start:
-            raise ValueError(f"cannot advance from split {start} back to split {stop}")
+        self.check_advance(start, stop)
         if stop > start:
-            out: State = self._run(self.latent_to_w(state["latent"]), self._noises(state), state, start, stop)
+            out: State = self._run(self._w(state), self._noises(state), state, start, stop)
         else:
             out = {n: state[n] for n in ("h", "skip", "residual") if n in state}
         out["latent"] = state["latent"][:, stop - start :]
         if self.noise_mode != "none":
             for j in range(stop, self.num_layers):
                 out[f"noise_{j}"] = state[f"noise_{j}"]
+        for name in self._condition_names():
+            out[name] = state[name]
         return {n: out[n] for n in self.state_names(stop)}
 
     def render(self, state: Mapping[str, Tensor], split: int) -> Tensor:
         """``G2``: the image ``[B, C, H, W]`` from the state at ``split``."""
         self._check_state(state, split)
-        return self._run(self.latent_to_w(state["latent"]), self._noises(state), state, split, self.num_layers)["skip"]
-
-    def groups(self, split: int) -> Dict[str, str]:
-        """``h``, ``residual`` -> ``state``; ``skip`` -> ``skip``; ``latent``; ``noise_i`` -> ``noise``."""
-        special = {"h": "state", "residual": "state", "skip": "skip", "latent": "latent"}
-        return {n: special.get(n, "noise") for n in self.state_names(split)}
-
-    def sphere_variables(self, split: int) -> Dict[str, Tuple[int, ...]]:
-        """The noises (norm over ``(1, 2, 3)``) and, in ``"gaussian_fit"`` mode, each latent row."""
-        self.check_split(split)
-        out: Dict[str, Tuple[int, ...]] = {}
-        if self.noise_mode != "none":
-            out = {f"noise_{j}": (1, 2, 3) for j in range(split, self.num_layers)}
-        if self.latent_space == "gaussian_fit":
-            out["latent"] = (2,)
-        return out
+        return self._run(self._w(state), self._noises(state), state, split, self.num_layers)["skip"]
 
     def render_settings(self) -> Dict[str, object]:
         """``latent_space``, ``noise_mode`` (``"none"`` renders differently) and the Gaussian fit's inputs."""
-        out: Dict[str, object] = {"latent_space": self.latent_space, "noise_inputs": self.noise_mode != "none"}
-        if self.latent_space == "gaussian_fit":
-            out.update(gaussian_fit_samples=self.gaussian_fit_samples, stats_seed=self.stats_seed,
-                       class_labels=list(self.class_labels))
-        return out
+        return {**super().render_settings(), "noise_inputs": self.noise_mode != "none"}
 
     # ------------------------------------------------------------------ NVIDIA's API
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """``G(state)`` (split protocol) or NVIDIA's ``G(z, c, truncation_psi=1, truncation_cutoff=None, noise_mode='const')``."""
-        if args and isinstance(args[0], Mapping):
-            return self.render(args[0], 0)
-        return self.generate(*args, **kwargs)
-
-    def generate(
-        self, z: Tensor, c: Optional[Tensor] = None, truncation_psi: float = 1.0,
-        truncation_cutoff: Optional[int] = None, noise_mode: str = "const", force_fp32: bool = True, **_: Any,
-    ) -> Tensor:
-        """NVIDIA's ``G(z, c, ...)``: mapping then synthesis."""
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        return self.synthesize(ws, noise_mode=noise_mode, force_fp32=force_fp32)
-
     def synthesize(self, ws: Tensor, noise_mode: str = "const", force_fp32: bool = True) -> Tensor:
         """``G.synthesis(ws, noise_mode=...)``: ``noise_mode`` ``"const"`` (the snapshot's maps), ``"random"``, ``"none"``."""
         if noise_mode not in NOISE_MODES:

@@ -10,7 +10,7 @@ attributes and buffers, never recomputed, and nothing from the file is run.
 
 The network
 -----------
-* mapping: StyleGAN-2's (:class:`~ilo_pl.modules.generators.nvlabs.stylegan2ada.MappingNetwork`,
+* mapping: StyleGAN-2's (:class:`~ilo_pl.modules.generators.nvlabs.mapping.MappingNetwork`,
   the same layers, keys and truncation), ``num_ws = num_layers + 2`` rows;
 * ``input`` (W+ row 0): Fourier features ``sin(2 pi (<f_c, p> + phi_c))`` on a
   grid of pixel centres ``p`` (in units of ``1 / sampling_rate``), the
@@ -34,7 +34,9 @@ The synthesis network is a chain of ``num_ws`` stages ``input, L0, ..., L{n}``;
 stage ``j`` reads W+ row ``j``. Split ``k`` (``0 <= k <= num_ws - 1``) sits
 after stage ``k - 1``: the state is ``h`` (the activation after stage ``k - 1``,
 ``k >= 1``, group ``state``) and ``latent`` (W+ rows ``k ..``, group
-``latent``). StyleGAN3 has no noise inputs, so there is no ``noise`` group.
+``latent``), and for conditional networks each problem's class (``class_label``,
+group ``condition``; see :mod:`~ilo_pl.modules.generators.nvlabs.mapping`).
+StyleGAN3 has no noise inputs, so there is no ``noise`` group.
 ``render(advance(v, 0, k), k) == render(v, 0)`` exactly.
 """
 
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -50,8 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ilo_pl.checkpoints import load_state_dict_strict
-from ilo_pl.modules.generators.base import SplitGenerator, State
-from ilo_pl.modules.generators.nvlabs.ops import MODCONV_IMPLS, as_float, upfirdn2d
+from ilo_pl.modules.generators.base import State
+from ilo_pl.modules.generators.nvlabs.mapping import NOISE_MODES, FullyConnectedLayer, NVLabsGenerator, mapping_spec
+from ilo_pl.modules.generators.nvlabs.ops import as_float, upfirdn2d
 from ilo_pl.modules.generators.nvlabs.pickle_reader import (
     NetworkPickleError,
     PersistentRecord,
@@ -60,19 +63,10 @@ from ilo_pl.modules.generators.nvlabs.pickle_reader import (
     take_generator,
     walk,
 )
-from ilo_pl.policy import check_impl
-from ilo_pl.modules.generators.nvlabs.stylegan2ada import (
-    LATENT_SPACES,
-    FullyConnectedLayer,
-    MappingNetwork,
-    StyleGAN2ADAGenerator,
-)
 
 __all__ = ["StyleGAN3Generator", "filtered_lrelu", "is_stylegan3_record", "modulated_conv2d_sg3"]
 
 PathLike = Union[str, Path]
-#: Accepted ``noise_mode`` values of NVIDIA's calls (StyleGAN3 has no noise: all render the same).
-NOISE_MODES = ("random", "const", "none")
 
 
 # ----------------------------------------------------------------------------- operations
@@ -292,16 +286,7 @@ def _spec_from_record(rec: PersistentRecord, source: str) -> Dict[str, Any]:
             f"{source}: the synthesis network ({synthesis.class_name}) is not StyleGAN3's (no layer_names; "
             "a StyleGAN-2 pickle? use StyleGAN2ADAGenerator or load_generator)"
         )
-    fc0 = mapping.child("fc0")
-    embed = mapping.child("embed")
-    n_map = int(mapping.attr("num_layers"))
-    m = dict(
-        num_layers=n_map,
-        embed_features=None if embed is None else int(embed.state["_parameters"]["weight"].shape[0]),
-        layer_features=int(fc0.state["_parameters"]["weight"].shape[0]) if n_map > 1 else None,
-        lr_multiplier=float(fc0.attr("bias_gain")),
-        w_avg_beta=float(mapping.attr("w_avg_beta") or 0.998),
-    )
+    m = mapping_spec(mapping, w_avg_beta=0.998)
     inp = synthesis.child("input")
     if inp is None:
         raise NetworkPickleError(f"{source}: the StyleGAN3 synthesis network has no input layer")
@@ -344,8 +329,11 @@ def _spec_from_record(rec: PersistentRecord, source: str) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- the generator
-class StyleGAN3Generator(SplitGenerator):
+class StyleGAN3Generator(NVLabsGenerator):
     """NVIDIA's StyleGAN3 (T or R), read safely from a network pickle, split after every layer.
+
+    Options, class labels, mapping statistics and NVIDIA's ``G(z, c, ...)`` are
+    :class:`~ilo_pl.modules.generators.nvlabs.mapping.NVLabsGenerator`'s.
 
     Args:
         checkpoint: an NVIDIA StyleGAN3 network pickle (``.pkl``; read with
@@ -359,8 +347,9 @@ class StyleGAN3Generator(SplitGenerator):
         init_truncation: initial W+ rows ``w_avg + t * (mapping(z, c) - w_avg)``.
         noise_mode: accepted for a uniform interface with the StyleGAN-2
             generators; StyleGAN3 has no noise inputs, so it changes nothing.
-        class_label: for conditional snapshots, the class of each problem (an
-            int for all, or one per problem, cycled over the batch).
+        class_label: conditional snapshots only: the default class of every
+            problem (an int), for problems whose data give none; each
+            problem's class is kept in its state (entry ``class_label``).
         gaussian_fit_samples, stats_seed: the Gaussian fit's draws.
         mean_latent_samples: unused with a snapshot (``w_avg`` is recorded);
             kept for the uniform interface.
@@ -379,7 +368,7 @@ class StyleGAN3Generator(SplitGenerator):
         latent_space: str = "w+",
         init_truncation: float = 0.7,
         noise_mode: str = "none",
-        class_label: Union[int, Sequence[int], None] = None,
+        class_label: Optional[int] = None,
         mean_latent_samples: int = 4096,
         gaussian_fit_samples: int = 100_000,
         stats_seed: int = 0,
@@ -390,50 +379,19 @@ class StyleGAN3Generator(SplitGenerator):
         if checkpoint is None:
             raise ValueError("StyleGAN3Generator needs a `checkpoint` (an NVIDIA StyleGAN3 .pkl); "
                              "random weights are not supported")
-        if latent_space not in LATENT_SPACES:
-            raise ValueError(f"latent_space must be one of {LATENT_SPACES}; got {latent_space!r}")
-        if noise_mode not in NOISE_MODES:
-            raise ValueError(f"noise_mode must be one of {NOISE_MODES}; got {noise_mode!r}")
-        check_impl("StyleGAN3Generator(modconv_impl=...)", modconv_impl, MODCONV_IMPLS)
         source = str(checkpoint)
         snapshot = _snapshot if _snapshot is not None else read_network_pickle(checkpoint)
         record = take_generator(snapshot, network, checkpoint)
         spec = _spec_from_record(record, source)
-        self.spec = spec
-        self.z_dim, self.c_dim, self.w_dim = spec["z_dim"], spec["c_dim"], spec["w_dim"]
-        self.img_resolution, self.img_channels, self.num_ws = spec["img_resolution"], spec["img_channels"], spec["num_ws"]
-        self.image_shape = (self.img_channels, self.img_resolution, self.img_resolution)
-        self.latent_space, self.noise_mode = latent_space, noise_mode
-        self.init_truncation = float(init_truncation)
-        self.mean_latent_samples, self.gaussian_fit_samples = int(mean_latent_samples), int(gaussian_fit_samples)
-        self.stats_seed = int(stats_seed)
-        if class_label is None:
-            labels: List[int] = []
-        elif isinstance(class_label, int):
-            labels = [class_label]
-        else:
-            labels = [int(c) for c in class_label]
-        if self.c_dim == 0 and class_label is not None:
-            raise ValueError("class_label given, but this generator is unconditional (c_dim 0)")
-        if self.c_dim > 0 and not labels:
-            labels = [0]
-        bad = [c for c in labels if not 0 <= c < max(self.c_dim, 1)]
-        if bad:
-            raise ValueError(f"class_label {bad} out of range 0..{self.c_dim - 1}")
-        self.class_labels = labels
-
-        m = spec["mapping"]
-        self.mapping = MappingNetwork(
-            self.z_dim, self.c_dim, self.w_dim, self.num_ws, num_layers=m["num_layers"],
-            embed_features=m["embed_features"], layer_features=m["layer_features"],
-            lr_multiplier=m["lr_multiplier"], w_avg_beta=m["w_avg_beta"],
+        self._configure(
+            spec, latent_space=latent_space, init_truncation=init_truncation, noise_mode=noise_mode,
+            class_label=class_label, mean_latent_samples=mean_latent_samples,
+            gaussian_fit_samples=gaussian_fit_samples, stats_seed=stats_seed, modconv_impl=modconv_impl,
+            w_avg_recorded=True,
         )
         self.synthesis = SynthesisNetwork(spec, self)
         self.num_stages = self.num_ws  # input + layers
         self.num_splits = self.num_stages - 1
-        self.register_buffer("gaussian_fit_mean", torch.zeros(self.w_dim), persistent=False)
-        self.register_buffer("gaussian_fit_std", torch.ones(self.w_dim), persistent=False)
-        self._stats_ready = {"w_avg": True, "gaussian_fit": False}
         load_state_dict_strict(self, record_state_dict(record),
                                f"{checkpoint} ({network}) does not match the StyleGAN3 architecture read from its "
                                "recorded attributes")
@@ -441,11 +399,6 @@ class StyleGAN3Generator(SplitGenerator):
         self.freeze()
 
     # ------------------------------------------------------------------ construction helpers
-    @classmethod
-    def from_checkpoint(cls, path: PathLike, **kwargs: Any) -> "StyleGAN3Generator":
-        """Build the generator of a network pickle (path only; architecture read from the file)."""
-        return cls(checkpoint=path, **kwargs)
-
     def _apply_recorded_gains(self, record: PersistentRecord) -> None:
         """Take the recorded gains and activations of the fully connected layers over the defaults."""
         mods = dict(self.named_modules())
@@ -462,29 +415,11 @@ class StyleGAN3Generator(SplitGenerator):
                     raise NetworkPickleError(f"layer {name}: unsupported activation {act!r}")
                 mod.activation = act
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # noqa: ANN201
-        """``nn.Module.load_state_dict`` that also forgets the cached Gaussian fit."""
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self._stats_ready = {"w_avg": True, "gaussian_fit": False}
-        return result
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the weights."""
-        return self.mapping.w_avg.device
-
     def _stage(self, j: int) -> nn.Module:
         """Stage ``j``: ``input`` (0) or layer ``j - 1``."""
         if j == 0:
             return self.synthesis.input
         return getattr(self.synthesis, self.synthesis.layer_names[j - 1])
-
-    # ------------------------------------------------------------------ mapping statistics (as StyleGAN2-ADA's)
-    _labels_onehot = StyleGAN2ADAGenerator._labels_onehot
-    _mapped_samples = StyleGAN2ADAGenerator._mapped_samples
-    average_latent = StyleGAN2ADAGenerator.average_latent
-    gaussian_fit = StyleGAN2ADAGenerator.gaussian_fit
-    latent_to_w = StyleGAN2ADAGenerator.latent_to_w
 
     # ------------------------------------------------------------------ running stages
     def _run(self, w: Tensor, h: Optional[Tensor], start: int, stop: int) -> Optional[Tensor]:
@@ -498,81 +433,31 @@ class StyleGAN3Generator(SplitGenerator):
     def state_names(self, split: int) -> List[str]:
         """The entry names of the state at ``split``, in order."""
         self.check_split(split)
-        return (["h"] if split > 0 else []) + ["latent"]
-
-    def _check_state(self, state: Mapping[str, Tensor], split: int) -> None:
-        missing = [n for n in self.state_names(split) if n not in state]
-        if missing:
-            raise ValueError(
-                f"the state at split {split} lacks entries {missing}; it needs {self.state_names(split)} "
-                "(make it with init_variables() and advance())"
-            )
-        lat = state["latent"]
-        rows = self.num_ws - split
-        if lat.dim() != 3 or tuple(lat.shape[1:]) != (rows, self.w_dim):
-            raise ValueError(f"state['latent'] at split {split} must be [B, {rows}, {self.w_dim}]; got {tuple(lat.shape)}")
+        return (["h"] if split > 0 else []) + ["latent"] + self._condition_names()
 
     # ------------------------------------------------------------------ SplitGenerator protocol
-    @torch.no_grad()
-    def init_variables(self, batch_size: int, generator: Optional[torch.Generator] = None) -> State:
-        """Initial W+ rows (own ``z`` per row; ``gaussian_fit``: standard Gaussian rows) for ``batch_size`` problems."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        dev = self.device
-        if self.latent_space == "w+":
-            z = torch.randn(batch_size, self.num_ws, self.z_dim, generator=generator)
-            avg = self.average_latent()
-            c = self._labels_onehot(batch_size, dev)
-            c = None if c is None else c.repeat_interleave(self.num_ws, 0)
-            w = self.mapping(z.reshape(-1, self.z_dim).to(dev), c)[:, 0].reshape(batch_size, self.num_ws, self.w_dim)
-            latent = avg + self.init_truncation * (w - avg)
-        else:
-            latent = torch.randn(batch_size, self.num_ws, self.w_dim, generator=generator).to(dev)
-        return {"latent": latent}
-
     def advance(self, state: Mapping[str, Tensor], start: int, stop: int) -> State:
         """``G1``: the state at split ``stop`` from the state at ``start``."""
         self._check_state(state, start)
-        self.check_split(stop)
-        if stop < start:
-            raise ValueError(f"cannot advance from split {start} back to split {stop}")
+        self.check_advance(start, stop)
         out: State = {}
         h = state.get("h")
         if stop > start:
-            h = self._run(self.latent_to_w(state["latent"]), h, start, stop)
+            h = self._run(self._w(state), h, start, stop)
         if h is not None:
             out["h"] = h
         out["latent"] = state["latent"][:, stop - start :]
+        for name in self._condition_names():
+            out[name] = state[name]
         return out
 
     def render(self, state: Mapping[str, Tensor], split: int) -> Tensor:
         """``G2``: the image ``[B, C, H, W]`` from the state at ``split``."""
         self._check_state(state, split)
-        x = self._run(self.latent_to_w(state["latent"]), state.get("h"), split, self.num_stages)
+        x = self._run(self._w(state), state.get("h"), split, self.num_stages)
         return x * self.synthesis.output_scale
 
-    def groups(self, split: int) -> Dict[str, str]:
-        """``h`` -> ``state``; ``latent`` -> ``latent`` (no noise inputs)."""
-        return {n: ("state" if n == "h" else "latent") for n in self.state_names(split)}
-
-    def sphere_variables(self, split: int) -> Dict[str, Tuple[int, ...]]:
-        """In ``"gaussian_fit"`` mode, each latent row (norm over dim 2); none in ``"w+"``."""
-        self.check_split(split)
-        return {"latent": (2,)} if self.latent_space == "gaussian_fit" else {}
-
-    def render_settings(self) -> Dict[str, object]:
-        """``latent_space`` and the Gaussian fit's inputs."""
-        out: Dict[str, object] = {"latent_space": self.latent_space}
-        if self.latent_space == "gaussian_fit":
-            out.update(gaussian_fit_samples=self.gaussian_fit_samples, stats_seed=self.stats_seed,
-                       class_labels=list(self.class_labels))
-        return out
-
     # ------------------------------------------------------------------ NVIDIA's API
-    # G(state) or G(z, c, ...), and mapping-then-synthesis: the same as StyleGAN2-ADA's.
-    forward = StyleGAN2ADAGenerator.forward
-    generate = StyleGAN2ADAGenerator.generate
-
     def synthesize(self, ws: Tensor, noise_mode: str = "const", force_fp32: bool = True) -> Tensor:
         """``G.synthesis(ws)``: computed in float32; ``noise_mode`` is accepted and ignored (no noise inputs)."""
         if noise_mode not in NOISE_MODES:

@@ -60,15 +60,22 @@ import random
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ilo_pl.checkpoints import load_state_dict_strict
 from ilo_pl.modules.generators.base import SplitGenerator, State
+from ilo_pl.modules.generators.latent import (
+    LATENT_SPACES,
+    check_wplus_state,
+    from_gaussian_fit,
+    gaussian_fit_of,
+    mapped_mean,
+)
 from ilo_pl.modules.generators.stylegan2.checkpoint import PathLike, infer_architecture, read_checkpoint
 from ilo_pl.modules.generators.stylegan2.layers import (
     MODCONV_IMPLS,
     ConstantInput,
+    ModconvImplOption,
     EqualLinear,
     ModulatedConv2d,
     PixelNorm,
@@ -89,10 +96,8 @@ def standard_channels(channel_multiplier: int = 2) -> Dict[int, int]:
     return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * m, 128: 128 * m, 256: 64 * m, 512: 32 * m, 1024: 16 * m}
 
 
-LATENT_SPACES = ("w+", "gaussian_fit")
 
-
-class StyleGAN2Generator(SplitGenerator):
+class StyleGAN2Generator(ModconvImplOption, SplitGenerator):
     """StyleGAN-2 generator with the reference port's layout, split at every conv layer.
 
     Build it from a checkpoint (architecture inferred from the tensors) or from
@@ -141,6 +146,8 @@ class StyleGAN2Generator(SplitGenerator):
             that contradicts the checkpoint, or a checkpoint whose keys or
             shapes do not match (missing, unexpected and mis-shaped keys named).
     """
+
+    _modconv_layers = (ModulatedConv2d,)
 
     def __init__(
         self,
@@ -245,19 +252,6 @@ class StyleGAN2Generator(SplitGenerator):
             self.load_generator_state(sd, source=str(checkpoint))
         self.freeze()
 
-    @property
-    def modconv_impl(self) -> str:
-        """How the modulated convolutions run (``"auto"``, ``"fused"`` or ``"unfused"``); settable."""
-        return self._modconv_impl
-
-    @modconv_impl.setter
-    def modconv_impl(self, impl: str) -> None:
-        check_impl("StyleGAN2Generator.modconv_impl", impl, MODCONV_IMPLS)
-        self.__dict__["_modconv_impl"] = impl
-        for module in self.modules():
-            if isinstance(module, ModulatedConv2d):
-                module.impl = impl
-
     # ------------------------------------------------------------------ construction helpers
     @classmethod
     def from_checkpoint(cls, path: PathLike, **kwargs: Any) -> "StyleGAN2Generator":
@@ -304,10 +298,9 @@ class StyleGAN2Generator(SplitGenerator):
     def average_latent(self) -> Tensor:
         """``w_avg`` ``[1, style_dim]``: mean of ``mapping(z)`` over ``mean_latent_samples`` seeded z's."""
         if not self._stats_ready["w_avg"]:
-            total = torch.zeros_like(self.w_avg[0], dtype=torch.float64)
-            for w in self._mapped_samples(self.mean_latent_samples):
-                total += w.double().sum(0)
-            self.w_avg.copy_((total / self.mean_latent_samples)[None])
+            mean = mapped_mean(self._mapped_samples(self.mean_latent_samples), self.mean_latent_samples,
+                               self.style_dim, self.w_avg.device)
+            self.w_avg.copy_(mean[None])
             self._stats_ready["w_avg"] = True
         return self.w_avg
 
@@ -315,17 +308,10 @@ class StyleGAN2Generator(SplitGenerator):
     def gaussian_fit(self) -> Tuple[Tensor, Tensor]:
         """PULSE's Gaussian fit ``(mu, sigma)`` of ``leaky_relu(mapping(z), 5)``, each ``[style_dim]``."""
         if not self._stats_ready["gaussian_fit"]:
-            s1 = torch.zeros_like(self.gaussian_fit_mean, dtype=torch.float64)
-            s2 = torch.zeros_like(s1)
-            for w in self._mapped_samples(self.gaussian_fit_samples):
-                u = F.leaky_relu(w, 5.0).double()
-                s1 += u.sum(0)
-                s2 += u.pow(2).sum(0)
-            n = self.gaussian_fit_samples
-            mean = s1 / n
-            var = (s2 - n * mean.pow(2)).clamp_min(0) / (n - 1)  # unbiased, as torch.std
+            mean, std = gaussian_fit_of(self._mapped_samples(self.gaussian_fit_samples), self.gaussian_fit_samples,
+                                        self.style_dim, self.gaussian_fit_mean.device)
             self.gaussian_fit_mean.copy_(mean)
-            self.gaussian_fit_std.copy_(var.sqrt())
+            self.gaussian_fit_std.copy_(std)
             self._stats_ready["gaussian_fit"] = True
         return self.gaussian_fit_mean, self.gaussian_fit_std
 
@@ -333,8 +319,7 @@ class StyleGAN2Generator(SplitGenerator):
         """Map the ``latent`` state entry (any number of rows) to W+ rows."""
         if self.latent_space == "w+":
             return latent
-        mean, std = self.gaussian_fit()
-        return F.leaky_relu(latent * std.to(latent.dtype) + mean.to(latent.dtype), 0.2)
+        return from_gaussian_fit(latent, *self.gaussian_fit())
 
     # ------------------------------------------------------------------ layer bookkeeping
     def _conv(self, j: int) -> StyledConv:
@@ -371,20 +356,7 @@ class StyleGAN2Generator(SplitGenerator):
         return names + ["latent"] + [f"noise_{i}" for i in range(split, self.num_layers)]
 
     def _check_state(self, state: Mapping[str, Tensor], split: int) -> None:
-        self.check_split(split)
-        missing = [n for n in self.state_names(split) if n not in state]
-        if missing:
-            raise ValueError(
-                f"the state at split {split} lacks entries {missing}; it needs {self.state_names(split)} "
-                f"(make it with init_variables() and advance())"
-            )
-        lat = state["latent"]
-        rows = self.n_latent - split
-        if lat.dim() != 3 or lat.shape[1:] != (rows, self.style_dim):
-            raise ValueError(
-                f"state['latent'] at split {split} must be [B, {rows}, {self.style_dim}] "
-                f"(W+ rows {split}..{self.n_latent - 1}); got {tuple(lat.shape)}"
-            )
+        check_wplus_state(state, split, self.state_names(split), self.n_latent - split, self.style_dim)
 
     # ------------------------------------------------------------------ SplitGenerator protocol
     @torch.no_grad()
@@ -415,9 +387,7 @@ class StyleGAN2Generator(SplitGenerator):
     def advance(self, state: Mapping[str, Tensor], start: int, stop: int) -> State:
         """``G1``: the state at split ``stop`` from the state at ``start``."""
         self._check_state(state, start)
-        self.check_split(stop)
-        if stop < start:
-            raise ValueError(f"cannot advance from split {start} back to split {stop}")
+        self.check_advance(start, stop)
         out: State = {}
         if stop > start:
             noises = [state.get(f"noise_{j}") for j in range(self.num_layers)]

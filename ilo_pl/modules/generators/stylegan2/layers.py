@@ -25,6 +25,7 @@ __all__ = [
     "ConstantInput",
     "EqualLinear",
     "MODCONV_IMPLS",
+    "ModconvImplOption",
     "ModulatedConv2d",
     "NoiseInjection",
     "PixelNorm",
@@ -172,6 +173,31 @@ def resolve_modconv_impl(
     if style_grad is None:
         style_grad = torch.is_grad_enabled()
     return "fused" if batch == 1 and not style_grad else "unfused"
+
+
+class ModconvImplOption:
+    """A generator's ``modconv_impl``: a settable property that reaches each of its modulated convolutions.
+
+    For ``nn.Module`` generators (the rosinality port's and NVIDIA's StyleGAN-2);
+    :attr:`_modconv_layers` names the layer types that carry an ``impl``
+    attribute (one of :data:`MODCONV_IMPLS`).
+    """
+
+    #: The layer types whose ``impl`` follows the generator's ``modconv_impl``.
+    _modconv_layers: Tuple[type, ...] = ()
+
+    @property
+    def modconv_impl(self) -> str:
+        """How the modulated convolutions run (``"auto"``, ``"fused"`` or ``"unfused"``); settable."""
+        return self._modconv_impl
+
+    @modconv_impl.setter
+    def modconv_impl(self, impl: str) -> None:
+        check_impl(f"{type(self).__name__}.modconv_impl", impl, MODCONV_IMPLS)
+        self.__dict__["_modconv_impl"] = impl
+        for module in self.modules():
+            if isinstance(module, self._modconv_layers):
+                module.impl = impl
 
 
 class ModulatedConv2d(nn.Module):

@@ -1,0 +1,109 @@
+"""A problem batch's way in and out of :class:`~ilo_pl.modules.ilo.ILOModule`: restarts and the consistency step.
+
+* :func:`prepare`: each problem batch as it reaches the module's device:
+  refuse a consistency step its operator cannot take (before any step), and
+  expand it to the module's restarts (:mod:`ilo_pl.modules.restarts`).
+* :func:`check_setup`: the same refusal when the fit starts (the module's
+  ``setup``), from the data module's operator, before any problem is loaded.
+* :func:`finish`: the result of a solved batch: each problem's best restart
+  (:func:`~ilo_pl.modules.restarts.collapse`), then the consistency step
+  (:mod:`ilo_pl.operators.consistency`) on the chosen images.
+
+The consistency step changes the returned image: ``images`` is ``G +
+correction``, ``measurement_loss`` is that image's error, and each solution
+carries ``consistency`` and ``correction`` so that the saved image is
+regenerated with the step included (:func:`ilo_pl.solutions.regenerate`).
+Each stage's errors (``stage_losses``) stay the generator's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Optional, Tuple
+
+import torch
+
+from ilo_pl.modules.restarts import check_restarts, collapse, expand, keep_best_
+from ilo_pl.operators.base import Operator
+from ilo_pl.operators.consistency import check_mode, check_operator, consistency_step
+from ilo_pl.problem import ProblemBatch, ProblemResult
+
+__all__ = ["apply_consistency", "check_options", "check_setup", "finish", "keep_best_", "prepare", "probe_operator"]
+
+#: The consistency step's residual (normal equations, relative) above which a problem is warned about.
+RESIDUAL_WARNING = 1e-4
+
+
+def check_options(restarts: Any, restart_keep: Any, consistency: Any) -> Tuple[int, Optional[int], str]:
+    """The module's ``restarts``, ``restart_keep`` and ``consistency``, checked (errors name the fix)."""
+    restarts, restart_keep = check_restarts(restarts, restart_keep)
+    return restarts, restart_keep, check_mode(consistency)
+
+
+def prepare(module: Any, batch: ProblemBatch) -> ProblemBatch:
+    """The batch the module solves: ``batch`` checked for the consistency step and expanded to the restarts."""
+    check_operator(batch.operator, module.consistency)
+    return expand(batch, module.restarts)
+
+
+def probe_operator(datamodule: Any) -> Optional[Operator]:
+    """An operator of the kind ``datamodule`` will give (``None`` when it cannot tell without loading data).
+
+    :class:`~ilo_pl.data.ProblemBatches` holds its batches; an
+    :class:`~ilo_pl.data.InverseProblemDataModule` builds one with its spec for
+    its first problem (a spec that cannot build it here is checked with the first batch instead).
+    """
+    batches = getattr(datamodule, "batches", None)
+    if batches:
+        return getattr(batches[0], "operator", None)
+    spec, shape = getattr(datamodule, "operator_spec", None), getattr(datamodule, "image_shape", None)
+    if spec is None or shape is None:
+        return None
+    source = getattr(datamodule, "source", None)
+    try:
+        name = source.name(0) if source is not None and len(source) else None
+        return spec.build(tuple(shape), 0, name=name)
+    except Exception:  # noqa: BLE001 - the data module raises its own error for the problem it cannot build
+        return None
+
+
+def check_setup(module: Any) -> None:
+    """At the fit's start: refuse a consistency step the data's operator cannot take (names the fix)."""
+    if module.consistency == "none":
+        return
+    trainer = getattr(module, "_trainer", None)
+    op = probe_operator(getattr(trainer, "datamodule", None)) if trainer is not None else None
+    if op is not None:
+        check_operator(op, module.consistency)
+
+
+@torch.no_grad()
+def apply_consistency(result: ProblemResult, mode: str) -> ProblemResult:
+    """``result`` with the consistency step ``mode`` applied to its images (see the module doc)."""
+    if mode == "none":
+        return result
+    batch = result.batch
+    op, y = batch.operator, batch.observation
+    step = consistency_step(op, result.images.to(y.device), y, mode)
+    correction = step.correction.float().cpu()
+    # Added on the CPU in float32, as regenerate adds it to a float32 CPU rendering: the same bits.
+    images = result.images + correction
+    err = op.measurement_error(op.A(images.to(y.device)), y).float().cpu()
+    bad = [pid for pid, r in zip(batch.ids, step.residual.tolist()) if r > RESIDUAL_WARNING]
+    if bad:
+        warnings.warn(
+            f"consistency {mode!r}: the step of {', '.join(bad[:10])} is approximate (the solve did not reach "
+            f"its tolerance; worst relative residual {float(step.residual.max()):.3g})",
+            stacklevel=2,
+        )
+    solutions = [
+        dataclasses.replace(s, consistency=mode, correction=correction[b : b + 1].clone())
+        for b, s in enumerate(result.solutions)
+    ]
+    return dataclasses.replace(result, images=images, measurement_loss=err, solutions=solutions)
+
+
+def finish(module: Any, result: ProblemResult) -> ProblemResult:
+    """The module's result for a solved batch: the best restart per problem, then the consistency step."""
+    return apply_consistency(collapse(result), module.consistency)
