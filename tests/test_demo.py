@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Set, Tuple
@@ -243,3 +244,105 @@ def test_stop_keeps_the_best_so_far(demo):
     # a new solve after a stop runs to the end
     events = run_all(demo, frame, "superres", {"factor": 4}, None, "quick", True, visitor="stopper")
     assert events[-1]["kind"] == "done" and not events[-1]["stopped"]
+
+
+# -- the labelled strips (stage previews, result panels) ------------------------------------------
+@pytest.mark.parametrize("size", [(64, 64), (48, 80), (256, 256), (300, 120)])
+def test_strip_keeps_each_frame_aspect_and_draws_its_captions(size):
+    from ilo_pl.demo.strip import caption_band, labelled_strip, strip_count, strip_layout, strip_tiles, tile_size
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(3)]
+    labels = ["1. CSGM", "2. split 1", "ILO, your pixels kept"]
+    strip = labelled_strip(list(zip(frames, labels)))
+    (h, w), tiles, captions = strip_layout(3, size)
+    assert strip.shape == (h, w, 3) and strip.dtype == np.uint8
+    assert strip_count(w, size) == 3
+    th, tw, factor = tile_size(size)
+    assert abs(th / tw - size[0] / size[1]) <= 0.5 / min(th, tw) + 1e-9  # the frame's aspect ratio
+    for (top, left, bh, bw), (ct, cl, ch, cw), label in zip(tiles, captions, labels):
+        assert (bh, bw) == (th, tw)
+        assert np.array_equal(strip[ct:ct + ch, cl:cl + cw], caption_band(label, cw))
+        assert (caption_band(label, cw) < 128).any()  # the caption is drawn, in dark ink
+    if factor:  # a whole enlargement: the frames' exact pixels
+        assert all(np.array_equal(a, b) for a, b in zip(strip_tiles(strip, 3, size), frames))
+    else:  # a reduction to the tile size
+        assert max(th, tw) == 128
+        with pytest.raises(ValueError, match="reduced"):
+            strip_tiles(strip, 3, size)
+
+
+def test_strip_captions_wrap_and_odd_inputs():
+    from ilo_pl.demo.strip import labelled_strip, wrap_caption
+
+    assert wrap_caption("1. CSGM", 120) == ["1. CSGM"]
+    long = wrap_caption("a caption far too long to be drawn on two lines under one small tile", 90)
+    assert len(long) == 2 and long[-1].endswith("...")
+    gray = np.full((64, 64), 200, dtype=np.uint8)
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    small = np.zeros((16, 16, 3), dtype=np.uint8)  # another size: fitted to the first's
+    assert labelled_strip([(gray, "g"), (rgba, "a"), (small, "s")]).shape == labelled_strip([(gray, "g")] * 3).shape
+    assert labelled_strip([]).shape[1] > 0
+    with pytest.raises(ValueError, match="uint8"):
+        labelled_strip([(np.zeros((8, 8, 3)), "float")])
+
+
+# -- the server: a full queue, --share ------------------------------------------------------------
+class WaitingDemo(Demo):
+    """A :class:`Demo` whose solve reports one step, then waits for ``gate`` (no CPU spent)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def solve(self, visitor, *args: Any, **kwargs: Any):  # noqa: ANN201 - Demo.solve's events
+        self.started.set()
+        yield {"kind": "step", "step": 1, "total": 2, "stage": 0, "split": 0, "stage_step": 1, "stage_steps": 2,
+               "loss": 1.0}
+        self.gate.wait(60)
+        yield {"kind": "error", "message": "released"}
+
+
+def test_a_full_queue_refuses_with_a_message(tmp_path):
+    pytest.importorskip("gradio", reason="the demo extra is not installed")
+    import httpx
+
+    from ilo_pl.demo.app import build_app
+
+    demo = WaitingDemo(root=tmp_path)
+    page = build_app(demo, max_queue=1, concurrency=1)  # one solve running, one waiting, no more
+    _, url, _ = page.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        (run,) = [i for i, fn in page.fns.items() if fn.name == "run"]
+
+        def join(session: str) -> httpx.Response:
+            return httpx.post(f"{url}gradio_api/queue/join", timeout=30,
+                              json={"data": [None, None, "box", "", 10, 4, 50, 0.1, "quick", True],
+                                    "fn_index": run, "session_hash": session})
+
+        assert join("first").status_code == 200
+        assert demo.started.wait(30)  # the first visitor's solve runs
+        assert join("second").status_code == 200  # the second waits
+        full = join("third")
+        # refused at once with a reason (the page shows Gradio's "This application is currently busy.
+        # Please try again."), never left waiting
+        assert full.status_code == 503
+        assert "Queue is full. Max size is 1" in full.json()["detail"]
+    finally:
+        demo.gate.set()
+        page.close()
+        for key in list(demo.visitors):
+            demo.leave(key)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_share_port_and_host_reach_launch(share, monkeypatch):
+    gr = pytest.importorskip("gradio", reason="the demo extra is not installed")
+    from ilo_pl.demo import app
+
+    calls: List[Dict[str, Any]] = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: calls.append(kw))  # no server, no network
+    argv = ["--port", "7999", "--host", "0.0.0.0"] + (["--share"] if share else [])
+    assert app.main(argv) == 0
+    assert calls == [{"server_name": "0.0.0.0", "server_port": 7999, "share": share}]

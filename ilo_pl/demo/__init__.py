@@ -9,6 +9,8 @@ page's result with ``ilo-pl fit``. Submodules:
   task's operator entry and the config (no torch import);
 * :mod:`ilo_pl.demo.runner`: the solve (:func:`~ilo_pl.demo.runner.run_solve`)
   and its live-progress callback;
+* :mod:`ilo_pl.demo.strip`: the captioned strips the page shows the stage
+  previews and the result panels in (PIL, no torch);
 * :mod:`ilo_pl.demo.app`: the Gradio page and ``ilo-pl demo``'s ``main``
   (needs the ``demo`` extra: ``pip install ilo-pl[demo]``).
 """

@@ -14,6 +14,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ilo_pl.demo import problem as P
+from ilo_pl.demo.strip import labelled_strip
 
 log = logging.getLogger("ilo_pl.demo")
 # Gradio reports usage to its makers unless told not to: the demo calls out nowhere.
@@ -29,6 +31,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 #: The editor shows the frame enlarged this many times (nearest neighbour), so strokes map to pixels.
 PAINT_SCALE = 4
+#: The page's progress (bar, loss curve) is redrawn at most this often, in seconds, and at each stage's end:
+#: a redraw per step sends the whole curve each time, which on 2 CPU cores slowed the solve and the
+#: browser more than the solve's own work.
+REDRAW_S = 0.25
 #: Sample faces offered on the page (``ilo-pl fit``'s ``data: samples``).
 SAMPLES = ("astronaut", "grace_hopper")
 
@@ -240,12 +246,23 @@ def _metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _strip(items: Sequence[Tuple[np.ndarray, str]]) -> Dict[str, Any]:
+    """A ``gr.Image`` update showing ``items`` (``(image, caption)``) as one labelled strip.
+
+    The captions also go to the image's alt text, for screen readers (and the browser test).
+    """
+    import gradio as gr
+
+    return gr.update(value=labelled_strip(items), alt_text=" | ".join(label for _, label in items))
+
+
 def build_app(demo: Optional[Demo] = None, max_queue: int = 8, concurrency: Optional[int] = None) -> Any:
     """The Gradio page of ``demo``.
 
     Args:
         demo: the :class:`Demo` (default: the embedded DCGAN).
-        max_queue: visitors waiting at most (more get Gradio's "queue is full").
+        max_queue: visitors waiting at most; one more is refused at once, and their page says "This
+            application is currently busy. Please try again." (Gradio's words for its full queue).
         concurrency: solves at a time (default: one per CPU).
     """
     import gradio as gr
@@ -272,11 +289,17 @@ def build_app(demo: Optional[Demo] = None, max_queue: int = 8, concurrency: Opti
         previews: List[Tuple[np.ndarray, str]] = []
         empty = pd.DataFrame({"step": [], "loss": []})
         nothing = gr.update()
-        yield (_bar(0, 1, "starting"), [], empty, [], "", None, "")
+        drawn = 0.0  # when the progress was last sent
+        blank = gr.update(value=None, alt_text=None)
+        yield (_bar(0, 1, "starting"), blank, empty, blank, "", None, "")
         for ev in demo.solve(visitor, frame, task, params, editor, preset, compare):
             kind = ev["kind"]
             if kind == "step":
                 losses.append({"step": ev["step"], "loss": ev["loss"]})
+                now = time.monotonic()
+                if now - drawn < REDRAW_S and ev["stage_step"] < ev["stage_steps"]:
+                    continue  # kept for the next redraw
+                drawn = now
                 text = (f"stage {ev['stage'] + 1} (split {ev['split']}): step {ev['stage_step']}/{ev['stage_steps']}"
                         f", loss {ev['loss']:.4g}")
                 yield (_bar(ev["step"], ev["total"], text), nothing, pd.DataFrame(losses), nothing, nothing,
@@ -284,20 +307,22 @@ def build_app(demo: Optional[Demo] = None, max_queue: int = 8, concurrency: Opti
             elif kind == "stage_end":
                 name = "CSGM" if ev["stage"] == 0 else f"split {ev['split']}"
                 previews.append((ev["image"], f"{len(previews) + 1}. {name}"))
-                yield (nothing, list(previews), nothing, nothing, nothing, nothing, nothing)
+                yield (nothing, _strip(previews), nothing, nothing, nothing, nothing, nothing)
             elif kind == "stopped":
-                yield (_bar(ev["step"], max(ev["step"], 1), "stopped: keeping the best so far"), nothing, nothing,
-                       nothing, nothing, nothing, nothing)
+                yield (_bar(ev["step"], max(ev["step"], 1), "stopped: keeping the best so far"), nothing,
+                       pd.DataFrame(losses), nothing, nothing, nothing, nothing)
             elif kind == "error":
                 yield (_bar(0, 1, "not started" if not losses else "failed"), nothing, nothing, nothing, nothing,
                        None, f"**{ev['message']}**")
             elif kind == "done":
-                panels = [(img, label) for label, img in ev["panels"]]
+                shown = [(img, label) for label, img in ev["panels"]]
                 note = ("Stopped early: this is the best iterate so far (the config reproduces the full solve)."
                         if ev["stopped"] else "Done. `config.yaml` reproduces this result with `ilo-pl fit`.")
                 done = losses[-1]["step"] if losses else 1
-                yield (_bar(done, done, "done" if not ev["stopped"] else "stopped"), nothing, nothing, panels,
-                       _metrics_table(ev["metrics"]), [str(p) for p in ev["files"]], note)
+                # (the curve again: steps since the last redraw were not sent)
+                yield (_bar(done, done, "done" if not ev["stopped"] else "stopped"), nothing,
+                       pd.DataFrame(losses) if losses else nothing, _strip(shown), _metrics_table(ev["metrics"]),
+                       [str(p) for p in ev["files"]], note)
 
     def stop(request: gr.Request) -> str:
         key = getattr(request, "session_hash", None) or "default"
@@ -338,12 +363,17 @@ def build_app(demo: Optional[Demo] = None, max_queue: int = 8, concurrency: Opti
                                         brush=gr.Brush(colors=["#ff0000"], default_size=12, color_mode="fixed"),
                                         height=h * PAINT_SCALE + 120, width=w * PAINT_SCALE + 40)
                 bar = gr.HTML(_bar(0, 1, "idle"), elem_id="bar")
-                previews = gr.Gallery(label="Stage ends: the image each stage hands on", columns=6, height=180, allow_preview=False, object_fit="contain", format="png",
-                                      elem_id="previews")
+                # One drawn strip per gr.Image, not a gr.Gallery: Gradio 6's gallery crops its cells (and their
+                # captions) when it holds fewer images than columns (see ilo_pl/demo/strip.py).
+                # (titles as Markdown above, no buttons: Gradio draws its label and buttons over the image)
+                gr.Markdown("**Stage ends**: the image each stage hands on (CSGM, then ILO's splits)")
+                previews = gr.Image(None, label="Stage ends", show_label=False, type="numpy", format="png",
+                                    interactive=False, buttons=[], elem_id="previews")
                 plot = gr.LinePlot(x="step", y="loss", label="loss per step (all stages)", elem_id="plot",
                                    height=220)
-                panels = gr.Gallery(label="observation | CSGM | ILO | ground truth", columns=5, height=240, allow_preview=False, object_fit="contain", format="png",
-                                    elem_id="panels")
+                gr.Markdown("**Result**: observation | CSGM | ILO | ground truth")
+                panels = gr.Image(None, label="Result", show_label=False, type="numpy", format="png",
+                                  interactive=False, buttons=[], elem_id="panels")
                 metrics = gr.Markdown("", elem_id="metrics")
                 files = gr.File(label="Downloads: reconstruction, solution.pt (ilo-pl regenerate), config.yaml "
                                       "(ilo-pl fit), reproduce.zip", file_count="multiple", elem_id="files")
