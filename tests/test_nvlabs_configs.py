@@ -96,9 +96,13 @@ def test_config_runs_end_to_end(config: Path, tmp_path: Path, monkeypatch: pytes
 
 
 # The StyleGAN3 fixture's images are faint (std ~0.1: random weights, output_scale 0.25), so sigma-50
-# noise (std 0.39) is four times the signal: its denoising gets a 3x bar (measured 4.4x), the others 5x.
+# noise (std 0.39) is four times the signal: its denoising gets a 3x bar (measured 4.4x), the others 5x,
+# except its box inpainting, 3.3x: 4.2x measured with the unfused modulated convolution that "auto" runs
+# when the latent is free (over 5x fused; the forms differ by float rounding, which these short,
+# non-convex solves amplify).
+SG3_FACTORS = {"ffhq1024_denoising": 0.34, "ffhq1024_inpainting_box": 0.3}
 IN_RANGE_CASES = [("stylegan2ada", "ffhq1024_denoising", 0.2), ("stylegan2ada", "ffhq1024_inpainting_box", 0.2)] + [
-    ("stylegan3", p.stem, 0.34 if p.stem == "ffhq1024_denoising" else 0.2) for p in SG3_CONFIGS
+    ("stylegan3", p.stem, SG3_FACTORS.get(p.stem, 0.2)) for p in SG3_CONFIGS
 ]
 
 

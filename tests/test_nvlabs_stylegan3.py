@@ -164,3 +164,42 @@ def test_errors_and_the_other_generator(tmp_path: Path) -> None:
         g.synthesis(torch.zeros(1, 7, 32))
     with pytest.raises(ValueError, match="lacks entries"):
         g.render({"latent": torch.zeros(1, 6, 32)}, 2)
+
+
+@pytest.mark.parametrize("impl", ["fused", "unfused"])
+def test_both_modconv_forms_reproduce_the_references(impl: str, ref: Dict[str, torch.Tensor]) -> None:
+    g = StyleGAN3Generator(_fixture(PKL), modconv_impl=impl)
+    assert all(layer.impl == impl for layer in g.synthesis.modules() if hasattr(layer, "magnitude_ema"))
+    with torch.no_grad():
+        assert _err(g(ref["z"], None, truncation_psi=1, noise_mode="const"), ref["img_const"]) < TOL
+        assert _err(g.synthesis(ref["ws_custom"], noise_mode="const"), ref["img_from_ws"]) < TOL
+
+
+def test_modconv_forms_agree_in_float64_with_gradients() -> None:
+    """The two forms of modulated_conv2d_sg3 are the same function (values and gradients)."""
+    from ilo_pl.modules.generators.nvlabs.stylegan3 import modulated_conv2d_sg3
+
+    gen = torch.Generator().manual_seed(0)
+    for demodulate in (True, False):
+        x = torch.randn(3, 5, 6, 6, dtype=torch.float64, generator=gen)
+        w = torch.randn(4, 5, 3, 3, dtype=torch.float64, generator=gen)
+        s = torch.randn(3, 5, dtype=torch.float64, generator=gen)
+        gain = torch.tensor(0.7, dtype=torch.float64)
+        outs, grads = [], []
+        for impl in ("fused", "unfused"):
+            xi, si = x.clone().requires_grad_(True), s.clone().requires_grad_(True)
+            y = modulated_conv2d_sg3(xi, w, si, demodulate=demodulate, padding=2, input_gain=gain, impl=impl)
+            y.square().sum().backward()
+            outs.append(y.detach())
+            grads.append((xi.grad, si.grad))
+        assert outs[0].dtype == torch.float64  # float64 in, float64 throughout
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-10)
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        # batch equals per sample in each form
+        one = modulated_conv2d_sg3(x[1:2], w, s[1:2], demodulate=demodulate, padding=2, input_gain=gain, impl="unfused")
+        torch.testing.assert_close(one, outs[1][1:2], rtol=1e-10, atol=1e-10)
+    # float32: the forms agree to float32 rounding
+    x32, w32, s32 = x.float(), w.float(), s.float()
+    torch.testing.assert_close(modulated_conv2d_sg3(x32, w32, s32, padding=2, impl="fused"),
+                               modulated_conv2d_sg3(x32, w32, s32, padding=2, impl="unfused"), rtol=1e-5, atol=1e-5)

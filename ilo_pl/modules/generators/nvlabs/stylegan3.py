@@ -55,6 +55,8 @@ from ilo_pl.checkpoints import load_state_dict_strict
 from ilo_pl.modules.generators.base import State
 from ilo_pl.modules.generators.nvlabs.mapping import NOISE_MODES, FullyConnectedLayer, NVLabsGenerator, mapping_spec
 from ilo_pl.modules.generators.nvlabs.ops import as_float, upfirdn2d
+from ilo_pl.modules.generators.stylegan2.layers import ModconvImplOption, resolve_modconv_impl
+from ilo_pl.policy import work_dtype
 from ilo_pl.modules.generators.nvlabs.pickle_reader import (
     NetworkPickleError,
     PersistentRecord,
@@ -121,15 +123,23 @@ def filtered_lrelu(
 
 def modulated_conv2d_sg3(
     x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True, padding: int = 0,
-    input_gain: Optional[Tensor] = None,
+    input_gain: Optional[Tensor] = None, impl: str = "auto",
 ) -> Tensor:
-    """StyleGAN3's modulated convolution (one grouped convolution per batch).
+    """StyleGAN3's modulated convolution ``conv(x * g, W' * s_b) * d_b`` per sample ``b``.
 
     With demodulation, the weight is first scaled to unit mean square per
-    output channel and each sample's styles to unit mean square (this scale
-    cancels in the demodulation up to its 1e-8; it is taken per sample so that
-    problems of a batch never mix), then each output channel is demodulated.
-    ``input_gain`` (``magnitude_ema ** -0.5``) scales the input channels.
+    output channel (``W'``) and each sample's styles to unit mean square (this
+    scale cancels in the demodulation up to its 1e-8; it is taken per sample so
+    that problems of a batch never mix), then each output channel is
+    demodulated (``d_b``). ``input_gain`` (``g = magnitude_ema ** -0.5``)
+    scales the input channels after the demodulation (it does not enter ``d_b``).
+
+    Two forms, equal up to float rounding (``impl``, the rule of
+    :func:`~ilo_pl.modules.generators.stylegan2.layers.resolve_modconv_impl`):
+    ``"fused"`` (NVIDIA's only form) builds each sample's weight and runs one
+    grouped convolution; ``"unfused"`` scales the input by ``s_b * g``,
+    convolves with the shared ``W'`` and scales the output by ``d_b``, one
+    ordinary convolution for the whole batch; ``"auto"`` picks per call.
 
     Args:
         x: ``[B, in, H, W]``.
@@ -138,19 +148,32 @@ def modulated_conv2d_sg3(
         demodulate: normalise each output channel.
         padding: convolution padding (``kernel - 1`` in StyleGAN3: the map grows).
         input_gain: scalar or ``[in]`` gain of the inputs.
+        impl: ``"auto"``, ``"fused"`` or ``"unfused"``.
     """
     b = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
-    styles = styles.float()
-    weight = weight.float()
+    style_grad = styles.requires_grad and torch.is_grad_enabled()
+    form = resolve_modconv_impl(impl, b, x.device, style_grad=style_grad)
+    work = work_dtype(x.dtype)  # float32 (NVIDIA's choice for these statistics); float64 stays float64
+    styles = styles.to(work)
+    weight = weight.to(work)
     if demodulate:
         weight = weight * weight.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
         styles = styles * styles.square().mean(dim=1, keepdim=True).rsqrt()
+    gain = None if input_gain is None else input_gain.to(work).expand(in_ch)
+    if form == "unfused":
+        scale = styles if gain is None else styles * gain  # [B, in]
+        y = F.conv2d(x * scale.to(x.dtype).reshape(b, in_ch, 1, 1), weight.to(x.dtype), padding=padding)
+        if demodulate:
+            # sum over (in, kh, kw) of (W' s_b)^2 = s_b^2 @ (sum over kh, kw of W'^2)^T
+            d = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [B, out]
+            y = y * d.to(y.dtype).reshape(b, out_ch, 1, 1)
+        return y
     w = weight.unsqueeze(0) * styles.reshape(b, 1, in_ch, 1, 1)  # [B, out, in, kh, kw]
     if demodulate:
         w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
-    if input_gain is not None:
-        w = w * input_gain.float().expand(in_ch).reshape(1, 1, in_ch, 1, 1)
+    if gain is not None:
+        w = w * gain.reshape(1, 1, in_ch, 1, 1)
     y = F.conv2d(x.reshape(1, b * in_ch, *x.shape[2:]), w.reshape(b * out_ch, in_ch, kh, kw).to(x.dtype),
                  padding=padding, groups=b)
     return y.reshape(b, out_ch, *y.shape[2:])
@@ -226,6 +249,7 @@ class SynthesisLayer(nn.Module):
         self.weight = nn.Parameter(torch.zeros(out_channels, in_channels, self.conv_kernel, self.conv_kernel))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("magnitude_ema", torch.ones([]))
+        self.impl = "auto"  # set by the generator's ``modconv_impl``
         self.register_buffer("up_filter", None if up_taps is None else torch.zeros(list(up_taps)))
         self.register_buffer("down_filter", None if down_taps is None else torch.zeros(list(down_taps)))
 
@@ -235,7 +259,7 @@ class SynthesisLayer(nn.Module):
         if self.is_torgb:
             styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel**2))
         x = modulated_conv2d_sg3(x, self.weight, styles, demodulate=not self.is_torgb,
-                                 padding=self.conv_kernel - 1, input_gain=self.magnitude_ema.rsqrt())
+                                 padding=self.conv_kernel - 1, input_gain=self.magnitude_ema.rsqrt(), impl=self.impl)
         return filtered_lrelu(
             x, self.up_filter, self.down_filter, self.bias, up=self.up_factor, down=self.down_factor,
             padding=self.padding, gain=1.0 if self.is_torgb else math.sqrt(2.0),
@@ -329,11 +353,12 @@ def _spec_from_record(rec: PersistentRecord, source: str) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- the generator
-class StyleGAN3Generator(NVLabsGenerator):
+class StyleGAN3Generator(ModconvImplOption, NVLabsGenerator):
     """NVIDIA's StyleGAN3 (T or R), read safely from a network pickle, split after every layer.
 
     Options, class labels, mapping statistics and NVIDIA's ``G(z, c, ...)`` are
     :class:`~ilo_pl.modules.generators.nvlabs.mapping.NVLabsGenerator`'s.
+    ``modconv_impl`` reaches every :class:`SynthesisLayer`.
 
     Args:
         checkpoint: an NVIDIA StyleGAN3 network pickle (``.pkl``; read with
@@ -353,13 +378,15 @@ class StyleGAN3Generator(NVLabsGenerator):
         gaussian_fit_samples, stats_seed: the Gaussian fit's draws.
         mean_latent_samples: unused with a snapshot (``w_avg`` is recorded);
             kept for the uniform interface.
-        modconv_impl: checked (``"auto"``, ``"fused"`` or ``"unfused"``) for a
-            uniform interface; StyleGAN3's modulated convolution always runs
-            as one grouped convolution.
+        modconv_impl: ``"auto"`` (default), ``"fused"`` or ``"unfused"``: how
+            the modulated convolutions run (:func:`modulated_conv2d_sg3`; the
+            rule of the rosinality generator's ``modconv_impl``); settable.
 
     Raises:
         FileNotFoundError, NetworkPickleError, ValueError.
     """
+
+    _modconv_layers = (SynthesisLayer,)
 
     def __init__(
         self,
@@ -396,6 +423,7 @@ class StyleGAN3Generator(NVLabsGenerator):
                                f"{checkpoint} ({network}) does not match the StyleGAN3 architecture read from its "
                                "recorded attributes")
         self._apply_recorded_gains(record)
+        self.modconv_impl = modconv_impl
         self.freeze()
 
     # ------------------------------------------------------------------ construction helpers
