@@ -8,8 +8,8 @@ Usage (from the repository root)::
 The generators are the 32x32 fixtures of ``../shared/fixtures``: the rosinality
 port's ``stylegan2_rosinality_tiny.pt`` and NVIDIA's ``nvlabs/stylegan2ada_tiny_shared.pkl``
 and ``nvlabs/stylegan3t_tiny.pkl`` (all loaded through
-:func:`ilo_pl.modules.generators.load_generator`). StyleGAN3 has one
-modulated-convolution form (its rows repeat under both ``impl`` values). A *solve step* is
+:func:`ilo_pl.modules.generators.load_generator`). Every generator
+runs each modulated-convolution form (``modconv_impl``). A *solve step* is
 what ILO does per optimizer step, without Lightning: ``G2`` from the state at a
 split (every entry of groups ``latent``, ``state``, ``noise`` free), an MSE
 against a fixed target, backward, and an Adam step. It is timed at the splits

@@ -40,6 +40,17 @@ from ilo_pl.trainer import TRAINER_DEFAULTS, quiet_lightning
 #: Config entries that may change when a run is resumed (they do not change any result).
 RESUME_IGNORED = {"model.log_every"}
 
+#: Options added after run folders existed, with the default that gives the results they had
+#: before: a folder's config.yaml without one of them compares as if it held this value, so a
+#: folder written before them still resumes (the manifest leaves them out alike:
+#: :data:`ilo_pl.manifest.UNRECORDED_DEFAULTS`).
+ADDED_OPTION_DEFAULTS = {
+    "model.restarts": 1,
+    "model.restart_keep": None,
+    "model.consistency": "none",
+    "data.class_labels": None,
+}
+
 #: What a run folder holds before its first problem is solved (all written by ilo-pl; the
 #: list of input files the data left out is ResultWriter's SKIPPED_CSV).
 BOOKKEEPING = frozenset({RUN_MARKER, "config.yaml", MANIFEST, "skipped_inputs.csv"})
@@ -305,10 +316,29 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def _compared_sections(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The flattened ``model`` and ``data`` entries of a config that resuming compares.
+
+    Leaves out :data:`RESUME_IGNORED`; an option of :data:`ADDED_OPTION_DEFAULTS`
+    missing from its section (a config written before the option) gets its default,
+    and ``restart_keep`` equal to ``restarts`` (keeps them all) counts as unset, as the module takes it.
+    """
+    out = {k: v for k, v in _flatten({s: config.get(s) for s in ("model", "data")}).items() if k not in RESUME_IGNORED}
+    for key, default in ADDED_OPTION_DEFAULTS.items():
+        section, name = key.split(".", 1)
+        if not isinstance(config.get(section), dict) or name not in config[section]:
+            out[key] = default
+    if out.get("model.restart_keep") is not None and out.get("model.restart_keep") == out.get("model.restarts"):
+        out["model.restart_keep"] = None
+    return out
+
+
 def check_resume_config(existing: Path, new_text: str) -> None:
     """Refuse to resume a run folder with a config that defines other problems or another solver.
 
-    Compares the ``model`` and ``data`` sections (except :data:`RESUME_IGNORED`).
+    Compares the ``model`` and ``data`` sections (except :data:`RESUME_IGNORED`); an
+    option of :data:`ADDED_OPTION_DEFAULTS` that the folder's config lacks (written
+    before the option existed) counts as its default.
     The trainer settings that change results (precision, gradient accumulation,
     deterministic algorithms, ...) and the data folder's contents are checked
     from their effective values by :class:`ResultWriter` (``run_manifest.json``,
@@ -330,8 +360,7 @@ def check_resume_config(existing: Path, new_text: str) -> None:
         )
     new = yaml.safe_load(new_text) or {}
     old = renamed(old)  # class paths recorded under an earlier name
-    a = {k: v for k, v in _flatten({s: old.get(s) for s in ("model", "data")}).items() if k not in RESUME_IGNORED}
-    b = {k: v for k, v in _flatten({s: new.get(s) for s in ("model", "data")}).items() if k not in RESUME_IGNORED}
+    a, b = _compared_sections(old), _compared_sections(new)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:5])

@@ -83,7 +83,10 @@ MODULE_SETTINGS = {
 }
 
 #: Settings added after manifests existed, recorded only when not at these defaults (the
-#: results they had before), so that a folder written before them still resumes.
+#: results they had before), so that the manifest of a folder written before them still
+#: matches. The CLI's check of the folder's config.yaml treats these options, missing from
+#: an older config, the same way (:data:`ilo_pl.lightning_cli.ADDED_OPTION_DEFAULTS`);
+#: ``restart_keep`` equal to ``restarts`` is unset (the module takes it so).
 UNRECORDED_DEFAULTS = {"restarts": 1, "restart_keep": None, "consistency": "none"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
@@ -143,15 +144,16 @@ class ProblemBatch:
         return len(self.ids)
 
     def to(self, device: torch.device) -> "ProblemBatch":
-        """A copy on ``device`` (the operator module is moved in place)."""
-        return ProblemBatch(
-            ids=self.ids,
+        """A copy on ``device`` (the operator module is moved in place).
+
+        The copy is of the batch's own class, with every other field as it is
+        (a subclass's too: :class:`~ilo_pl.modules.restarts.RestartBatch` keeps its rows' problems).
+        """
+        return dataclasses.replace(
+            self,
             observation=self.observation.to(device),
             operator=self.operator.to(device),
-            seeds=self.seeds,
             target=None if self.target is None else self.target.to(device),
-            indices=self.indices,
-            labels=self.labels,
         )
 
 

@@ -52,8 +52,9 @@ START_FIELDS = ["target_prob_start", "target_prob", "start_mse"]
 #: Columns of ``results.csv`` (the writer's and the resume's common format). ``true_mse``,
 #: ``psnr``, ``ssim`` and ``stlpips`` are empty for problems without ground truth; the start
 #: columns, then ``stlpips`` (ST-LPIPS, AlexNet: :func:`ilo_pl.metrics.stlpips`; not the
-#: paper's LPIPS) and ``restart`` (the winning restart, :mod:`ilo_pl.modules.restarts`; empty
-#: in rows written before it) come last, so the earlier columns keep their places.
+#: paper's LPIPS) and ``restart`` (the winning restart, :mod:`ilo_pl.modules.restarts`; ``0``
+#: in rows written before it, which used one start: a resume fills it in) come last, so the
+#: earlier columns keep their places.
 CSV_FIELDS = (["index", "id", "measurement_loss", "true_mse", "psnr", "ssim", "best_stage", "split", "failed"]
               + START_FIELDS + ["stlpips", "restart"])
 
@@ -164,6 +165,8 @@ def scan_run(run_dir: Union[str, Path], names: Sequence[str], require_solution: 
             continue
         row = {k: row.get(k, "") for k in CSV_FIELDS}
         row["index"], row["id"] = str(i), name
+        if row["restart"] == "":
+            row["restart"] = "0"  # a row from before restarts: those solves used one start (restart 0)
         scan.finished.append(i)
         scan.rows[i] = row
     return scan

@@ -16,7 +16,7 @@ belongs to (:mod:`ilo_pl.modules.restarts`; absent from files written before it)
 
 A solve with a consistency step (``consistency: project | prox``,
 :mod:`ilo_pl.operators.consistency`) saves an image that is *not* in the
-generator's range: ``image = render(state, split) + correction``. Its file
+generator's range: ``image = clamp(render(state, split) + correction, -1, 1)``. Its file
 has the format ``"ilo-pl-solution/2"`` (an older ilo-pl refuses it rather
 than regenerate the image without the step) and a ``"consistency"`` entry
 ``{"mode": str, "correction": tensor [1, C, H, W], "note": str}``; the note
@@ -51,8 +51,9 @@ FORMATS = (FORMAT, FORMAT_CORRECTED)
 
 #: What a corrected solution file says about its image.
 CORRECTION_NOTE = (
-    "image = render(state, split) + correction: the saved reconstruction includes the final consistency "
-    "step ({mode}), so it is not in the generator's range; ilo_pl.solutions.regenerate adds the correction"
+    "image = clamp(render(state, split) + correction, -1, 1): the saved reconstruction includes the final "
+    "consistency step ({mode}), so it is not in the generator's range; ilo_pl.solutions.regenerate adds the "
+    "correction and clamps"
 )
 
 PathLike = Union[str, Path]
@@ -154,11 +155,14 @@ def check_generator_identity(saved: Mapping[str, str], generator) -> None:  # no
 
 @torch.no_grad()
 def regenerate(path_or_solution: Union[PathLike, Dict[str, Any]], generator, check_identity: bool = True) -> Tensor:  # noqa: ANN001
-    """Render a saved solution with ``generator``: ``[1, C, H, W]`` in ``[-1, 1]``.
+    """Render a saved solution with ``generator``: ``[1, C, H, W]``, the image the run returned.
 
-    A solution with a consistency step's correction (format
-    ``ilo-pl-solution/2``) renders ``state`` and adds the correction (in
-    float32 on the CPU, as the run did), so the image includes the step.
+    That is the generator's rendering as it is (its own range, nominally
+    ``[-1, 1]``; not clamped, as the run's result was not: the PNG and the
+    image metrics clamp it). A solution with a consistency step's correction
+    (format ``ilo-pl-solution/2``) renders ``state``, adds the correction and
+    clamps the sum to ``[-1, 1]`` (in float32 on the CPU, as the run did), so
+    the image includes the step and is in ``[-1, 1]``.
 
     Renders in the generator's dtype (float32) without autocast, on the
     generator's device. How close that is to the saved image depends on how
@@ -187,16 +191,59 @@ def regenerate(path_or_solution: Union[PathLike, Dict[str, Any]], generator, che
             settings (:func:`check_generator_identity`) differ.
 
     Raises:
-        ValueError: if the generator is not the one the solution was made with.
+        ValueError: if the generator is not the one the solution was made with, or
+            for a file that predates per-problem class labels and cannot be
+            rendered without its class (see :func:`with_condition_entries`).
     """
     sol = load_solution(path_or_solution) if not isinstance(path_or_solution, dict) else path_or_solution
+    state = with_condition_entries(sol["state"], generator, int(sol["split"]))
     if check_identity:
         check_generator_identity(sol["generator"], generator)
     device = next(generator.buffers(), next(generator.parameters(), torch.zeros(0))).device
-    state = {k: v.to(device) for k, v in sol["state"].items()}
+    state = {k: v.to(device) for k, v in state.items()}
     image = generator.render(state, int(sol["split"])).float().cpu()
     step = sol.get("consistency")
-    return image if not step else image + step["correction"].float().cpu()
+    return image if not step else (image + step["correction"].float().cpu()).clamp(-1.0, 1.0)
+
+
+def with_condition_entries(state: Mapping[str, Tensor], generator, split: int) -> Dict[str, Tensor]:  # noqa: ANN001
+    """``state`` with the class-label entries a conditional generator needs, for files that predate them.
+
+    Solutions of class-conditional generators (NVIDIA's conditional snapshots)
+    carry each problem's class in their state (entry ``class_label``, group
+    ``condition``). Files written before per-problem labels have no such
+    entry: their run used the generator's one ``class_label`` for every problem.
+
+    * ``latent_space="w+"``: the class only chose the solve's starting latents;
+      the saved W+ rows render without it. The entry is filled with the
+      generator's default class (0 without one): the same image.
+    * ``latent_space="gaussian_fit"``: the class picks the Gaussian fit the
+      latents go through, so the image depends on it: refused, saying how to
+      proceed.
+
+    Raises:
+        ValueError: for such a file and a generator whose rendering needs its class.
+    """
+    missing = [n for n, g in generator.groups(split).items() if g == "condition" and n not in state]
+    if not missing:
+        return dict(state)
+    if getattr(generator, "latent_space", None) == "w+" and missing == ["class_label"]:
+        try:
+            (label,) = generator.check_labels(None, 1)
+        except ValueError:  # no default class: any class renders W+ rows alike
+            label = 0
+        rows = next(iter(state.values())).shape[0]
+        return {**state, "class_label": torch.full((rows,), float(label))}
+    raise ValueError(
+        f"this solution predates per-problem class labels: its state lacks {missing}, which this "
+        f"{type(generator).__name__} (latent_space={getattr(generator, 'latent_space', None)!r}) needs to render "
+        "it (the class picks the Gaussian fit its latents go through). It was written by an ilo-pl whose generator "
+        "took one class_label for every problem: regenerate it with that version, or add the class the run used "
+        "(its config.yaml's model.generator.init_args.class_label; the file's generator entry "
+        "'setting.class_labels') to the loaded file, sol['state']['class_label'] = torch.tensor([float(c)]), and "
+        "call regenerate(sol, generator, check_identity=False) (one class only: a run given several classes fitted "
+        "their mixture, which this version does not render)"
+    )
 
 
 def load_generator(config: PathLike, device: Union[str, torch.device] = "cpu"):  # noqa: ANN201 - a SplitGenerator
@@ -257,7 +304,7 @@ def regenerate_file(
         device: where to render.
 
     Returns:
-        The image ``[1, C, H, W]`` in ``[-1, 1]`` (float32).
+        The image ``[1, C, H, W]`` (float32) as :func:`regenerate` returns it (the PNG clamps it to ``[-1, 1]``).
     """
     from ilo_pl.io import save_image
 

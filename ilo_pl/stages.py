@@ -22,6 +22,10 @@ if TYPE_CHECKING:  # only for annotations: the generators import this module
 
 INF = float("inf")
 
+#: The group of state entries no stage optimises: a class-conditional generator's class labels
+#: (:mod:`ilo_pl.modules.generators.base`); refused in ``free``, never freed by a pattern.
+FIXED_GROUP = "condition"
+
 logger = logging.getLogger(__name__)
 
 #: Environment variable: a positive integer caps every :class:`Stage`'s ``steps`` (smoke runs).
@@ -67,7 +71,8 @@ class Stage:
         free: state entries optimised in this stage, as group names (``state``,
             ``latent``, ``noise``, ``skip``; see
             :data:`ilo_pl.modules.generators.base.GROUPS`) or entry-name
-            patterns (``noise_[0-4]``, fnmatch syntax). Other entries stay fixed.
+            patterns (``noise_[0-4]``, fnmatch syntax). Other entries stay fixed,
+            and so do class labels (group ``condition``: refused here, never matched by a pattern).
         radius: l1 radius of the ball around the stage's starting point, per
             group or entry-name pattern (first match wins, names before
             groups); entries with no radius are unconstrained.
@@ -105,9 +110,17 @@ class Stage:
         for key, r in self.radius.items():
             if r is None or not r >= 0:
                 raise ValueError(f"radius of {key!r} must be >= 0 (or inf); got {r}")
+        if FIXED_GROUP in self.free:
+            raise ValueError(
+                f"a stage cannot free {FIXED_GROUP!r}: that group holds each problem's class label (entry "
+                "class_label of a class-conditional generator), which is data, not a variable. Remove it from "
+                "the stage's `free`; give each problem its class with data.class_labels"
+            )
 
     def is_free(self, name: str, group: str) -> bool:
-        """Whether entry ``name`` (of ``group``) is optimised in this stage."""
+        """Whether entry ``name`` (of ``group``) is optimised in this stage (never one of the ``condition`` group)."""
+        if group == FIXED_GROUP:
+            return False  # class labels stay fixed, even under a pattern that matches them ("*")
         return any(p == group or fnmatch.fnmatchcase(name, p) for p in self.free)
 
     def radius_of(self, name: str, group: str) -> float:
@@ -161,10 +174,17 @@ def check_stage_names(stages: Sequence[Stage], generator: Any) -> None:
     from ilo_pl.modules.generators.base import GROUPS
 
     for i, st in enumerate(stages):
-        names = list(generator.groups(st.split))
+        groups = generator.groups(st.split)
+        names = list(groups)
         for what, keys in (("free", st.free), ("radius", list(st.radius))):
             for key in keys:
-                if key in GROUPS or any(fnmatch.fnmatchcase(n, key) for n in names):
+                matched = [n for n in names if fnmatch.fnmatchcase(n, key)]
+                if what == "free" and key not in GROUPS and matched and all(groups[n] == FIXED_GROUP for n in matched):
+                    raise ValueError(
+                        f"stage {i} (split {st.split}): `free` key {key!r} names only class labels "
+                        f"({', '.join(matched)}, group {FIXED_GROUP!r}), which no stage optimises; remove it"
+                    )
+                if key in GROUPS or matched:
                     continue
                 raise ValueError(
                     f"stage {i} (split {st.split}): `{what}` key {key!r} is neither a group "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import pytest
 import pytorch_lightning as pl
@@ -305,3 +305,59 @@ def test_restarts_keep_each_problems_class() -> None:
                   trainer_kwargs={"accelerator": "cpu"})
     assert alone.solutions[0].restart == res.solutions[1].restart
     torch.testing.assert_close(alone.images[0], res.images[1], rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- class labels stay fixed
+@pytest.mark.parametrize("latent_space", ["w+", "gaussian_fit"])
+def test_class_labels_are_never_optimised(latent_space: str) -> None:
+    """``condition`` in ``free`` is refused, a pattern naming only the class too; ``*`` leaves the class fixed."""
+    from ilo_pl.api import solve
+    from ilo_pl.modules.variables import stage_variables
+    from ilo_pl.operators.noise import Identity
+
+    with pytest.raises(ValueError, match=r"cannot free 'condition'.*class label.*data.class_labels"):
+        Stage(split=0, steps=2, free=["latent", "condition"])
+    cond = _conditional(latent_space=latent_space)
+    with pytest.raises(ValueError, match=r"`free` key 'class_\*' names only class labels \(class_label"):
+        ILOModule(cond, [Stage(split=0, steps=2, free=["latent", "class_*"])])
+    state = cond.init_variables(2, torch.Generator().manual_seed(0), labels=[1, 3])
+    every = stage_variables(state, Stage(split=0, steps=2, free=["*"]), cond.groups(0), {}, torch.device("cpu"))
+    assert "class_label" in every.fixed and "class_label" not in every.params and "latent" in every.params
+    y = cond.render(state, 0).detach()
+    stages = [Stage(split=0, steps=2, lr=0.01, free=["*"]), Stage(split=1, steps=2, lr=0.01, free=["*"])]
+    res = solve(cond, Identity(), y, stages, labels=[1, 3], trainer_kwargs={"accelerator": "cpu"})
+    assert [s.state["class_label"].item() for s in res.solutions] == [1.0, 3.0]
+
+
+def _old_solution(tmp_path: Path, cond: StyleGAN2ADAGenerator, split: int) -> Tuple[Path, torch.Tensor]:
+    """A solution file as ilo-pl wrote before per-problem labels: no ``class_label`` in its state."""
+    from ilo_pl.problem import Solution
+    from ilo_pl.solutions import save_solution
+
+    state = cond.init_variables(1, torch.Generator().manual_seed(7), labels=[2])
+    with torch.no_grad():
+        state = cond.advance(state, 0, split)
+        image = cond.render(state, split).float()
+    old = {k: v for k, v in state.items() if k != "class_label"}
+    path = tmp_path / f"old_{cond.latent_space}_{split}_solution.pt"
+    save_solution(path, Solution(split=split, stage=0, state=old), cond, image)
+    return path, image
+
+
+@pytest.mark.parametrize("split", [0, 2])
+def test_solutions_from_before_per_problem_labels(tmp_path: Path, split: int) -> None:
+    """W+: the class only chose the start, the saved rows render without it; Gaussian fit: a clear refusal."""
+    cond = _conditional()
+    path, image = _old_solution(tmp_path, cond, split)
+    assert "class_label" not in load_solution(path)["state"]
+    assert max_err(regenerate(path, cond), image) == 0.0
+    other = _conditional(class_label=3)  # a default class: the same rendering
+    assert max_err(regenerate(path, other, check_identity=False), image) == 0.0
+    fit = _conditional(latent_space="gaussian_fit")
+    path, image = _old_solution(tmp_path, fit, split)
+    with pytest.raises(ValueError, match=r"predates per-problem class labels.*lacks \['class_label'\].*"
+                                         r"sol\['state'\]\['class_label'\] = torch.tensor"):
+        regenerate(path, fit)
+    sol = load_solution(path)  # the way out the message gives
+    sol["state"]["class_label"] = torch.tensor([2.0])
+    assert max_err(regenerate(sol, fit, check_identity=False), image) < 1e-6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from typing import List
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from ilo_pl.api import solve
 from ilo_pl.callbacks.writer import ResultWriter
 from ilo_pl.data import draw_from_generator
+from ilo_pl.losses.base import LossTerm
 from ilo_pl.modules import ILOModule
 from ilo_pl.modules import finish as finish_mod
 from ilo_pl.modules.generators import DCGANGenerator
@@ -277,3 +279,206 @@ def test_progress_gif_shows_the_winning_restart(gen, problem, tmp_path):
         assert gif.counts[(b, res.solutions[b].restart)] == 7  # the winner ran both stages
         with Image.open(tmp_path / f"{pid}_progress.gif") as im:
             assert im.n_frames >= 7  # its frames (PIL merges a last frame equal to the one before)
+
+
+# -- review fixes -----------------------------------------------------------------------------------
+def test_progress_bar_names_the_problems_not_the_restart_rows(gen, problem):
+    """The module solves the expanded batch (rows p0r0, p0r1, ...); the bar shows the problems' ids."""
+    from ilo_pl.callbacks.progress import ProblemTQDMProgressBar
+
+    class Bar(ProblemTQDMProgressBar):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: List[str] = []
+
+        def get_metrics(self, trainer, pl_module):  # noqa: ANN001, ANN201
+            m = super().get_metrics(trainer, pl_module)
+            self.seen.append(m.get("problem"))
+            return m
+
+    _, op, y = problem
+    bar = Bar()
+    solve(gen, op, y, _stages(), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_keep=2, callbacks=[bar],
+          log_every=2, trainer_kwargs={"enable_progress_bar": True})
+    shown = [p for p in bar.seen if p]
+    assert shown and set(shown) == {"a,b (1/1)"}
+
+
+def test_moving_a_restart_batch_keeps_its_rows():
+    """``to`` keeps the batch's class and fields: a RestartBatch moved again still knows its problems."""
+    parent = ProblemBatch(ids=["a", "b"], observation=torch.zeros(2, 1, 2, 2), operator=Inpainting(torch.ones(2, 2)),
+                          seeds=[1, 2], target=torch.zeros(2, 1, 2, 2), indices=[4, 7], labels=[0, 1])
+    rows = expand(parent, 3)
+    for moved in (rows.to(torch.device("cpu")), rows.to(torch.device("cpu")).to(torch.device("cpu"))):
+        assert isinstance(moved, RestartBatch)
+        assert (moved.problem, moved.restart) == (rows.problem, rows.restart)
+        assert (moved.ids, moved.seeds) == (rows.ids, rows.seeds)
+        assert moved.parent is not None and moved.parent.ids == ["a", "b"] and moved.key == parent.key
+        assert moved.labels == [0, 0, 0, 1, 1, 1] and moved.indices == [4, 4, 4, 7, 7, 7]
+        assert collapse(ProblemResult(batch=moved, images=torch.zeros(6, 1, 2, 2), measurement_loss=torch.arange(6.0),
+                                      solutions=[Solution(0, 0, {}) for _ in range(6)], stage_losses=[],
+                                      failed=[None] * 6)).batch.ids == ["a", "b"]
+    plain = parent.to(torch.device("cpu"))
+    assert type(plain) is ProblemBatch and (plain.ids, plain.indices, plain.labels) == (["a", "b"], [4, 7], [0, 1])
+
+
+class _Poison(LossTerm):
+    """The measurement error, but NaN at call ``at`` for each problem's best-fitting row at that step.
+
+    Rows are problem-major (each problem's restarts side by side), so that row is the restart that
+    would win: it fails with a good iterate kept, and stops there.
+    """
+
+    def __init__(self, at: int, problems: int) -> None:
+        super().__init__()
+        self.at, self.problems, self.calls = at, problems, 0
+        self.hit: List[int] = []
+
+    def forward(self, ctx):  # noqa: ANN001, ANN201
+        err = ctx.measurement_error
+        self.calls += 1
+        if self.calls - 1 != self.at:
+            return err
+        per = err.shape[0] // self.problems
+        rows = err.detach().view(self.problems, per).argmin(1) + torch.arange(self.problems) * per
+        self.hit = rows.tolist()
+        bad = torch.zeros(err.shape[0], dtype=torch.bool)
+        bad[rows] = True
+        return torch.where(bad, torch.full_like(err, float("nan")), err)
+
+
+def test_a_failed_restart_takes_no_kept_slot(gen, problem):
+    """Pruning ranks failed restarts after every healthy one: stage 0's last step poisons each problem's
+    best-fitting row (an injected NaN); K = 1 keeps a healthy one."""
+    _, op, y = problem
+    poison, seen = _Poison(at=3, problems=2), _Rows()
+    res = solve(gen, op, y, _stages(steps=(4, 3)), losses={"mse": poison}, seeds=[5, 6], restarts=3, restart_keep=1,
+                callbacks=[seen], trainer_kwargs=_QUIET)
+    loss = seen.stage0_loss.tolist()
+    for p, row in enumerate(poison.hit):
+        mine = [i for i, (q, _) in enumerate(seen.stage0_rows) if q == p]
+        assert loss[row] == min(loss[i] for i in mine)  # the failed row fit best: the old ranking kept it
+    failed_rows = {seen.stage0_rows[i] for i in poison.hit}
+    stage1 = [rows for s, rows in seen.steps if s == 1][0]
+    assert len(stage1) == 2 and not failed_rows & set(stage1)
+    assert res.failed == [None, None]
+
+
+def test_a_failed_restart_does_not_win(gen, problem):
+    """The final choice prefers restarts that did not fail: the last stage's last step poisons each
+    problem's best-fitting row (an injected NaN); a healthy restart wins and nothing is reported failed."""
+    _, op, y = problem
+    poison, captured = _Poison(at=6, problems=2), {}
+    real = finish_mod.collapse
+
+    def spy(result):  # noqa: ANN001, ANN202
+        captured["rows"] = result
+        return real(result)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(finish_mod, "collapse", spy)
+    try:
+        res = solve(gen, op, y, _stages(steps=(4, 3)), losses={"mse": poison}, seeds=[5, 6], restarts=2,
+                    trainer_kwargs=_QUIET)
+    finally:
+        mp.undo()
+    rows = captured["rows"]
+    for b, row in enumerate(poison.hit):
+        assert rows.failed[row] is not None
+        assert rows.measurement_loss[row] == rows.measurement_loss[2 * b : 2 * b + 2].min()  # it fit best
+        assert res.solutions[b].restart != rows.batch.restart[row]
+    assert res.failed == [None, None]
+
+
+def test_collapse_reports_failed_only_when_every_restart_failed():
+    parent = ProblemBatch(ids=["a", "b"], observation=torch.zeros(2, 1, 2, 2),
+                          operator=Inpainting(torch.ones(2, 2)), seeds=[1, 2])
+    rows = expand(parent, 3)
+    loss = torch.tensor([0.1, 0.5, 0.3, 0.2, 0.1, float("nan")])
+    failed = ["nan at stage 0", None, None, "nan", "inf", "nan"]
+    result = ProblemResult(batch=rows, images=torch.zeros(6, 1, 2, 2), measurement_loss=loss,
+                           solutions=[Solution(0, 0, {}) for _ in range(6)], stage_losses=[loss], failed=failed)
+    out = collapse(result)
+    assert [s.restart for s in out.solutions] == [2, 1]  # healthy first; all failed: the lowest error
+    assert out.failed == [None, "inf"]
+
+
+def test_keep_best_ranks_failed_rows_last():
+    """keep_best_ reads the tracker's failures with its errors: a failed row keeps no slot a healthy one wants."""
+    from types import SimpleNamespace
+
+    from ilo_pl.modules.restarts import keep_best_
+    from ilo_pl.modules.tracking import BestIterate
+
+    parent = ProblemBatch(ids=["a"], observation=torch.zeros(1, 1, 2, 2), operator=Inpainting(torch.ones(2, 2)),
+                          seeds=[1])
+    rows = expand(parent, 3)
+    tracker = BestIterate(3, torch.device("cpu"))
+    tracker.begin_stage({"latent": torch.arange(3.0)[:, None]})
+    tracker.records[0]["loss"] = torch.tensor([0.1, 0.3, 0.2])
+    tracker.mark_failed(torch.tensor([True, False, False]), 2)
+    noise = SimpleNamespace(generators=["g0", "g1", "g2"])
+    keep_best_(SimpleNamespace(tracker=tracker, overflow=None, noise_draws=noise), rows, 1)
+    assert rows.restart == [2] and noise.generators == ["g2"]
+    assert tracker.records[0]["state"]["latent"].tolist() == [[2.0]]
+
+
+def test_restart_keep_that_prunes_nothing_is_unset(gen):
+    """K = R, or any K with a one-stage schedule (warned), is restart_keep unset: not in the manifest."""
+    import warnings
+
+    from ilo_pl.manifest import module_settings
+
+    one_stage = _stages()[:1]
+    with pytest.warns(UserWarning, match=r"restart_keep=2 has no effect.*only one"):
+        module = ILOModule(gen, one_stage, restarts=4, restart_keep=2)
+    assert module.restart_keep is None
+    assert module_settings(module) == module_settings(ILOModule(gen, one_stage, restarts=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module = ILOModule(gen, _stages(), restarts=3, restart_keep=3)
+    assert module.restart_keep is None and "restart_keep" not in module_settings(module)
+    assert module_settings(module) == module_settings(ILOModule(gen, _stages(), restarts=3))
+
+
+def test_rows_from_before_restarts_get_restart_0_on_resume(tmp_path):
+    """A results.csv (or a solution's row) written before the restart column: a resume fills in 0."""
+    from ilo_pl.resume import CSV_FIELDS, prepare_resume
+
+    old = [f for f in CSV_FIELDS if f != "restart"]
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old)
+        w.writeheader()
+        w.writerow({"index": 0, "id": "a", "measurement_loss": 0.5, "best_stage": 1, "split": 1, "failed": ""})
+    scan = prepare_resume(tmp_path, ["a", "b"], require_solution=False)
+    assert scan.finished == [0] and scan.rows[0]["restart"] == "0"
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [(r["id"], r["restart"]) for r in rows] == [("a", "0")]
+
+
+def test_a_run_folder_from_before_restarts_and_labels_resumes(tmp_path):
+    """An older config.yaml lacks restarts, restart_keep, consistency and class_labels: they count as defaults."""
+    import yaml
+
+    from ilo_pl.cli import check_resume_config
+    from ilo_pl.config import build_from_config
+
+    now = build_from_config(["configs/inpainting_box.yaml"]).config
+    assert (now["model"]["restarts"], now["model"]["restart_keep"], now["model"]["consistency"]) == (1, None, "none")
+    assert "class_labels" in now["data"] and now["data"]["class_labels"] is None
+    before = {**now, "model": dict(now["model"]), "data": dict(now["data"])}
+    for key in ("restarts", "restart_keep", "consistency"):
+        del before["model"][key]
+    del before["data"]["class_labels"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(before))
+    check_resume_config(tmp_path / "config.yaml", yaml.safe_dump(now))  # resumes
+    for model, data, shown in [({"restarts": 3}, {}, "model.restarts: 1 -> 3"),
+                               ({"consistency": "project"}, {}, "model.consistency: 'none' -> 'project'"),
+                               ({}, {"class_labels": 2}, "data.class_labels: None -> 2")]:
+        other = {**now, "model": {**now["model"], **model}, "data": {**now["data"], **data}}
+        with pytest.raises(ValueError, match=re.escape(shown)):
+            check_resume_config(tmp_path / "config.yaml", yaml.safe_dump(other))
+    # restart_keep equal to restarts keeps every restart: the same run as without it
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**now, "model": {**now["model"], "restarts": 3}}))
+    check_resume_config(tmp_path / "config.yaml",
+                        yaml.safe_dump({**now, "model": {**now["model"], "restarts": 3, "restart_keep": 3}}))

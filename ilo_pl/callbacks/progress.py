@@ -70,7 +70,9 @@ class _ProblemMetricsMixin:
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
     ) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)  # type: ignore[misc]
-        self._ids = list(getattr(batch, "ids", ()) or ())
+        # With restarts the module solves an expanded batch (rows named p0r0, p0r1, ...): name its problems.
+        parent = getattr(batch, "parent", None)
+        self._ids = list(getattr(batch if parent is None else parent, "ids", ()) or ())
         per = _steps_per_batch(trainer, pl_module)
         self._batch_number = batch_idx // per + 1 if per else 0
 

@@ -9,11 +9,14 @@
   (:func:`~ilo_pl.modules.restarts.collapse`), then the consistency step
   (:mod:`ilo_pl.operators.consistency`) on the chosen images.
 
-The consistency step changes the returned image: ``images`` is ``G +
-correction``, ``measurement_loss`` is that image's error, and each solution
-carries ``consistency`` and ``correction`` so that the saved image is
-regenerated with the step included (:func:`ilo_pl.solutions.regenerate`).
-Each stage's errors (``stage_losses``) stay the generator's.
+The consistency step changes the returned image: ``images`` is ``clamp(G +
+correction, -1, 1)`` (the image the PNG shows and the metrics score),
+``measurement_loss`` is that image's error, and each solution carries
+``consistency`` and ``correction`` so that the saved image is regenerated with
+the step included (:func:`ilo_pl.solutions.regenerate`, which clamps alike).
+Each stage's errors (``stage_losses``) stay the generator's. ``project`` on a
+noisy operator is warned about once, at the fit's start (or with the first
+batch), naming ``prox``.
 """
 
 from __future__ import annotations
@@ -26,25 +29,57 @@ import torch
 
 from ilo_pl.modules.restarts import check_restarts, collapse, expand, keep_best_
 from ilo_pl.operators.base import Operator
-from ilo_pl.operators.consistency import check_mode, check_operator, consistency_step
+from ilo_pl.operators.consistency import (
+    RESIDUAL_WARNING,
+    check_mode,
+    check_operator,
+    consistency_step,
+    project_noise_warning,
+)
 from ilo_pl.problem import ProblemBatch, ProblemResult
 
-__all__ = ["apply_consistency", "check_options", "check_setup", "finish", "keep_best_", "prepare", "probe_operator"]
+__all__ = [
+    "RESIDUAL_WARNING",
+    "apply_consistency",
+    "check_options",
+    "check_setup",
+    "finish",
+    "keep_best_",
+    "prepare",
+    "probe_operator",
+    "warn_noisy_project",
+]
 
-#: The consistency step's residual (normal equations, relative) above which a problem is warned about.
-RESIDUAL_WARNING = 1e-4
+#: (RESIDUAL_WARNING, the consistency step's residual above which a problem is warned about, lives in
+#: ilo_pl.operators.consistency, which warns; imported here for code that read it from this module.)
 
 
-def check_options(restarts: Any, restart_keep: Any, consistency: Any) -> Tuple[int, Optional[int], str]:
-    """The module's ``restarts``, ``restart_keep`` and ``consistency``, checked (errors name the fix)."""
-    restarts, restart_keep = check_restarts(restarts, restart_keep)
+def check_options(
+    restarts: Any, restart_keep: Any, consistency: Any, num_stages: Optional[int] = None
+) -> Tuple[int, Optional[int], str]:
+    """The module's ``restarts``, ``restart_keep`` and ``consistency``, checked (errors name the fix).
+
+    ``restart_keep`` comes back ``None`` where it prunes nothing (see
+    :func:`~ilo_pl.modules.restarts.check_restarts`; ``num_stages``: the schedule's length).
+    """
+    restarts, restart_keep = check_restarts(restarts, restart_keep, num_stages)
     return restarts, restart_keep, check_mode(consistency)
 
 
 def prepare(module: Any, batch: ProblemBatch) -> ProblemBatch:
     """The batch the module solves: ``batch`` checked for the consistency step and expanded to the restarts."""
     check_operator(batch.operator, module.consistency)
+    warn_noisy_project(module, batch.operator)
     return expand(batch, module.restarts)
+
+
+def warn_noisy_project(module: Any, op: Operator) -> None:
+    """Warn, once per module, that ``project`` on a noisy ``op`` explains the noise too (names ``prox``)."""
+    message = project_noise_warning(op, module.consistency)
+    if message is None or getattr(module, "_noisy_project_warned", False):
+        return
+    module._noisy_project_warned = True
+    warnings.warn(message, stacklevel=3)
 
 
 def probe_operator(datamodule: Any) -> Optional[Operator]:
@@ -76,6 +111,7 @@ def check_setup(module: Any) -> None:
     op = probe_operator(getattr(trainer, "datamodule", None)) if trainer is not None else None
     if op is not None:
         check_operator(op, module.consistency)
+        warn_noisy_project(module, op)
 
 
 @torch.no_grad()
@@ -85,18 +121,13 @@ def apply_consistency(result: ProblemResult, mode: str) -> ProblemResult:
         return result
     batch = result.batch
     op, y = batch.operator, batch.observation
-    step = consistency_step(op, result.images.to(y.device), y, mode)
+    # (consistency_step warns, once per kind, naming the problems: approximate solves, prox leaving G.)
+    step = consistency_step(op, result.images.to(y.device), y, mode, ids=list(batch.ids))
     correction = step.correction.float().cpu()
-    # Added on the CPU in float32, as regenerate adds it to a float32 CPU rendering: the same bits.
-    images = result.images + correction
+    # Added on the CPU in float32 and clamped to the image range, as regenerate does to a float32 CPU
+    # rendering (the same bits): the image returned, saved, scored and regenerated is one and the same.
+    images = (result.images + correction).clamp(-1.0, 1.0)
     err = op.measurement_error(op.A(images.to(y.device)), y).float().cpu()
-    bad = [pid for pid, r in zip(batch.ids, step.residual.tolist()) if r > RESIDUAL_WARNING]
-    if bad:
-        warnings.warn(
-            f"consistency {mode!r}: the step of {', '.join(bad[:10])} is approximate (the solve did not reach "
-            f"its tolerance; worst relative residual {float(step.residual.max()):.3g})",
-            stacklevel=2,
-        )
     solutions = [
         dataclasses.replace(s, consistency=mode, correction=correction[b : b + 1].clone())
         for b, s in enumerate(result.solutions)

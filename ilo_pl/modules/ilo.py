@@ -122,7 +122,7 @@ class ILOModule(pl.LightningModule):
         if selection not in ("best", "last"):
             raise ValueError(f"selection must be 'best' or 'last'; got {selection!r}")
         self.selection = selection
-        self.restarts, self.restart_keep, self.consistency = check_options(restarts, restart_keep, consistency)
+        self.restarts, self.restart_keep, self.consistency = check_options(restarts, restart_keep, consistency, len(stages))
 
         self.variables = nn.ParameterDict()
         self._vars = StageVariables(self.variables)

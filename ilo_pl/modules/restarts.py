@@ -14,15 +14,20 @@ per step: restarts cost compute (or steps, at equal compute).
 ``restart_keep: K`` prunes after the first stage (CSGM at split 0 in the
 paper's schedule): each problem keeps its ``K`` rows with the lowest
 measurement error of their kept iterate (ties: the lower restart index), and
-the later stages run on ``B * K`` rows (:func:`keep_best_`).
+the later stages run on ``B * K`` rows (:func:`keep_best_`). ``K = R`` is the
+same as leaving it unset; with a one-stage schedule it has no effect (a
+warning says so) and is treated as unset too.
 
 At the end :func:`collapse` picks, per problem, the restart whose result has
 the lowest measurement error: the noiseless ``A`` of its returned iterate
 against the observation (what ``results.csv`` reports as
-``measurement_loss``), never the ground truth. The solution records its
-restart index (``results.csv``'s ``restart`` column, the solution file's
-``restart``); its state is that restart's, so regenerating it renders the
-chosen image.
+``measurement_loss``), never the ground truth. Both choices put restarts
+that failed (a non-finite loss or gradient: such a row stops at its last
+finite iterate, :mod:`~ilo_pl.modules.tracking`) after every healthy one,
+so a problem is reported failed only when all its (kept) restarts failed.
+The solution records its restart index (``results.csv``'s ``restart``
+column, the solution file's ``restart``); its state is that restart's, so
+regenerating it renders the chosen image.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import copy
 import dataclasses
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -59,8 +65,13 @@ def restart_seed(seed: int, restart: int) -> int:
     return (z ^ (z >> 31)) % 2**62
 
 
-def check_restarts(restarts: Any, keep: Any) -> Tuple[int, Optional[int]]:
+def check_restarts(restarts: Any, keep: Any, num_stages: Optional[int] = None) -> Tuple[int, Optional[int]]:
     """Validate ``restarts`` and ``restart_keep``; returns them as ``(int, int or None)``.
+
+    A ``restart_keep`` that prunes nothing is returned as ``None`` (unset), so
+    that it is not recorded as a setting of its own (a run folder solved
+    without it resumes): ``restart_keep == restarts``, or a schedule of
+    ``num_stages == 1`` (nothing runs after the first stage; warned about).
 
     Raises:
         ValueError: naming the value and the fix, for ``restarts < 1``,
@@ -83,6 +94,17 @@ def check_restarts(restarts: Any, keep: Any) -> Tuple[int, Optional[int]]:
             f"restart_keep={keep} is more than restarts={restarts}: a problem cannot keep more restarts than "
             f"it starts. Set restart_keep <= {restarts}, or leave it unset to run every restart through all stages"
         )
+    if keep == restarts:
+        return int(restarts), None  # keeps every restart: the same solve as without restart_keep
+    if num_stages == 1:
+        warnings.warn(
+            f"restart_keep={keep} has no effect: restarts are pruned after the first stage, and this schedule "
+            f"has only one, so all {restarts} restarts run the whole solve. Leave restart_keep unset, or add "
+            "stages (it prunes before the second)",
+            UserWarning,
+            stacklevel=4,  # the caller of ILOModule(...)
+        )
+        return int(restarts), None
     return int(restarts), int(keep)
 
 
@@ -107,6 +129,13 @@ class RestartBatch(ProblemBatch):
     @property
     def key(self) -> tuple:
         return self.parent.key
+
+    def to(self, device: torch.device) -> "RestartBatch":
+        """A copy on ``device``, its parent moved too (rows, problems and restarts kept)."""
+        moved = super().to(device)
+        if self.parent is not None:
+            moved.parent = self.parent.to(device)
+        return moved
 
 
 def select_operator_rows(op: nn.Module, index: Tensor, size: int) -> nn.Module:
@@ -176,13 +205,18 @@ def take_rows_(batch: RestartBatch, rows: Sequence[int]) -> None:
         setattr(batch, f.name, getattr(new, f.name))
 
 
-def _ranked(batch: RestartBatch, loss: Sequence[float]) -> Dict[int, List[int]]:
-    """Each problem's rows, best first: lowest finite loss, then the lower restart index."""
+def _ranked(batch: RestartBatch, loss: Sequence[float], failed: Sequence[bool]) -> Dict[int, List[int]]:
+    """Each problem's rows, best first: rows that did not fail, then the lowest finite loss, then the lower restart.
+
+    A failed row (a non-finite loss or gradient) keeps its last finite iterate,
+    which may fit well, but it stopped there (its gradients are zeroed for the
+    rest of the solve): it ranks after every healthy row of its problem.
+    """
     out: Dict[int, List[int]] = {}
     for i, p in enumerate(batch.problem):
         out.setdefault(p, []).append(i)
     score = [v if math.isfinite(v) else math.inf for v in loss]
-    return {p: sorted(rows, key=lambda i: (score[i], batch.restart[i])) for p, rows in out.items()}
+    return {p: sorted(rows, key=lambda i: (bool(failed[i]), score[i], batch.restart[i])) for p, rows in out.items()}
 
 
 @torch.no_grad()
@@ -198,7 +232,9 @@ def keep_best_(module: Any, batch: ProblemBatch, keep: Optional[int]) -> None:
     if keep is None or not isinstance(batch, RestartBatch):
         return
     tracker = module.tracker
-    ranked = _ranked(batch, tracker.records[0]["loss"].float().cpu().tolist())  # one host read per problem batch
+    # One host read per problem batch: the first stage's errors and which rows failed.
+    loss, failed = torch.stack([tracker.records[0]["loss"].float(), tracker.failed.float()]).cpu().tolist()
+    ranked = _ranked(batch, loss, [f > 0 for f in failed])
     rows = sorted(i for best in ranked.values() for i in best[:keep])  # problem-major, restart order
     if len(rows) == len(batch):
         return
@@ -219,12 +255,14 @@ def collapse(result: ProblemResult) -> ProblemResult:
     """The result for the original problems: each problem's restart with the lowest measurement error.
 
     ``result`` solved a :class:`RestartBatch`; any other result is returned
-    as it is. Non-finite errors rank last; ties go to the lower restart index.
+    as it is. Restarts that failed rank after those that did not (so a problem
+    is reported failed only when every restart it kept failed), non-finite
+    errors last; ties go to the lower restart index.
     """
     batch = result.batch
     if not isinstance(batch, RestartBatch):
         return result
-    ranked = _ranked(batch, result.measurement_loss.float().tolist())
+    ranked = _ranked(batch, result.measurement_loss.float().tolist(), [f is not None for f in result.failed])
     chosen = [ranked[p][0] for p in range(len(batch.parent))]
     idx = torch.tensor(chosen, dtype=torch.long)
     start = result.start

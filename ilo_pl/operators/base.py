@@ -274,6 +274,17 @@ class LinearOperator(Operator):
         """
         return None
 
+    def gram_diagonal(self, like: Tensor) -> Optional[Tensor]:
+        """``diag(A A^T)`` (the squared norms of ``A``'s rows) shaped like ``A(like)``, or ``None`` (the default).
+
+        ``like`` is a batch of images ``[B, C, H, W]`` giving the shape, dtype
+        and device. The measurement-consistency step (:mod:`ilo_pl.operators.consistency`)
+        uses it for ``tr(A A^T)`` and for clipped noise, and estimates it with
+        random probes when this returns ``None``. Override it where it has a
+        cheap closed form (ilo-pl's operators all do).
+        """
+        return None
+
     @torch.no_grad()
     def adjointness_test(
         self,
@@ -409,6 +420,9 @@ class Identity(LinearOperator):
 
     def least_norm_solve(self, r: Tensor, damping: Union[float, Tensor] = 0.0) -> Tensor:
         return r / (1 + per_sample(damping, r))  # A A^T = I
+
+    def gram_diagonal(self, like: Tensor) -> Tensor:
+        return torch.ones_like(like)
 
 
 class LambdaOperator(Operator):

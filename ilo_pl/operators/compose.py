@@ -138,6 +138,13 @@ class LinearCompose(Compose, LinearOperator):
             return None
         return (parts[0] if parts else self.ops[-1]).least_norm_solve(r, damping)
 
+    def gram_diagonal(self, like: Tensor) -> Optional[Tensor]:
+        # As least_norm_solve: identity parts change nothing; two other parts have no closed form here.
+        parts = [op for op in self.ops if not isinstance(op, Identity)]
+        if len(parts) > 1:
+            return None
+        return (parts[0] if parts else self.ops[-1]).gram_diagonal(like)
+
 
 def Noisy(operator: OperatorLike, sigma: float, clip: bool = True) -> Compose:  # noqa: N802
     """``operator`` followed by Gaussian noise of ``sigma`` (0..255 scale): ``Compose(operator, GaussianNoise(sigma))``.

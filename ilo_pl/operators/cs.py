@@ -183,6 +183,12 @@ class PartialCirculant(_FlatMeasurement):
         """The circulant's first column ``g`` (``[B, n]``), recovered from its FFT."""
         return torch.fft.irfft(self._spectrum(torch.float64), n=self.n)
 
+    def gram_diagonal(self, like: Tensor) -> Tensor:
+        """``diag(A A^T)``: every row of ``C D`` holds ``g`` (shifted, signed), so each is ``||g||^2 / m``."""
+        self._flatten(like)
+        norms = self.filter().pow(2).sum(1, keepdim=True) / self.m  # [B or 1, 1]
+        return norms.to(dtype=like.dtype, device=like.device).expand(like.shape[0], self.m)
+
     def dense(self, max_n: int = 4096) -> Tensor:
         """The explicit matrix ``[B, m, n]`` (float64), built from the definition; tests only.
 
@@ -254,6 +260,12 @@ class GaussianMatrix(_FlatMeasurement):
     def dense(self, max_n: Optional[int] = None) -> Tensor:
         """The matrix itself ``[B, m, n]`` (float64)."""
         return self.matrix.to(torch.float64)
+
+    def gram_diagonal(self, like: Tensor) -> Tensor:
+        """``diag(A A^T)``: the squared norms of the matrix's rows."""
+        self._flatten(like)
+        norms = self.matrix.to(like.dtype).pow(2).sum(2)  # [B or 1, m]
+        return norms.to(like.device).expand(like.shape[0], self.m)
 
 
 class CompressedSensing(OperatorSpec):

@@ -72,6 +72,10 @@ class Inpainting(LinearOperator):
         # 1 / (1 + damping) and A^T zeroes the rest (for damping 0: paste the residual).
         return self.A_adjoint(r) / (1 + per_sample(damping, r))
 
+    def gram_diagonal(self, like: Tensor) -> Tensor:
+        self._check_size(like)
+        return self.mask.to(dtype=like.dtype, device=like.device).expand(like.shape)  # diag(m)^2 = diag(m)
+
     def measurement_error(self, Ax: Tensor, y: Tensor) -> Tensor:  # noqa: N803
         # Mean over observed entries only, so the loss does not depend on the
         # fraction observed (1% masks would otherwise see a 100x smaller loss).

@@ -155,6 +155,30 @@ class BicubicDownsample(LinearOperator):
         z = z.new_zeros(b * c, 1, H, W).index_add(3, self._index(W), z)
         return z.reshape(b, c, H, W)
 
+    def _row_sqnorms(self, length: int) -> Tensor:
+        """The squared norms of the rows of the 1-D filter-and-subsample matrix for ``length`` inputs (float64).
+
+        Output ``p`` reads padded positions ``p * s + t`` with weight ``k[t]``;
+        the padding maps each to an input index, and weights landing on the
+        same input add up (reflected borders).
+        """
+        s, k = self.factor, self.kernel.detach().to(device="cpu", dtype=torch.float64)
+        out = length // s
+        idx = self._index(length).cpu()
+        cols = idx[torch.arange(out)[:, None] * s + torch.arange(k.numel())[None, :]]
+        rows = torch.zeros(out, length, dtype=torch.float64).scatter_add_(1, cols, k.expand(out, -1).contiguous())
+        return rows.pow(2).sum(1)
+
+    def gram_diagonal(self, like: Tensor) -> Tensor:
+        """``diag(A A^T)``: the filter is separable, so output ``(p, q)``'s row norm is the 1-D ones' product."""
+        self.check_image(like)
+        b, c, h, w = like.shape
+        if self.factor == 1:
+            return torch.ones_like(like)
+        self._check_divides(h, w)
+        diag = self._row_sqnorms(h)[:, None] * self._row_sqnorms(w)[None, :]
+        return diag.to(dtype=like.dtype, device=like.device).expand(b, c, h // self.factor, w // self.factor)
+
     def extra_repr(self) -> str:
         return f"factor={self.factor}, padding={self.padding!r}, taps={self.kernel.numel()}"
 
