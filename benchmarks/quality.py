@@ -16,6 +16,13 @@ ONE batch (the engine solves each sample as if alone) by every method:
 * ``ilo_r0.5``, ``ilo_r2``: the schedule with all radii scaled by 0.5 / 2
   (sweep); with ``ilo`` they form the secondary ``ilo_best3`` result, the best
   of the three per image chosen by the *measurement* loss (never the true error);
+* ``ilo_plus`` (ILO+): the config with its ILO+ overlay ``configs/plus/<task>.yaml``
+  layered on top (as ``ilo-pl fit --config configs/<task>.yaml --config
+  configs/plus/<task>.yaml``): the options tuned by ``benchmarks/tune.py --plus``
+  (ST-LPIPS term, restarts, final consistency step, radii), at the config's steps;
+* ``ilo_plus_eq``: ILO+ at CSGM's compute: every stage's steps scaled so that
+  the latent-steps (restarts x steps, summed over stages) equal CSGM's; run only
+  when ILO+ has restarts (without them it is ``ilo_plus`` itself);
 * the classical baseline of the task (see :mod:`benchmarks.baselines`).
 
 Each ``configs/<task>.yaml`` is read by the command line's own parser
@@ -30,9 +37,11 @@ SEED`` makes (``ilo_pl.data.problem_seed``).
 Every (image, grid point, method) is a row of ``<out>/quality.csv``
 (``quality_quick.csv`` with ``--quick``), tagged with the config's file name
 and fingerprint; rows already there are not recomputed, so a killed run, or a
-grid run in parts (``--tasks``), resumes. A task whose config changed since its
-rows were written is refused (the earlier rows are never overwritten or mixed
-in): move the CSV away or pass ``--csv``.
+grid run in parts (``--tasks``), resumes. A method whose config changed since
+its rows were written is refused (the earlier rows are never overwritten or
+mixed in): move the CSV away or pass ``--csv``. Options added to ilo-pl after
+rows were written (:data:`NEUTRAL_DEFAULTS`) do not change a fingerprint while
+they keep the value that solves as before they existed.
 The report (``<csv stem>.png``, ``<csv stem>_table.md``; :mod:`benchmarks.report`)
 is rebuilt from the whole CSV after each run.
 """
@@ -101,7 +110,11 @@ SR_GRID_1024 = [4, 8, 16, 32]
 #: Radius scales of the best-of-N sweep (1.0 is the primary ``ilo`` run).
 RADIUS_SCALES = (0.5, 1.0, 2.0)
 #: All methods, in table order.
-METHODS = ("csgm", "pulse", "ilo", "classical", "ilo_best3")
+METHODS = ("csgm", "pulse", "ilo", "ilo_plus", "ilo_plus_eq", "classical", "ilo_best3")
+#: The methods solved with the task's ILO+ overlay (``configs/plus/<task>.yaml``).
+PLUS_METHODS = ("ilo_plus", "ilo_plus_eq")
+#: Folder of the ILO+ overlays, inside the configs folder.
+PLUS_DIR = "plus"
 #: Steps scale, images and methods of ``--quick``.
 QUICK_STEPS_SCALE, QUICK_LIMIT = 0.25, 2
 QUICK_METHODS = ("csgm", "pulse", "ilo", "classical")
@@ -167,6 +180,7 @@ class TaskConfig:
             itself (image folder, limit, batch size, the grid's argument, ``log_every``);
             rows made with another fingerprint are not this config's.
         trainer_kwargs: ``trainer`` entries the config sets (e.g. ``precision``).
+        overlays: config files layered on top of ``path`` (ILO+: ``configs/plus/<task>.yaml``).
     """
 
     path: Path
@@ -177,6 +191,12 @@ class TaskConfig:
     level_key: str
     fingerprint: str = ""
     trainer_kwargs: Dict[str, Any] = field(default_factory=dict)
+    overlays: Tuple[Path, ...] = ()
+
+    @property
+    def paths(self) -> List[Path]:
+        """The config files, layered in order (``--config`` each)."""
+        return [self.path, *self.overlays]
 
     @property
     def config_level(self) -> Any:
@@ -189,49 +209,79 @@ class TaskConfig:
 
     @property
     def label(self) -> str:
-        """``<file>@<fingerprint>``: the CSV's ``config`` column."""
-        return f"{self.path.name}@{self.fingerprint}"
+        """``<file>[+plus/<file>]@<fingerprint>``: the CSV's ``config`` column."""
+        names = [self.path.name] + [f"{o.parent.name}/{o.name}" for o in self.overlays]
+        return f"{'+'.join(names)}@{self.fingerprint}"
 
 
 #: Resolved config entries the benchmarks set themselves, left out of a config's fingerprint
 #: (``sna`` and ``tune`` use them too).
 FINGERPRINT_EXCLUDE = ("data.data", "data.limit", "data.batch_size", "model.log_every")
+#: Options added after results were first recorded, and the value that solves exactly as before
+#: they existed: left out of a fingerprint at that value, so earlier rows stay this config's.
+NEUTRAL_DEFAULTS: Dict[str, Any] = {
+    "model.restarts": 1, "model.restart_keep": None, "model.consistency": "none", "data.class_labels": None,
+}
 
 
-def load_task_config(task: str, config_dir: Path) -> TaskConfig:
+def neutral_excludes(config: Mapping[str, Any]) -> Tuple[str, ...]:
+    """The :data:`NEUTRAL_DEFAULTS` keys ``config`` sets to their neutral value (or leaves out)."""
+    out = []
+    for key, neutral in NEUTRAL_DEFAULTS.items():
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part, neutral) if isinstance(node, Mapping) else neutral
+        if node == neutral:
+            out.append(key)
+    return tuple(out)
+
+
+def load_task_config(task: str, config_dir: Path, plus: bool = False) -> TaskConfig:
     """Read ``configs/<task>.yaml`` through the command line's parser (``build_from_config``).
 
     Every module option of the config reaches the benchmark's solves: nothing
     is picked by name, so an option the benchmark does not know is not dropped.
+    With ``plus`` the task's ILO+ overlay ``configs/plus/<task>.yaml`` is layered
+    on top (later files win, as repeated ``--config``).
 
     Raises:
-        FileNotFoundError: if the config is missing.
-        ValueError: if the parser rejects it, or it weighs a loss other than MSE.
+        FileNotFoundError: if the config (or, with ``plus``, its overlay) is missing.
+        ValueError: if the parser rejects it, or it weighs a loss other than MSE
+            (and, with ``plus``, ST-LPIPS).
     """
     name, level_key = TASKS[task]
     path = Path(config_dir) / name
     if not path.is_file():
         raise FileNotFoundError(f"config {path} of task {task!r} does not exist; pass --configs DIR")
-    built = build_from_config([path])
+    overlays: Tuple[Path, ...] = ()
+    if plus:
+        overlay = Path(config_dir) / PLUS_DIR / name
+        if not overlay.is_file():
+            raise FileNotFoundError(f"ILO+ overlay {overlay} of task {task!r} does not exist; leave "
+                                    f"{', '.join(PLUS_METHODS)} out of --methods or pass --configs DIR")
+        overlays = (overlay,)
+    built = build_from_config([path, *overlays])
     kwargs = {k: v for k, v in built.module_kwargs.items() if k not in ("generator", "stages")}
     stages = list(built.module.stages)
     if not stages:
         raise ValueError(f"{path} has no model.stages; the benchmark runs the config's stage schedule")
+    allowed = {"mse", "stlpips"} if plus else {"mse"}
     weights = dict(kwargs.get("loss_weights") or {"mse": 1.0})
-    other = sorted(k for k, w in weights.items() if k != "mse" and w)
-    if other or any(set(k for k, w in (s.loss_weights or {}).items() if w) - {"mse"} for s in stages):
+    other = sorted(k for k, w in weights.items() if k not in allowed and w)
+    if other or any(set(k for k, w in (s.loss_weights or {}).items() if w) - allowed for s in stages):
         raise ValueError(
-            f"{path} weighs loss terms {other or 'per stage'} besides mse; the quality benchmark "
-            "compares MSE-only solvers: remove them from the config or extend the benchmark"
+            f"{path} weighs loss terms {other or 'per stage'} besides {' and '.join(sorted(allowed))}; the "
+            "quality benchmark compares measurement-loss solvers (ILO+ may add ST-LPIPS): remove them from "
+            "the config or extend the benchmark"
         )
     op = (built.config.get("data") or {}).get("operator") or {}
     if not isinstance(op, dict) or "class_path" not in op:
         raise ValueError(f"{path} has no data.operator.class_path")
-    exclude = FINGERPRINT_EXCLUDE + (f"data.operator.init_args.{level_key}",)
+    exclude = FINGERPRINT_EXCLUDE + (f"data.operator.init_args.{level_key}",) + neutral_excludes(built.config)
     if level_key == "ratio":
         exclude += ("data.operator.init_args.m",)
     return TaskConfig(path, stages, kwargs, op["class_path"], dict(op.get("init_args") or {}), level_key,
-                      built.fingerprint(exclude=exclude), dict(built.trainer_kwargs))
+                      built.fingerprint(exclude=exclude), dict(built.trainer_kwargs), overlays)
 
 
 def _level_value_for(cfg: TaskConfig, level: Any) -> Any:
@@ -282,6 +332,29 @@ def method_plans(cfg: TaskConfig, steps_scale: float) -> Dict[str, Tuple[List[St
     for r in RADIUS_SCALES:
         if r != 1.0:
             plans[f"ilo_r{r:g}"] = (scaled_stages(cfg.stages, steps_scale, r), dict(cfg.module_kwargs))
+    return plans
+
+
+def latent_steps(stages: Sequence[Stage], restarts: int = 1, keep: Optional[int] = None) -> int:
+    """Compute of a schedule in latent-steps: every stage's steps times the restarts it runs on
+    (all ``restarts`` in the first stage, ``keep`` of them (default all) in the later ones)."""
+    if not stages:
+        return 0
+    rest = keep if keep is not None else restarts
+    return stages[0].steps * restarts + sum(s.steps for s in stages[1:]) * rest
+
+
+def plus_plans(plus: TaskConfig, steps_scale: float, csgm_steps: int) -> Dict[str, Tuple[List[Stage], Dict[str, Any]]]:
+    """``ilo_plus`` (the ILO+ config's schedule) and, when it has restarts, ``ilo_plus_eq``: the same
+    with every stage's steps scaled so that its latent-steps (:func:`latent_steps`) are CSGM's
+    ``csgm_steps`` (CSGM solves one latent per problem)."""
+    stages = scaled_stages(plus.stages, steps_scale)
+    kwargs = dict(plus.module_kwargs)
+    plans = {"ilo_plus": (stages, kwargs)}
+    restarts, keep = int(kwargs.get("restarts") or 1), kwargs.get("restart_keep")
+    cost = latent_steps(stages, restarts, keep)
+    if restarts > 1 and cost > csgm_steps:
+        plans["ilo_plus_eq"] = (scaled_stages(plus.stages, steps_scale * csgm_steps / cost), kwargs)
     return plans
 
 
@@ -381,16 +454,17 @@ def evaluate(
 
 # ----------------------------------------------------------------------------- running
 def make_problems(cfg: TaskConfig, level: Any, images: Path, generator: SplitGenerator, seed: int,
-                  limit: Optional[int]) -> ProblemBatch:
-    """All problems of one grid point as one batch, made by the config's data module.
+                  limit: Optional[int], indices: Optional[Sequence[int]] = None) -> ProblemBatch:
+    """All problems of one grid point (or those of ``indices``) as one batch, made by the config's data module.
 
     The data module is built from the config through the command line's parser
     (with the grid point's overrides), so every ``data`` option (``resize``,
-    the operator's other arguments, ...) applies as in ``ilo-pl fit``.
+    the operator's other arguments, ...) applies as in ``ilo-pl fit``. A problem
+    is the same whichever others are in its batch.
     """
-    dm = build_from_config([cfg.path], data_overrides(cfg, level, images, seed, limit)).datamodule
+    dm = build_from_config(cfg.paths, data_overrides(cfg, level, images, seed, limit)).datamodule
     dm.bind(generator)
-    return dm.make_batch(dm.problem_indices())
+    return dm.make_batch(dm.problem_indices() if indices is None else list(indices))
 
 
 def solve_batch(
@@ -438,9 +512,9 @@ class CsvLog:
                 f"{self.path} has other columns than this benchmark writes; move it away or pass another --out"
             )
         self.done = {(r["run"], r["task"], r["level"], r["method"], r["image"], r["config"]) for r in rows}
-        self.configs: Dict[Tuple[str, str], set] = {}
+        self.configs: Dict[Tuple[str, str, str], set] = {}
         for r in rows:
-            self.configs.setdefault((r["run"], r["task"]), set()).add(r["config"])
+            self.configs.setdefault((r["run"], r["task"], r["method"]), set()).add(r["config"])
 
     def _add_stlpips_column(self, rows: List[Dict[str, str]]) -> None:
         """Rewrite a CSV of the columns before ``stlpips`` with that column added, empty (every value kept)."""
@@ -454,16 +528,18 @@ class CsvLog:
         os.replace(tmp, self.path)
         log.info("%s: added the (empty) stlpips column to its %d earlier rows", self.path, len(rows))
 
-    def check_config(self, run: str, task: str, config: str) -> None:
-        """Refuse to add rows of ``task`` made with ``config`` beside rows of another config.
+    def check_config(self, run: str, task: str, method: str, config: str) -> None:
+        """Refuse to add ``method``'s rows of ``task`` made with ``config`` beside its rows of another config.
+
+        Per method: ILO+ (the config with its overlay) has a config of its own.
 
         Raises:
             ValueError: naming the configs and how to keep the earlier rows.
         """
-        other = sorted(self.configs.get((run, task), set()) - {config})
+        other = sorted(self.configs.get((run, task, method), set()) - {config})
         if other:
             raise ValueError(
-                f"{self.path} holds {task} rows made with another config ({', '.join(other)}; now {config}): "
+                f"{self.path} holds {task} {method} rows made with another config ({', '.join(other)}; now {config}): "
                 f"the config (or the steps scale) changed since. Its earlier rows are kept: move {self.path.name} "
                 "away (e.g. to benchmarks/results/archive/) or pass --csv NAME for a new table"
             )
@@ -480,7 +556,7 @@ class CsvLog:
             for r in rows:
                 w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
                 self.done.add((r["run"], r["task"], r["level"], r["method"], r["image"], r["config"]))
-                self.configs.setdefault((r["run"], r["task"]), set()).add(r["config"])
+                self.configs.setdefault((r["run"], r["task"], r["method"]), set()).add(r["config"])
 
 
 def metric_rows(
@@ -562,26 +638,38 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
     log.info("%s", stlpips_reason())
     store = CsvLog(settings.csv_path)
     size = int(generator.image_shape[-1])
+    suffix = ((f"x{settings.steps_scale:g}" if settings.steps_scale != 1.0 else "")
+              + (f"s{settings.seed}" if settings.seed != 0 else ""))
     for task in settings.tasks:
         cfg = load_task_config(task, settings.config_dir)
         plans = method_plans(cfg, settings.steps_scale)
-        config_label = (cfg.label + (f"x{settings.steps_scale:g}" if settings.steps_scale != 1.0 else "")
-                        + (f"s{settings.seed}" if settings.seed != 0 else ""))
-        store.check_config(settings.run, task, config_label)
+        wanted = [m for m in settings.methods if m != "ilo_best3"]
+        if "ilo_best3" in settings.methods:
+            wanted += [m for m in ("ilo", *[f"ilo_r{r:g}" for r in RADIUS_SCALES if r != 1.0]) if m not in wanted]
+        # The CSV's config column per method: ILO+ rows carry the config with its overlay.
+        labels = {m: cfg.label + suffix for m in wanted + ["ilo_best3"] if m not in PLUS_METHODS}
+        if any(m in PLUS_METHODS for m in wanted):
+            plus = load_task_config(task, settings.config_dir, plus=True)
+            plans.update(plus_plans(plus, settings.steps_scale, sum(s.steps for s in plans["csgm"][0])))
+            labels.update({m: plus.label + suffix for m in PLUS_METHODS})
+        for method in wanted:
+            store.check_config(settings.run, task, baseline_name(task) if method == "classical" else method,
+                               labels[method])
         if settings.quick:
             levels = [cfg.config_level]
         elif settings.levels is not None and task != "inpainting_box":
             levels = list(settings.levels)
         else:
             levels = grid_levels(task, cfg.config_level, size)
-        wanted = [m for m in settings.methods if m != "ilo_best3"]
-        if "ilo_best3" in settings.methods:
-            wanted += [m for m in ("ilo", *[f"ilo_r{r:g}" for r in RADIUS_SCALES if r != 1.0]) if m not in wanted]
         for level in levels:
             label = level_label(task, level)
             batch = make_problems(cfg, level, images, generator, settings.seed, settings.limit)
-            common = dict(run=settings.run, task=task, level=label, generator=gen_name, config=config_label)
             for method in wanted:
+                if method == "ilo_plus_eq" and method not in plans:
+                    log.info("%s %s: ILO+ runs no restarts, so at CSGM's compute it is ilo_plus itself", task, label)
+                    continue
+                config_label = labels[method]
+                common = dict(run=settings.run, task=task, level=label, generator=gen_name, config=config_label)
                 stored = baseline_name(task) if method == "classical" else method
                 if store.has(settings.run, task, label, stored, batch.ids, config_label):
                     continue
@@ -593,13 +681,16 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
                 else:
                     stages, kwargs = plans[method]
                     solver = pulse if method == "pulse" else generator
-                    out, secs = solve_batch(solver, batch, stages, kwargs, cfg.trainer_kwargs)
-                    protocol = "primary" if method in ("csgm", "pulse", "ilo") else "sweep"
-                    row = dict(common, method=method, protocol=protocol, steps=sum(s.steps for s in stages))
+                    trainer = (plus if method in PLUS_METHODS else cfg).trainer_kwargs
+                    out, secs = solve_batch(solver, batch, stages, kwargs, trainer)
+                    protocol = "primary" if method in ("csgm", "pulse", "ilo", *PLUS_METHODS) else "sweep"
+                    restarts, keep = int(kwargs.get("restarts") or 1), kwargs.get("restart_keep")
+                    row = dict(common, method=method, protocol=protocol, steps=latent_steps(stages, restarts, keep))
                 rows = metric_rows(row, batch, evaluate(out, batch, lpips_metric), secs)
                 store.write(rows)
                 log.info("%s %s %-10s %6.1fs  true MSE %.4f", task, label, row["method"], secs,
                          sum(float(r["true_mse"]) for r in rows) / len(rows))
+            config_label = labels["ilo_best3"]
             if "ilo_best3" in settings.methods and not store.has(settings.run, task, label, "ilo_best3", batch.ids,
                                                                  config_label):
                 sweep = ["ilo"] + [f"ilo_r{r:g}" for r in RADIUS_SCALES if r != 1.0]

@@ -19,13 +19,16 @@ from benchmarks.common import read_rows
 
 #: Display names and styles of the methods in plots and tables.
 LABELS = {
-    "csgm": "CSGM", "pulse": "PULSE-style", "ilo": "ILO", "ilo_best3": "ILO best-of-3 (secondary)",
+    "csgm": "CSGM", "pulse": "PULSE-style", "ilo": "ILO", "ilo_plus": "ILO+",
+    "ilo_plus_eq": "ILO+ at CSGM's compute", "ilo_best3": "ILO best-of-3 (secondary)",
     "biharmonic": "biharmonic", "bm3d": "BM3D", "bicubic": "bicubic", "tv_lsq": "TV least squares",
 }
 _STYLE = {
     "csgm": dict(color="tab:blue", marker="o"),
     "pulse": dict(color="tab:orange", marker="s"),
     "ilo": dict(color="tab:red", marker="^"),
+    "ilo_plus": dict(color="tab:purple", marker="*"),
+    "ilo_plus_eq": dict(color="tab:purple", marker="x", linestyle=":", alpha=0.7),
     "ilo_best3": dict(color="tab:red", marker="v", linestyle="--", alpha=0.6),
     "classical": dict(color="tab:green", marker="D"),
 }
@@ -116,7 +119,7 @@ def plot_results(rows: List[Dict[str, str]], path: Path, title: str = "") -> Pat
     axes = axes.ravel()
     for ax, (task, st_, panel_title) in zip(axes, panels):
         levels = _levels(rows, task)
-        methods = [m for m in ("csgm", "pulse", "ilo", "ilo_best3", "classical")
+        methods = [m for m in ("csgm", "pulse", "ilo", "ilo_plus", "ilo_plus_eq", "ilo_best3", "classical")
                    if any((task, lab, m) in st_ for lab in levels)]
         if task == "inpainting_box":
             for i, m in enumerate(methods):
@@ -163,22 +166,45 @@ def _cell(s: Optional[Dict[str, float]], digits: int = 4) -> str:
 
 
 def _verdict(task: str, ilo: Optional[Dict[str, float]], ilo_pasted: Optional[Dict[str, float]],
-             classical: Optional[Dict[str, float]]) -> str:
-    """Plain words: who wins between ILO and the classical baseline, by how much (mean true MSE)."""
+             classical: Optional[Dict[str, float]], who: str = "ILO") -> str:
+    """Plain words: who wins between ``who`` (ILO or ILO+) and the classical baseline, by how much (mean true MSE)."""
     ref = ilo_pasted if ilo_pasted is not None else ilo
     if ref is None or classical is None:
         return ""
     name = _baseline_of(task)
-    what = "ILO (pasted)" if ilo_pasted is not None else "ILO"
+    what = f"{who} (pasted)" if ilo_pasted is not None else who
     if max(classical["mean"], ref["mean"]) < 1e-8:
         return "tie: both return the (fully observed) image"
     if classical["mean"] < ref["mean"]:
         return f"**{name} wins**: its MSE is {classical['mean'] / max(ref['mean'], 1e-12):.2f}x {what}'s"
-    return f"ILO wins: {name}'s MSE is {classical['mean'] / max(ref['mean'], 1e-12):.2f}x {what}'s"
+    return f"{who} wins: {name}'s MSE is {classical['mean'] / max(ref['mean'], 1e-12):.2f}x {what}'s"
+
+
+def _ratio(task: str, lab: str, num: Optional[Dict[str, float]], den: Optional[Dict[str, float]]) -> str:
+    """``num / den`` of the means, starred where the <= 0.5 target applies (and "(miss)" above it)."""
+    if not (num and den):
+        return ""
+    r = num["mean"] / den["mean"]
+    star = "*" if required_point(task, lab) else ""
+    return f"{r:.2f}{star}" + (" (miss)" if star and r > 0.5 else "")
+
+
+def _level_text(task: str, lab: str) -> str:
+    if task in ("inpainting_random", "compressed_sensing"):
+        return f"{100 * float(lab):g}%"
+    if task == "superres":
+        return f"x{float(lab):g}"
+    if task == "denoising":
+        return f"sigma {float(lab):g}"
+    return lab
+
+
+def _has(rows: List[Dict[str, str]], method: str) -> bool:
+    return any(r["method"] == method for r in rows)
 
 
 def results_table(rows: List[Dict[str, str]]) -> str:
-    """Markdown tables of mean true MSE (and PSNR/SSIM) per task and grid point."""
+    """Markdown tables of mean true MSE (and PSNR/SSIM, ST-LPIPS, LPIPS) per task and grid point."""
     mse = summarize(rows)
     pasted = summarize(rows, "true_mse_pasted")
     psnr = summarize(rows, "psnr")
@@ -186,6 +212,7 @@ def results_table(rows: List[Dict[str, str]]) -> str:
     lp = summarize(rows, "lpips")
     st = summarize(rows, "stlpips")
     n_images = len({r["image"] for r in rows})
+    plus, plus_eq = _has(rows, "ilo_plus"), _has(rows, "ilo_plus_eq")
     out = [
         f"True MSE against the never-observed image, on the [-1, 1] scale (the paper's metric), "
         f"mean ± std over {n_images} images. Lower is better. ILO/CSGM is the ratio of the means "
@@ -195,41 +222,49 @@ def results_table(rows: List[Dict[str, str]]) -> str:
         f"verdict compares it with the baseline.",
         "",
     ]
+    if plus:
+        out += ["ILO+ is the task's config with its overlay `configs/plus/<task>.yaml` (tuned on the tuning "
+                "faces by `benchmarks/tune.py --plus`) at the config's steps per problem. Restarts cost "
+                "steps: \"ILO+ at CSGM's compute\" scales every stage so that restarts x steps equal CSGM's "
+                "steps" + ("" if plus_eq else " (no ILO+ config here runs restarts, so that column is ILO+ "
+                           "itself and is not repeated)") + ". An ST-LPIPS term costs wall time, not steps: "
+                "see the compute table.", ""]
     for task in [t for t in TASK_ORDER if any(r["task"] == t for r in rows)]:
         inp = task.startswith("inpainting")
         base = _baseline_of(task)
         head = ["level", "CSGM", "PULSE-style", "ILO", "ILO/CSGM"]
         if inp:
             head.append("ILO (pasted)")
-        head += [base, "ILO best-of-3", "classical vs ILO"]
+        if plus:
+            head += ["ILO+", "ILO+/CSGM"] + (["ILO+ at CSGM's compute"] if plus_eq else [])
+        head += [base, "ILO best-of-3", "classical vs ILO"] + (["classical vs ILO+"] if plus else [])
         out += [f"### {TITLES[task]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for lab in _levels(rows, task):
             g = lambda m, d=mse: d.get((task, lab, m))  # noqa: E731
-            ratio = ""
-            if g("ilo") and g("csgm"):
-                r = g("ilo")["mean"] / g("csgm")["mean"]
-                star = "*" if required_point(task, lab) else ""
-                ratio = f"{r:.2f}{star}" + (" (miss)" if star and r > 0.5 else "")
-            lvl = lab if task != "inpainting_box" else lab
-            if task in ("inpainting_random", "compressed_sensing"):
-                lvl = f"{100 * float(lab):g}%"
-            elif task == "superres":
-                lvl = f"x{float(lab):g}"
-            elif task == "denoising":
-                lvl = f"sigma {float(lab):g}"
-            cells = [lvl, _cell(g("csgm")), _cell(g("pulse")), _cell(g("ilo")), ratio]
+            cells = [_level_text(task, lab), _cell(g("csgm")), _cell(g("pulse")), _cell(g("ilo")),
+                     _ratio(task, lab, g("ilo"), g("csgm"))]
             if inp:
                 cells.append(_cell(pasted.get((task, lab, "ilo"))))
+            if plus:
+                cells += [_cell(g("ilo_plus")), _ratio(task, lab, g("ilo_plus"), g("csgm"))]
+                if plus_eq:
+                    cells.append(_cell(g("ilo_plus_eq")))
             cells += [_cell(g("classical")), _cell(g("ilo_best3")),
                       _verdict(task, g("ilo"), pasted.get((task, lab, "ilo")) if inp else None, g("classical"))]
+            if plus:
+                cells.append(_verdict(task, g("ilo_plus"), pasted.get((task, lab, "ilo_plus")) if inp else None,
+                                      g("classical"), "ILO+"))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-    out += ["### PSNR (dB) / SSIM, mean over images", "",
-            "| task | level | CSGM | PULSE-style | ILO | ILO best-of-3 | classical |", "|---|---|---|---|---|---|---|"]
+    methods = ["csgm", "pulse", "ilo"] + (["ilo_plus"] if plus else []) + ["ilo_best3", "classical"]
+    names = [LABELS[m].split(" (")[0] if m != "classical" else "classical" for m in methods]
+    head = "| task | level | " + " | ".join(names) + " |"
+    rule = "|" + "---|" * (len(methods) + 2)
+    out += ["### PSNR (dB) / SSIM, mean over images", "", head, rule]
     for task in [t for t in TASK_ORDER if any(r["task"] == t for r in rows)]:
         for lab in _levels(rows, task):
             cells = [task, lab]
-            for m in ("csgm", "pulse", "ilo", "ilo_best3", "classical"):
+            for m in methods:
                 a, b = psnr.get((task, lab, m)), ssim.get((task, lab, m))
                 cells.append("" if a is None else f"{a['mean']:.2f} / {b['mean']:.3f}")
             out.append("| " + " | ".join(cells) + " |")
@@ -240,12 +275,11 @@ def results_table(rows: List[Dict[str, str]]) -> str:
     ):
         if not stats:
             continue
-        out += [f"### {title}, mean ± std over images (lower is better)", "",
-                "| task | level | CSGM | PULSE-style | ILO | ILO best-of-3 | classical |", "|---|---|---|---|---|---|---|"]
+        out += [f"### {title}, mean ± std over images (lower is better; empty: rows written before the column)",
+                "", head, rule]
         for task in [t for t in TASK_ORDER if any(r["task"] == t for r in rows)]:
             for lab in _levels(rows, task):
-                cells = [task, lab] + [_cell(stats.get((task, lab, m))) for m in
-                                       ("csgm", "pulse", "ilo", "ilo_best3", "classical")]
+                cells = [task, lab] + [_cell(stats.get((task, lab, m))) for m in methods]
                 out.append("| " + " | ".join(cells) + " |")
         out.append("")
     if not st:
@@ -284,36 +318,69 @@ _SUMMARY_LEVEL = {
 }
 
 
+def _wins(task: str, lab: str, method: str, mse: Dict, pasted: Dict) -> Optional[bool]:
+    """Whether ``method`` (pasted for inpainting) has a lower mean true MSE than the classical baseline."""
+    cls = mse.get((task, lab, "classical"))
+    ref = (pasted if task.startswith("inpainting") else mse).get((task, lab, method))
+    if cls is None or ref is None:
+        return None
+    return ref["mean"] < cls["mean"]
+
+
 def summary_table(rows: List[Dict[str, str]]) -> str:
-    """The README's table: mean true MSE of CSGM, ILO and the classical baseline per grid point.
+    """The README's table: mean true MSE of CSGM, ILO, ILO+ (when run) and the classical baseline per grid point.
 
     Fully observed inpainting (100%) is left out (every method that keeps the
     observed pixels is exact there). For inpainting the verdict compares the
-    baseline with ILO's output with the observed pixels pasted back.
+    baseline with the output with the observed pixels pasted back. Below the
+    table, a line counts the grid points where ILO and ILO+ beat the baseline.
     """
     mse = summarize(rows)
     pasted = summarize(rows, "true_mse_pasted")
-    out = ["| task, level | CSGM | ILO | ILO / CSGM | classical | classical vs ILO |",
-           "| --- | --- | --- | --- | --- | --- |"]
+    plus = _has(rows, "ilo_plus")
+    best = "ilo_plus" if plus else "ilo"
+    who = "ILO+" if plus else "ILO"
+    if plus:
+        out = ["| task, level | CSGM | ILO | ILO+ | ILO / CSGM | ILO+ / CSGM | classical | classical vs ILO+ |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    else:
+        out = ["| task, level | CSGM | ILO | ILO / CSGM | classical | classical vs ILO |",
+               "| --- | --- | --- | --- | --- | --- |"]
+    counts = {"ilo": [0, 0], "ilo_plus": [0, 0]}
     for task in [t for t in TASK_ORDER if any(r["task"] == t for r in rows)]:
         first = True
         for lab in _levels(rows, task):
             if task == "inpainting_random" and float(lab) >= 1.0:
                 continue
             csgm, ilo, cls = mse.get((task, lab, "csgm")), mse.get((task, lab, "ilo")), mse.get((task, lab, "classical"))
-            if not (csgm and ilo and cls):
+            top = mse.get((task, lab, best))
+            if not (csgm and ilo and cls and top):
                 continue
-            ratio = ilo["mean"] / csgm["mean"]
-            target = " (target 0.5 missed)" if required_point(task, lab) and ratio > 0.5 else ""
-            ref = pasted.get((task, lab, "ilo")) if task.startswith("inpainting") else ilo
+            for m in counts:
+                w = _wins(task, lab, m, mse, pasted)
+                if w is not None:
+                    counts[m][0] += int(w)
+                    counts[m][1] += 1
+            ref = (pasted if task.startswith("inpainting") else mse).get((task, lab, best))
             rel = cls["mean"] / max(ref["mean"], 1e-12)
             name = _baseline_of(task)
-            verdict = f"**classical wins** ({rel:.2f}x)" if cls["mean"] < ref["mean"] else f"ILO wins ({name} {rel:.2f}x)"
+            verdict = f"**classical wins** ({rel:.2f}x)" if cls["mean"] < ref["mean"] else f"{who} wins ({name} {rel:.2f}x)"
             classical = f"{name} {cls['mean']:.4f}" if first else f"{cls['mean']:.4f}"
-            out.append(f"| {_SUMMARY_LEVEL[task](lab)} | {csgm['mean']:.4f} | {ilo['mean']:.4f} | "
-                       f"{ratio:.2f}{target} | {classical} | {verdict} |")
+
+            def ratio(m: Dict[str, float]) -> str:
+                r = m["mean"] / csgm["mean"]
+                return f"{r:.2f}" + (" (target 0.5 missed)" if required_point(task, lab) and r > 0.5 else "")
+
+            cells = [_SUMMARY_LEVEL[task](lab), f"{csgm['mean']:.4f}", f"{ilo['mean']:.4f}"]
+            cells += [f"{top['mean']:.4f}", ratio(ilo), ratio(top)] if plus else [ratio(ilo)]
+            cells += [classical, verdict]
+            out.append("| " + " | ".join(cells) + " |")
             first = False
-    return "\n".join(out) + "\n"
+    text = "\n".join(out) + "\n"
+    wins = [f"{LABELS[m]} beats the classical baseline at {k} of {n} grid points" for m, (k, n) in counts.items() if n]
+    if wins:
+        text += "\n" + "; ".join(wins) + " (inpainting: with the observed pixels pasted back).\n"
+    return text
 
 
 def write_report(csv_path: Path, out: Path) -> List[Path]:

@@ -241,13 +241,47 @@ def _rss_kib() -> Dict[str, int]:
     return out
 
 
+class PeakMemory:
+    """Peak memory of what runs after :meth:`start`, above the memory in use at that point.
+
+    CPU: the process's peak resident set size is reset (``/proc/self/clear_refs``,
+    Linux >= 4.0) and its new high-water mark ``VmHWM`` is compared with ``VmRSS``
+    at the start. CUDA: ``torch.cuda.max_memory_allocated`` above the memory
+    allocated at the start. One place for the memory and batching children.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.base = 0
+        self.base_gpu = 0
+
+    def start(self) -> "PeakMemory":
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base_gpu = torch.cuda.memory_allocated()
+        with open("/proc/self/clear_refs", "w") as fh:  # reset the peak-RSS mark
+            fh.write("5")
+        self.base = _rss_kib()["VmRSS"]
+        return self
+
+    def read(self) -> Dict[str, float]:
+        """``peak_rss_delta_mib`` (and ``peak_gpu_mib`` on a GPU) since :meth:`start`."""
+        out = {"peak_rss_delta_mib": round((_rss_kib()["VmHWM"] - self.base) / 1024, 1)}
+        if self.device.type == "cuda":
+            out["peak_gpu_mib"] = round((torch.cuda.max_memory_allocated() - self.base_gpu) / 2**20, 1)
+        return out
+
+
 def _memory_child(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Runs in a fresh process: peak memory of one solve (or of the floor loop) above its set-up.
 
     CPU: the peak resident set size is reset after set-up (``/proc/self/clear_refs``)
     and its new high-water mark is compared with the resident size at that point.
     """
-    import gc
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -257,14 +291,7 @@ def _memory_child(spec: Dict[str, Any]) -> Dict[str, Any]:
     op, y = make_problem(gen, spec["batch"])
     op, y = op.to(device), y.to(device)
     stages, kw = stages_for(spec["model"], spec["split"], spec["steps"])
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base_gpu = torch.cuda.memory_allocated()
-    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak-RSS mark (Linux >= 4.0)
-        fh.write("5")
-    base = _rss_kib()["VmRSS"]
+    peak = PeakMemory(device).start()
     if spec["kind"] == "ilo":
         solve(gen, op, y, stages, trainer_kwargs=Bench(device=device.type).trainer_kwargs(), **kw)
     else:
@@ -276,10 +303,7 @@ def _memory_child(spec: Dict[str, Any]) -> Dict[str, Any]:
         step = FloorStep(gen, {k: v.to(device) for k, v in state.items()}, free, stage.split, op, y, stage.lr)
         for _ in range(stage.steps):
             step()
-    out = {"peak_rss_delta_mib": round((_rss_kib()["VmHWM"] - base) / 1024, 1)}
-    if device.type == "cuda":
-        out["peak_gpu_mib"] = round((torch.cuda.max_memory_allocated() - base_gpu) / 2**20, 1)
-    return out
+    return peak.read()
 
 
 def memory_in_fresh_process(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -428,7 +452,6 @@ def _batching_child(spec: Dict[str, Any]) -> Dict[str, Any]:
     the set-up (generator built, problem drawn), its high-water mark reset through
     ``/proc/self/clear_refs``; on a GPU also ``torch.cuda.max_memory_allocated`` above set-up.
     """
-    import gc
 
     from benchmarks.timing import StepTimer, _by_stage
 
@@ -447,23 +470,13 @@ def _batching_child(spec: Dict[str, Any]) -> Dict[str, Any]:
     batch, warmup = spec["batch"], spec["warmup"]
     op, y = make_problem(gen, batch)
     stages, kw = stages_for(spec["model"], 0, spec["steps"] + warmup + 2)
-    gc.collect()
-    if bench.device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base_gpu = torch.cuda.memory_allocated()
-    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak-RSS mark (Linux >= 4.0)
-        fh.write("5")
-    base = _rss_kib()["VmRSS"]
+    peak = PeakMemory(torch.device(bench.device)).start()
     timer = StepTimer(with_floor=False, bench=bench, warmup=warmup)
     solve(gen, op, y, stages, callbacks=[timer], trainer_kwargs=bench.trainer_kwargs(), **kw)
     acc = _by_stage(timer, 0 if bench.timing == "block" else warmup)[0]
-    out = {"ilo": acc["ilo"], "ilo_cpu": acc["ilo_cpu"],
-           "peak_rss_delta_mib": round((_rss_kib()["VmHWM"] - base) / 1024, 1)}
+    out = {"ilo": acc["ilo"], "ilo_cpu": acc["ilo_cpu"], **peak.read()}
     if spec.get("roofline") and bench.device == "cpu":  # after the peak is read: freed memory may be kept
         out.update(gflop_per_image=step_flops(gen, 1) / 1e9, conv_peak_gflops=conv_peak_flops() / 1e9)
-    if bench.device == "cuda":
-        out["peak_gpu_mib"] = round((torch.cuda.max_memory_allocated() - base_gpu) / 2**20, 1)
     return out
 
 

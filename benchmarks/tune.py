@@ -32,6 +32,23 @@ The evaluation folders (``faces/64``, ``faces/original`` of
     python -m benchmarks.tune --threads 1                           # ../shared/benchmark/faces/tune
     python -m benchmarks.tune --tasks denoising --threads 1         # one task
     python -m benchmarks.tune --report-only                         # the ranking from the CSV
+    python -m benchmarks.tune --plus --threads 1                    # the ILO+ grid (below)
+
+**The ILO+ grid** (``--plus``; rows in ``tuning_plus.csv``, ranking in
+``tuning_plus_table.md``) tunes the options ILO+ adds on top of a task's tuned
+config (``configs/plus/<task>.yaml``, applied after ``configs/<task>.yaml``),
+at the task's scarcest grid point of the quality benchmark's targets
+(:data:`PLUS_LEVELS`: 5% random pixels, the mouth box, sigma 100, 8x, m/n 5%),
+where ILO loses most. Phase 1 tries one option at a time against the config
+itself (``ilo``): an ST-LPIPS term (AlexNet, 64x64) of weight
+:data:`PLUS_STLPIPS` beside the MSE, the ILO stages' l1 radii x0.5 and x2, random
+restarts (4 starts, the best 1 kept after CSGM), and the final consistency step
+(``project`` on noiseless, ``prox`` on noisy observations). Phase 2 combines
+every option that beat ``ilo`` by 1% (the best ST-LPIPS weight and radius of those).
+Phase 3: when the best candidate's radius scale is at the grid's edge (x2 or
+x0.5), it is pushed one factor 2 further, up to twice, while that helps. Each
+candidate spends the config's steps per problem (restarts run CSGM on all
+starts: more compute at equal steps).
 """
 
 from __future__ import annotations
@@ -211,7 +228,7 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def append_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
+def append_rows(path: Path, rows: Sequence[Dict[str, Any]], columns: Sequence[str] = COLUMNS) -> None:
     """Append ``rows`` to the CSV (header first if it is new); earlier rows are never rewritten.
 
     Raises:
@@ -220,15 +237,15 @@ def append_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = read_rows(path)
-    if old and list(old[0].keys()) != COLUMNS:
+    if old and list(old[0].keys()) != list(columns):
         raise ValueError(f"{path} has other columns than tune.py writes; move it away or pass --csv")
     new = not path.is_file() or path.stat().st_size == 0
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=list(columns))
         if new:
             w.writeheader()
         for r in rows:
-            w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
+            w.writerow({k: _fmt(r.get(k)) for k in columns})
 
 
 @dataclass
@@ -335,6 +352,228 @@ def tune(images: Path, out_csv: Path, tasks: Sequence[str], grid: Dict[str, Tupl
     return Path(out_csv)
 
 
+# ------------------------------------------------------------------------------ ILO+ grid
+#: The grid point ILO+ is tuned at: the scarcest point of each task inside the quality targets
+#: (``None``: the config's own point, the mouth box).
+PLUS_LEVELS: Dict[str, Any] = {
+    "inpainting_random": 0.05, "inpainting_box": None, "denoising": 100.0, "superres": 8,
+    "compressed_sensing": 0.05,
+}
+#: ST-LPIPS weights (beside MSE weight 1) of phase 1 (``--plus-stlpips``). One weight: an ST-LPIPS
+#: solve costs about 4x an MSE one on the CPU, and 0.1 and 0.3 did worse than 0.03 at 8x in a
+#: two-image probe.
+PLUS_STLPIPS: Tuple[float, ...] = (0.03,)
+#: Phase 2 combines options at least this much better (relative) than the config alone.
+PLUS_MIN_GAIN = 0.01
+#: Phase 3: at most this many further factor-2 steps of a best radius at the grid's edge.
+PLUS_EXTEND = 2
+#: Radius scales, restarts and kept restarts of phase 1's single-option candidates.
+PLUS_RADIUS_SCALES: Tuple[float, ...] = (0.5, 2.0)
+PLUS_RESTARTS, PLUS_KEEP = 4, 1
+PLUS_COLUMNS = ["task", "level", "candidate", "phase", "stlpips", "radius_scale", "restarts", "restart_keep",
+                "consistency", "steps", "image", "seed", "true_mse", "psnr", "ssim", "stlpips_metric",
+                "measurement_loss", "seconds", "images", "config"]
+
+
+@dataclass(frozen=True)
+class PlusCandidate:
+    """ILO+ options on top of a task config: ST-LPIPS weight, radius scale, restarts, consistency."""
+
+    stlpips: float = 0.0
+    radius_scale: float = 1.0
+    restarts: int = 1
+    restart_keep: Optional[int] = None
+    consistency: str = "none"
+
+    @property
+    def name(self) -> str:
+        parts = []
+        if self.stlpips:
+            parts.append(f"st{self.stlpips:g}")
+        if self.radius_scale != 1.0:
+            parts.append(f"r{self.radius_scale:g}")
+        if self.restarts > 1:
+            parts.append(f"R{self.restarts}K{self.restart_keep or self.restarts}")
+        if self.consistency != "none":
+            parts.append(self.consistency)
+        return "+".join(parts) or "ilo"
+
+    def merge(self, other: "PlusCandidate") -> "PlusCandidate":
+        """This candidate with ``other``'s non-default options."""
+        return PlusCandidate(
+            stlpips=other.stlpips or self.stlpips,
+            radius_scale=other.radius_scale if other.radius_scale != 1.0 else self.radius_scale,
+            restarts=max(self.restarts, other.restarts),
+            restart_keep=other.restart_keep or self.restart_keep,
+            consistency=other.consistency if other.consistency != "none" else self.consistency,
+        )
+
+
+def stlpips_loss_allowed(task: str) -> bool:
+    """Whether ST-LPIPS can compare the task's measurements (not compressed-sensing vectors)."""
+    return task != "compressed_sensing"
+
+
+def plus_phase1(task: str, noisy: bool, weights: Sequence[float] = PLUS_STLPIPS) -> List[PlusCandidate]:
+    """The config itself, then one ILO+ option at a time (see the module docstring)."""
+    out = [PlusCandidate()]
+    if stlpips_loss_allowed(task):
+        out += [PlusCandidate(stlpips=float(w)) for w in weights]
+    out += [PlusCandidate(radius_scale=r) for r in PLUS_RADIUS_SCALES]
+    out += [PlusCandidate(restarts=PLUS_RESTARTS, restart_keep=PLUS_KEEP),
+            PlusCandidate(consistency="prox" if noisy else "project")]
+    return out
+
+
+def plus_phase2(means: Dict[PlusCandidate, float]) -> List[PlusCandidate]:
+    """Every phase-1 option that beat the config (``ilo``) by :data:`PLUS_MIN_GAIN`, combined
+    (the best ST-LPIPS weight and the best radius scale of those; nothing when fewer than two
+    kinds of option did)."""
+    base = means[PlusCandidate()]
+    better = [c for c, m in means.items() if c != PlusCandidate() and m < base * (1 - PLUS_MIN_GAIN)]
+    keep = [c for c in better if not c.stlpips and c.radius_scale == 1.0]
+    for kind in ([c for c in better if c.stlpips], [c for c in better if c.radius_scale != 1.0]):
+        if kind:
+            keep.append(min(kind, key=means.__getitem__))
+    if len(keep) < 2:
+        return []
+    combo = PlusCandidate()
+    for c in keep:
+        combo = combo.merge(c)
+    return [combo]
+
+
+def radius_extension(best: PlusCandidate) -> Optional[PlusCandidate]:
+    """``best`` with its radius scale one factor 2 further out, when it is at (or past) an edge of
+    :data:`PLUS_RADIUS_SCALES`; else ``None``."""
+    lo, hi = min(PLUS_RADIUS_SCALES), max(PLUS_RADIUS_SCALES)
+    if best.radius_scale >= hi > 1.0:
+        return dataclasses.replace(best, radius_scale=best.radius_scale * 2)
+    if best.radius_scale <= lo < 1.0:
+        return dataclasses.replace(best, radius_scale=best.radius_scale / 2)
+    return None
+
+
+def plus_plan(cfg: "quality.TaskConfig", cand: PlusCandidate,
+              steps_scale: float = 1.0) -> Tuple[List[Stage], Dict[str, Any]]:
+    """``(stages, ILOModule kwargs)`` of a candidate: the config's (steps x ``steps_scale``, for
+    smoke runs), with the candidate's options."""
+    from ilo_pl.losses import MeasurementLoss, STLPIPSLoss
+
+    stages = quality.scaled_stages(cfg.stages, steps_scale, 1.0)
+    if cand.radius_scale != 1.0:
+        stages = stages[:1] + quality.scaled_stages(stages[1:], 1.0, cand.radius_scale)
+    kwargs = dict(cfg.module_kwargs)
+    kwargs.update(restarts=cand.restarts, restart_keep=cand.restart_keep, consistency=cand.consistency)
+    if cand.stlpips:
+        # AlexNet at 64x64 (the DCGAN's size; super-resolution's observation is brought up to it).
+        kwargs["losses"] = {"mse": MeasurementLoss(), "stlpips": STLPIPSLoss(net="alex", resize=64)}
+        kwargs["loss_weights"] = {**dict(kwargs.get("loss_weights") or {"mse": 1.0}), "stlpips": cand.stlpips}
+    return stages, kwargs
+
+
+def tune_plus(images: Path, out_csv: Path, tasks: Sequence[str], config_dir: Path = ROOT / "configs",
+              seed: int = 0, limit: Optional[int] = None, weights: Sequence[float] = PLUS_STLPIPS,
+              steps_scale: float = 1.0) -> Path:
+    """Run the ILO+ grid (phases 1 and 2) for every task; rows not yet in ``out_csv`` are appended
+    (``steps_scale`` != 1 is for smoke runs: its rows carry ``x<scale>`` in the config column).
+
+    Raises:
+        ValueError: for an evaluation folder (:func:`check_tuning_folder`).
+    """
+    from ilo_pl.metrics import stlpips as stlpips_metric
+
+    check_tuning_folder(images)
+    where = display_path(images)
+    for task in tasks:
+        cfg = quality.load_task_config(task, config_dir)
+        label = cfg.label + (f"x{steps_scale:g}" if steps_scale != 1.0 else "")
+        level = PLUS_LEVELS[task] if PLUS_LEVELS[task] is not None else cfg.config_level
+        gen = build_from_config([cfg.path]).module.generator
+        batch = quality.make_problems(cfg, level, images, gen, seed, limit)
+        noisy = float(getattr(getattr(batch.operator, "noise_model", None), "sigma", 0.0) or 0.0) > 0
+        means: Dict[PlusCandidate, float] = {}
+        lvl = quality.level_label(task, level)
+
+        def run(cand: PlusCandidate, phase: int) -> float:
+            """The candidate's mean true MSE: from the CSV's rows, or solved and appended."""
+            rows = [r for r in read_rows(out_csv)
+                    if (r["task"], r["candidate"], r["config"], r["images"], r["level"])
+                    == (task, cand.name, label, where, lvl)]
+            if {r["image"] for r in rows} >= set(batch.ids):
+                rows = [r for r in rows if r["image"] in set(batch.ids)]
+                return sum(float(r["true_mse"]) for r in rows) / len(rows)
+            stages, kwargs = plus_plan(cfg, cand, steps_scale)
+            out, secs = quality.solve_batch(gen, batch, stages, kwargs, cfg.trainer_kwargs)
+            m = image_metrics(out.float(), batch.target.float())
+            st = stlpips_metric(out.float(), batch.target.float())
+            with torch.no_grad():
+                ml = batch.operator.measurement_error(batch.operator.A(out.float()), batch.observation).float()
+            rows = [dict(
+                task=task, level=lvl, candidate=cand.name, phase=phase,
+                stlpips=cand.stlpips, radius_scale=cand.radius_scale, restarts=cand.restarts,
+                restart_keep=cand.restart_keep, consistency=cand.consistency, steps=sum(s.steps for s in stages),
+                image=pid, seed=batch.seeds[b], true_mse=float(m["true_mse"][b]), psnr=float(m["psnr"][b]),
+                ssim=float(m["ssim"][b]), stlpips_metric=float(st[b]), measurement_loss=float(ml[b]),
+                seconds=round(secs, 2), images=where, config=label,
+            ) for b, pid in enumerate(batch.ids)]
+            append_rows(out_csv, rows, PLUS_COLUMNS)
+            mean = float(m["true_mse"].mean())
+            log.info("%s plus phase %d %-22s %6.1fs  mean true MSE %.5f over %d images", task, phase,
+                     cand.name, secs, mean, len(batch.ids))
+            return mean
+
+        for cand in plus_phase1(task, noisy, weights):
+            means[cand] = run(cand, 1)
+        for cand in plus_phase2(means):
+            means[cand] = run(cand, 2)
+        # Phase 3: a best radius at the grid's edge is pushed one factor 2 further while that helps.
+        for _ in range(PLUS_EXTEND):
+            cand = radius_extension(min(means, key=means.__getitem__))
+            if cand is None or cand in means:
+                break
+            means[cand] = run(cand, 3)
+        best = min(means, key=means.__getitem__)
+        log.info("%s: ILO+ best %s (mean true MSE %.5f; the config alone %.5f)", task, best.name, means[best],
+                 means[PlusCandidate()])
+    return Path(out_csv)
+
+
+def plus_report(rows: Sequence[Dict[str, str]]) -> str:
+    """Markdown: per task, every ILO+ candidate's mean true MSE (± s.e.), PSNR and ST-LPIPS, best first."""
+    lines = ["ILO+ grid of `benchmarks/tune.py --plus`: mean true MSE ([-1, 1] scale, ± standard error over "
+             "images), PSNR (dB) and ST-LPIPS (AlexNet) per candidate, best first. `ilo` is the task's config "
+             "alone; `st<w>` adds an ST-LPIPS term of weight w, `r<s>` scales the ILO stages' radii by s, "
+             f"`R{PLUS_RESTARTS}K{PLUS_KEEP}` runs {PLUS_RESTARTS} restarts (the best {PLUS_KEEP} kept after "
+             "CSGM), `project`/`prox` adds the final consistency step; `+` combines (phase 2); phase 3 pushes a "
+             "best radius at the grid's edge further. `steps` are the schedule's steps per problem: restarts "
+             "run the CSGM stage on every start (R4K1 with 100 CSGM steps: 700 latent-steps instead of 400). "
+             "The config's fingerprint is the quality benchmark's (`benchmarks/quality.py`).", ""]
+    groups: Dict[Tuple[str, str, str, str], Dict[str, List[Dict[str, str]]]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["level"], r["config"], r["images"]), {}).setdefault(r["candidate"], []).append(r)
+    order = list(quality.TASKS)
+    for (task, level, cfg, images), cands in sorted(groups.items(), key=lambda kv: order.index(kv[0][0])):
+        lines += [f"### {task} ({level}; {cfg}; {images})", "",
+                  "| candidate | phase | true MSE | vs ilo | PSNR | ST-LPIPS | steps | images |",
+                  "|---|---|---|---|---|---|---|---|"]
+        stats = []
+        for name, rs in cands.items():
+            v = [float(r["true_mse"]) for r in rs]
+            n, mean = len(v), sum(v) / len(v)
+            sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else 0.0
+            stats.append((mean, name, rs[0]["phase"], sd / math.sqrt(n), sum(float(r["psnr"]) for r in rs) / n,
+                          sum(float(r["stlpips_metric"]) for r in rs) / n, rs[0]["steps"], n))
+        stats.sort()
+        base = next((s[0] for s in stats if s[1] == "ilo"), float("nan"))
+        for i, (mean, name, phase, sem, psnr, st, steps, n) in enumerate(stats):
+            shown = f"**{name}**" if i == 0 else name
+            lines.append(f"| {shown} | {phase} | {mean:.5f} ± {sem:.5f} | {mean / base:.2f}x | {psnr:.2f} | "
+                         f"{st:.4f} | {steps} | {n} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -343,7 +582,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--tasks", nargs="+", default=["all"], help="tasks (as quality.py's --tasks; default all)")
     p.add_argument("--grid", choices=("full", "smoke"), default="full", help="the grid (smoke: 2 candidates)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    p.add_argument("--csv", default="tuning.csv", help="CSV file name inside --out")
+    p.add_argument("--csv", default=None, help="CSV file name inside --out (default tuning.csv; tuning_plus.csv with --plus)")
+    p.add_argument("--plus", action="store_true", help="the ILO+ grid (module docstring) instead of the schedule grid")
+    p.add_argument("--plus-stlpips", type=float, nargs="+", default=list(PLUS_STLPIPS),
+                   help="ST-LPIPS weights of the ILO+ grid's phase 1")
     p.add_argument("--configs", type=Path, default=ROOT / "configs", help="folder of the task configs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
@@ -353,10 +595,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ns = p.parse_args(argv)
 
     quiet_run_setup(ns.threads)
-    out_csv = ns.out / ns.csv
-    if (ns.steps_scale != 1.0 or ns.grid == "smoke" or ns.limit) and out_csv == p.get_default("out") / "tuning.csv":
+    out_csv = ns.out / (ns.csv or ("tuning_plus.csv" if ns.plus else "tuning.csv"))
+    if (ns.steps_scale != 1.0 or ns.grid == "smoke" or ns.limit) and ns.out == p.get_default("out"):
         p.error("--steps-scale, --grid smoke and --limit are for smoke runs: pass --out elsewhere")
-    if not ns.report_only:
+    if ns.plus and ns.grid == "smoke":
+        p.error("--grid is the schedule grid's; a smoke run of --plus is --steps-scale/--limit with --out elsewhere")
+    if ns.plus and not ns.report_only:
+        t0 = time.perf_counter()
+        tune_plus(ns.images, out_csv, quality.expand_tasks(ns.tasks), ns.configs, ns.seed, ns.limit,
+                  ns.plus_stlpips, ns.steps_scale)
+        log.info("done in %.1f min", (time.perf_counter() - t0) / 60)
+    elif not ns.report_only:
         grid = SMOKE_GRID if ns.grid == "smoke" else GRID
         t0 = time.perf_counter()
         tune(ns.images, out_csv, quality.expand_tasks(ns.tasks), grid, ns.configs, ns.seed, ns.limit, ns.steps_scale)
@@ -364,7 +613,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = read_rows(out_csv)
     if not rows:
         raise SystemExit(f"no tuning rows in {out_csv}")
-    text = report(rows)
+    text = plus_report(rows) if ns.plus else report(rows)
     table = out_csv.with_name(out_csv.stem + "_table.md")
     table.write_text(text + "\n")
     print(text)

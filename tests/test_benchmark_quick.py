@@ -414,7 +414,9 @@ def test_summary_table_is_the_readme_table_from_the_csv_rows():
     ]
     text = report.summary_table(rows)
     lines = text.strip().splitlines()
-    assert len(lines) == 4  # header, rule, 10% inpainting, sigma 100 (100% observed is left out)
+    assert len(lines) == 6  # header, rule, 10% inpainting, sigma 100 (100% observed is left out), count
+    assert lines[-1] == ("ILO beats the classical baseline at 1 of 2 grid points (inpainting: with the observed "
+                         "pixels pasted back).")
     assert lines[2] == ("| inpainting, 10% observed | 0.0600 | 0.0400 | 0.67 (target 0.5 missed) | biharmonic 0.0280 "
                         "| **classical wins** (0.80x) |")
     assert lines[3] == "| denoising, sigma 100 | 0.0500 | 0.0200 | 0.40 | BM3D 0.0300 | ILO wins (BM3D 1.50x) |"

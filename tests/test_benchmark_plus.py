@@ -1,0 +1,290 @@
+"""ILO+ in the benchmarks: the overlay configs, equal compute, the CSV's per-method configs, the
+tuning grid of ``benchmarks/tune.py --plus`` and the report's ILO+ columns.
+
+Random DCGAN weights and a synthetic face: the code paths are tested, not the quality.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from benchmarks import quality, report, tune
+from ilo_pl.modules.generators import DCGANGenerator
+from ilo_pl.stages import Stage
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK_FILES = {task: name for task, (name, _) in quality.TASKS.items()}
+
+
+def _face(folder: Path) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    img = np.stack([0.3 + 0.5 * xx, 0.2 + 0.6 * yy, 0.5 + 0.3 * np.sin(6 * xx * yy)], -1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(folder / "synthetic.png")
+    return folder
+
+
+def _rows(path: Path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _configs(tmp_path: Path, task: str, overlay: dict) -> Path:
+    """A configs folder with the shipped config of ``task`` and ``overlay`` as its ILO+ file."""
+    cfgs = tmp_path / "configs"
+    (cfgs / "plus").mkdir(parents=True, exist_ok=True)
+    name = TASK_FILES[task]
+    (cfgs / name).write_text((ROOT / "configs" / name).read_text())
+    (cfgs / "plus" / name).write_text(yaml.safe_dump(overlay))
+    return cfgs
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return DCGANGenerator(weights="random")
+
+
+# ------------------------------------------------------------------------------ shipped overlays
+@pytest.mark.parametrize("task", list(quality.TASKS))
+def test_every_task_has_an_ilo_plus_overlay_that_the_cli_parser_takes(task):
+    cfg = quality.load_task_config(task, ROOT / "configs", plus=True)
+    base = quality.load_task_config(task, ROOT / "configs")
+    assert cfg.overlays == (ROOT / "configs" / "plus" / TASK_FILES[task],)
+    assert cfg.label.startswith(f"{TASK_FILES[task]}+plus/{TASK_FILES[task]}@")
+    # The overlay changes the solver, not the problems: same operator and grid argument.
+    assert (cfg.operator_class, cfg.config_level) == (base.operator_class, base.config_level)
+    assert cfg.fingerprint != base.fingerprint or cfg.module_kwargs == base.module_kwargs
+
+
+# ------------------------------------------------------------------------------ fingerprints
+def test_options_added_later_do_not_change_a_fingerprint_at_their_neutral_value(tmp_path):
+    src = yaml.safe_load((ROOT / "configs" / "superres.yaml").read_text())
+    plain = tmp_path / "a"
+    plain.mkdir()
+    (plain / "superres.yaml").write_text(yaml.safe_dump(src))
+    spelled = tmp_path / "b"
+    spelled.mkdir()
+    src["model"].update(restarts=1, consistency="none")
+    (spelled / "superres.yaml").write_text(yaml.safe_dump(src))
+    fa = quality.load_task_config("superres", plain).fingerprint
+    assert quality.load_task_config("superres", spelled).fingerprint == fa
+    src["model"].update(restarts=2)
+    (spelled / "superres.yaml").write_text(yaml.safe_dump(src))
+    assert quality.load_task_config("superres", spelled).fingerprint != fa
+    assert "model.restarts" not in quality.neutral_excludes({"model": {"restarts": 2}})
+    assert "model.restarts" in quality.neutral_excludes({"model": {}})
+
+
+# ------------------------------------------------------------------------------ equal compute
+def test_latent_steps_count_restarts_and_kept_restarts():
+    st = [Stage(split=0, steps=100, lr=0.1, free=["latent"]), Stage(split=1, steps=50, lr=0.03, free=["state"])]
+    assert quality.latent_steps(st) == 150
+    assert quality.latent_steps(st, restarts=4) == 600
+    assert quality.latent_steps(st, restarts=4, keep=1) == 450
+    assert quality.latent_steps([]) == 0
+
+
+def test_ilo_plus_at_csgm_compute_scales_every_stage(tmp_path):
+    cfgs = _configs(tmp_path, "superres", {"model": {"restarts": 4, "restart_keep": 1}})
+    cfg = quality.load_task_config("superres", cfgs)
+    plus = quality.load_task_config("superres", cfgs, plus=True)
+    total = cfg.total_steps
+    plans = quality.plus_plans(plus, 1.0, total)
+    stages, kwargs = plans["ilo_plus"]
+    assert kwargs["restarts"] == 4 and kwargs["restart_keep"] == 1
+    assert [s.steps for s in stages] == [s.steps for s in cfg.stages]  # equal steps
+    eq, _ = plans["ilo_plus_eq"]
+    cost = quality.latent_steps(eq, 4, 1)
+    assert abs(cost - total) <= len(eq)  # rounding of each stage's steps
+    assert all(a.steps < b.steps for a, b in zip(eq, stages))
+    # Without restarts ILO+ already spends CSGM's compute: no second plan.
+    cfgs2 = _configs(tmp_path / "two", "superres", {"model": {"consistency": "project"}})
+    plus2 = quality.load_task_config("superres", cfgs2, plus=True)
+    assert set(quality.plus_plans(plus2, 1.0, total)) == {"ilo_plus"}
+
+
+def test_overlay_errors(tmp_path):
+    cfgs = tmp_path / "configs"
+    cfgs.mkdir()
+    (cfgs / "superres.yaml").write_text((ROOT / "configs" / "superres.yaml").read_text())
+    with pytest.raises(FileNotFoundError, match="ILO\\+ overlay .* does not exist"):
+        quality.load_task_config("superres", cfgs, plus=True)
+    twice = {"class_path": "ilo_pl.losses.MeasurementLoss"}
+    bad = _configs(tmp_path / "bad", "superres", {"model": {"losses": {"mse": twice, "other": twice},
+                                                            "loss_weights": {"mse": 1.0, "other": 0.1}}})
+    with pytest.raises(ValueError, match="besides mse and stlpips"):
+        quality.load_task_config("superres", bad, plus=True)
+
+
+# ------------------------------------------------------------------------------ the run
+def test_ilo_plus_rows_carry_their_config_and_do_not_block_the_others(tmp_path, generator):
+    overlay = {"model": {
+        "losses": {"mse": {"class_path": "ilo_pl.losses.MeasurementLoss"},
+                   "stlpips": {"class_path": "ilo_pl.losses.STLPIPSLoss",
+                               "init_args": {"net": "alex", "resize": 64}}},
+        "loss_weights": {"mse": 1.0, "stlpips": 0.03},
+        "consistency": "project", "restarts": 2, "restart_keep": 1,
+    }}
+    cfgs = _configs(tmp_path, "inpainting_random", overlay)
+    images = _face(tmp_path / "images")
+    s = quality.BenchmarkSettings(images=images, out=tmp_path / "out", tasks=["inpainting_random"],
+                                  methods=("csgm", "ilo", "ilo_plus", "ilo_plus_eq"), config_dir=cfgs,
+                                  quick=True, limit=1, steps_scale=0.02)
+    rows = _rows(quality.run_benchmark(s, generator))
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"csgm", "ilo", "ilo_plus", "ilo_plus_eq"}
+    base = quality.load_task_config("inpainting_random", cfgs).label + "x0.02"
+    plus = quality.load_task_config("inpainting_random", cfgs, plus=True).label + "x0.02"
+    assert by["csgm"]["config"] == by["ilo"]["config"] == base and by["ilo_plus"]["config"] == plus
+    # Restarts cost steps: ILO+ counts 2 restarts in CSGM, equal compute brings it back to CSGM's.
+    assert int(by["ilo_plus"]["steps"]) > int(by["csgm"]["steps"])
+    assert abs(int(by["ilo_plus_eq"]["steps"]) - int(by["csgm"]["steps"])) <= len(quality.load_task_config(
+        "inpainting_random", cfgs).stages)
+    # consistency: project pastes the observed pixels (inpainting): pasting changes nothing more.
+    assert float(by["ilo_plus"]["true_mse_pasted"]) == pytest.approx(float(by["ilo_plus"]["true_mse"]), abs=1e-6)
+    assert by["ilo_plus"]["stlpips"] != ""
+    # A changed overlay is refused for the ILO+ rows only; the other methods resume untouched.
+    overlay["model"]["loss_weights"]["stlpips"] = 0.1
+    (cfgs / "plus" / "inpainting_random.yaml").write_text(yaml.safe_dump(overlay))
+    with pytest.raises(ValueError, match="inpainting_random ilo_plus rows made with another config"):
+        quality.run_benchmark(s, generator)
+    s2 = quality.BenchmarkSettings(images=images, out=tmp_path / "out", tasks=["inpainting_random"],
+                                   methods=("csgm", "ilo"), config_dir=cfgs, quick=True, limit=1, steps_scale=0.02)
+    quality.run_benchmark(s2, generator)
+    assert len(_rows(tmp_path / "out" / "quality_quick.csv")) == len(rows)
+
+
+# ------------------------------------------------------------------------------ tuning grid
+def test_plus_grid_candidates():
+    names = [c.name for c in tune.plus_phase1("superres", noisy=False)]
+    assert names == ["ilo", "st0.03", "r0.5", "r2", "R4K1", "project"]
+    den = [c.name for c in tune.plus_phase1("denoising", noisy=True, weights=(0.03, 0.1))]
+    assert den == ["ilo", "st0.03", "st0.1", "r0.5", "r2", "R4K1", "prox"]
+    cs = [c.name for c in tune.plus_phase1("compressed_sensing", noisy=False)]
+    assert "st0.03" not in cs  # ST-LPIPS cannot compare CS measurements
+    ilo = tune.PlusCandidate()
+    st1, st3 = tune.PlusCandidate(stlpips=0.1), tune.PlusCandidate(stlpips=0.03)
+    r, r2 = tune.PlusCandidate(radius_scale=0.5), tune.PlusCandidate(radius_scale=2.0)
+    R, p = tune.PlusCandidate(restarts=4, restart_keep=1), tune.PlusCandidate(consistency="project")
+    # Phase 2 combines what beat the config by 1% (the best ST-LPIPS weight and radius of those).
+    (combo,) = tune.plus_phase2({ilo: 1.0, st1: 0.9, st3: 0.95, r: 0.98, r2: 0.97, R: 0.995, p: 0.9})
+    assert combo == tune.PlusCandidate(stlpips=0.1, radius_scale=2.0, consistency="project")
+    assert combo.name == "st0.1+r2+project"
+    assert tune.plus_phase2({ilo: 1.0, st1: 0.9, r: 1.2}) == []  # one option: nothing to combine
+    # Phase 3 pushes a best radius at the grid's edge one factor 2 further (and only then).
+    assert tune.radius_extension(r2) == tune.PlusCandidate(radius_scale=4.0)
+    assert tune.radius_extension(tune.PlusCandidate(radius_scale=4.0, consistency="project")).radius_scale == 8.0
+    assert tune.radius_extension(r).radius_scale == 0.25
+    assert tune.radius_extension(ilo) is None and tune.radius_extension(st1) is None
+
+
+def test_plus_plan_applies_the_options_to_the_config():
+    cfg = quality.load_task_config("superres", ROOT / "configs")
+    cand = tune.PlusCandidate(stlpips=0.03, radius_scale=0.5, restarts=4, restart_keep=1, consistency="project")
+    stages, kw = tune.plus_plan(cfg, cand)
+    assert stages[0].radius == cfg.stages[0].radius
+    for a, b in zip(stages[1:], cfg.stages[1:]):
+        assert a.radius["state"] == pytest.approx(0.5 * b.radius["state"]) and a.steps == b.steps
+    assert kw["loss_weights"] == {"mse": 1.0, "stlpips": 0.03} and set(kw["losses"]) == {"mse", "stlpips"}
+    assert (kw["restarts"], kw["restart_keep"], kw["consistency"]) == (4, 1, "project")
+    assert cfg.module_kwargs.get("restarts") == 1  # the config's own kwargs are not changed
+
+
+def test_plus_smoke_run_writes_rows_resumes_and_ranks(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "PLUS_STLPIPS", ())
+    images = _face(tmp_path / "tune_faces")
+    out = tmp_path / "out" / "tuning_plus.csv"
+    tune.tune_plus(images, out, ["compressed_sensing"], weights=(), steps_scale=0.01)
+    rows = tune.read_rows(out)
+    assert [r["candidate"] for r in rows][:5] == ["ilo", "r0.5", "r2", "R4K1", "project"]
+    assert all(r["level"] == "0.05" and r["config"].endswith("x0.01") for r in rows)
+    n = len(rows)
+    tune.tune_plus(images, out, ["compressed_sensing"], weights=(), steps_scale=0.01)  # resumes
+    assert len(tune.read_rows(out)) == n
+    text = tune.plus_report(tune.read_rows(out))
+    assert "### compressed_sensing (0.05;" in text and "| 1.00x |" in text
+    with pytest.raises(ValueError, match="evaluation folder"):
+        tune.main(["--plus", "--images", str(ROOT.parent / "shared" / "benchmark" / "faces" / "64"),
+                   "--out", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------------ report
+def _row(task, level, method, mse, pasted="", protocol="primary"):
+    return {"task": task, "level": level, "method": method, "protocol": protocol, "true_mse": str(mse),
+            "true_mse_pasted": str(pasted), "image": "a", "psnr": "20", "ssim": "0.5", "lpips": "",
+            "stlpips": "", "seconds": "1"}
+
+
+def test_report_has_ilo_plus_columns_and_counts_wins():
+    rows = [
+        _row("inpainting_random", "0.1", "csgm", 0.06), _row("inpainting_random", "0.1", "ilo", 0.04, 0.035),
+        _row("inpainting_random", "0.1", "ilo_plus", 0.025, 0.025),
+        _row("inpainting_random", "0.1", "biharmonic", 0.028, 0.028, "baseline"),
+        _row("denoising", "100", "csgm", 0.05), _row("denoising", "100", "ilo", 0.02),
+        _row("denoising", "100", "ilo_plus", 0.04), _row("denoising", "100", "bm3d", 0.03, "", "baseline"),
+    ]
+    text = report.summary_table(rows)
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("| task, level | CSGM | ILO | ILO+ | ILO / CSGM | ILO+ / CSGM |")
+    assert lines[2] == ("| inpainting, 10% observed | 0.0600 | 0.0400 | 0.0250 | 0.67 (target 0.5 missed) | 0.42 "
+                        "| biharmonic 0.0280 | ILO+ wins (biharmonic 1.12x) |")
+    assert lines[3] == ("| denoising, sigma 100 | 0.0500 | 0.0200 | 0.0400 | 0.40 | 0.80 (target 0.5 missed) "
+                        "| BM3D 0.0300 | **classical wins** (0.75x) |")
+    assert lines[-1] == ("ILO beats the classical baseline at 1 of 2 grid points; ILO+ beats the classical "
+                         "baseline at 1 of 2 grid points (inpainting: with the observed pixels pasted back).")
+    table = report.results_table(rows)
+    assert "| ILO+ | ILO+/CSGM |" in table and "classical vs ILO+" in table
+    assert "ILO+ at CSGM's compute" in table  # said in the note, even without the column
+
+
+# ------------------------------------------------------------------------------ picture grid
+def test_picture_grid_one_strip_per_task_and_never_overwrites(tmp_path, generator):
+    from PIL import Image
+
+    from benchmarks import pictures
+
+    cfgs = _configs(tmp_path, "inpainting_random", {"model": {"consistency": "project"}})
+    _configs(tmp_path, "compressed_sensing", {"model": {"consistency": "project"}})
+    images = _face(tmp_path / "images")
+    out = tmp_path / "faces.png"
+    pictures.picture_grid(images, out, ["inpainting_random", "compressed_sensing"], config_dir=cfgs,
+                          steps_scale=0.01, generator=generator)
+    one = pictures.task_row("inpainting_random", images, 0, generator, cfgs, 0.01)
+    sheet = np.asarray(Image.open(out))
+    assert sheet.shape[1] == one.shape[1] and sheet.shape[0] == 2 * one.shape[0]  # two tasks, six tiles each
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        pictures.picture_grid(images, out, ["inpainting_random"], config_dir=cfgs, generator=generator)
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        pictures.picture_grid(tmp_path / "none", tmp_path / "x.png", ["inpainting_random"], generator=generator)
+
+
+# ------------------------------------------------------------------------------ the overlays through the CLI
+@pytest.mark.parametrize("task", list(quality.TASKS))
+def test_ilo_plus_overlay_runs_through_ilo_pl_fit(task, tmp_path):
+    """``ilo-pl fit --config configs/<task>.yaml --config configs/plus/<task>.yaml`` (steps cut to 2)."""
+    from ilo_pl.cli import ILOCLI
+
+    name = TASK_FILES[task]
+    base, plus = ROOT / "configs" / name, ROOT / "configs" / "plus" / name
+    merged = yaml.safe_load(base.read_text())["model"]
+    merged.update(yaml.safe_load(plus.read_text())["model"])
+    stages = [dict(s, steps=2) for s in merged["stages"]]
+    out_dir = tmp_path / "runs"
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump({"model": {"stages": stages}, "data": {"limit": 1, "batch_size": 1},
+                                     "output": {"output_dir": str(out_dir)}}))
+    ILOCLI(args=["fit", "--config", str(base), "--config", str(plus), "--config", str(small),
+                 "--trainer.enable_progress_bar", "false"])
+    (run,) = sorted(out_dir.iterdir())
+    (row,) = _rows(run / "results.csv")
+    assert row["failed"] == "" and np.isfinite(float(row["true_mse"]))
+    resolved = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    assert resolved["restarts"] == merged.get("restarts", 1)
+    assert [s["radius"] for s in resolved["stages"]] == [s.get("radius", {}) for s in merged["stages"]]
