@@ -240,7 +240,8 @@ def make_manifest(trainer: Any, source: Any, datamodule: Any = None) -> Dict[str
     * ``settings``: :func:`result_settings` (trainer and torch);
     * ``problems``: ``source.fingerprint()``;
     * ``generator``: ``generator.identity()`` when the module has a generator
-      with one (class, weights SHA-1, render settings);
+      with one (class, weights SHA-1, render settings), and its
+      ``start_settings()`` as ``start.<name>`` (e.g. a default class);
     * ``module``: :func:`module_settings` (stages, loss weights and terms, SNA, ...);
     * ``data``: :func:`data_settings` of ``datamodule`` (seed, operator, resize).
 
@@ -254,6 +255,9 @@ def make_manifest(trainer: Any, source: Any, datamodule: Any = None) -> Dict[str
         if callable(getattr(generator, "identity", None)):
             # The same spelling as in solution files; the weights' digest is cached by the generator.
             manifest["generator"] = {str(k): str(v) for k, v in generator.identity().items()}
+            start = getattr(generator, "start_settings", None)
+            if callable(start):  # e.g. a conditional network's default class: where each solve starts
+                manifest["generator"].update({f"start.{k}": str(v) for k, v in start().items()})
         manifest["module"] = module_settings(module)
     if datamodule is not None:
         manifest["data"] = data_settings(datamodule)

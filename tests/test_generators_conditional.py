@@ -361,3 +361,27 @@ def test_solutions_from_before_per_problem_labels(tmp_path: Path, split: int) ->
     sol = load_solution(path)  # the way out the message gives
     sol["state"]["class_label"] = torch.tensor([2.0])
     assert max_err(regenerate(sol, fit, check_identity=False), image) < 1e-6
+
+
+def test_run_manifest_records_the_default_class_and_refuses_resuming_with_another() -> None:
+    """A conditional network's default class decides where every solve starts: a run folder made with
+    one is not resumed with another (or none); an unconditional generator records nothing new."""
+    import types
+
+    from ilo_pl.manifest import compare_manifests, make_manifest
+
+    def manifest(gen: object) -> Dict[str, object]:
+        trainer = types.SimpleNamespace(lightning_module=types.SimpleNamespace(generator=gen),
+                                        accelerator=object(), precision="32-true", accumulate_grad_batches=1,
+                                        gradient_clip_val=None)
+        return make_manifest(trainer, types.SimpleNamespace(fingerprint=lambda: {"kind": "test"}))
+
+    m1, m3, none = manifest(_conditional(class_label=1)), manifest(_conditional(class_label=3)), manifest(_conditional())
+    assert m1["generator"]["start.class_label"] == "1" and "start.class_label" not in none["generator"]
+    assert _conditional(class_label=1).identity() == _conditional(class_label=3).identity()  # renders alike
+    for old, new in ((m1, m3), (m1, none), (none, m3)):
+        refusals, _ = compare_manifests(old, new)
+        assert any("generator start.class_label" in r for r in refusals), refusals
+    assert compare_manifests(m1, manifest(_conditional(class_label=1))) == ([], [])
+    assert LatentSphere(_conditional(class_label=2)).start_settings() == {"class_label": 2}
+    assert not any(k.startswith("start.") for k in manifest(DCGANGenerator(weights="random"))["generator"])

@@ -136,6 +136,17 @@ class SplitGenerator(nn.Module, abc.ABC):
         """
         return {}
 
+    def start_settings(self) -> Dict[str, object]:
+        """Constructor settings that change where a solve starts, not how a state renders.
+
+        Recorded in a run's manifest (``generator`` section, as ``start.<name>``)
+        so that a run folder is not resumed with problems that would start
+        elsewhere; not part of :meth:`identity` (a saved state renders the same).
+        Only settings away from their defaults belong here, so manifests written
+        before a setting existed still match. Default: none.
+        """
+        return {}
+
     def check_labels(self, labels: Optional[Sequence[int]], batch_size: Optional[int] = None) -> Optional[List[int]]:
         """Validate per-problem class labels: what ``init_variables(..., labels=...)`` will use.
 

@@ -96,3 +96,6 @@ class LatentSphere(SplitGenerator):
 
     def render_settings(self) -> Dict[str, object]:
         return self.inner.render_settings()
+
+    def start_settings(self) -> Dict[str, object]:
+        return self.inner.start_settings()

@@ -440,6 +440,10 @@ class NVLabsGenerator(SplitGenerator):
             out.update(gaussian_fit_samples=self.gaussian_fit_samples, stats_seed=self.stats_seed)
         return out
 
+    def start_settings(self) -> Dict[str, object]:
+        """The default class of every problem (``class_label``), when set: it is the start's class."""
+        return {} if self.class_label is None else {"class_label": self.class_label}
+
     # ------------------------------------------------------------------ NVIDIA's API
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """``G(state)`` (split protocol) or NVIDIA's ``G(z, c, truncation_psi=1, truncation_cutoff=None, noise_mode='const')``."""
