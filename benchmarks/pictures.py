@@ -34,7 +34,7 @@ from PIL import Image
 from benchmarks import quality, tune
 from benchmarks.baselines import baseline_name, classical_baseline
 from benchmarks.common import RESULTS, ROOT, quiet_run_setup
-from benchmarks.report import LABELS
+from benchmarks.report import LABELS, level_text
 from ilo_pl.callbacks.writer import observation_pictures
 from ilo_pl.demo.strip import labelled_strip
 from ilo_pl.io import to_uint8
@@ -65,7 +65,8 @@ def task_row(task: str, images: Path, index: int, generator, config_dir: Path = 
                                               tuple(generator.image_shape))
     target = one.target.float().cpu()
     pics, name = observation_pictures(one.operator, one.observation, target)
-    obs_caption = f"{quality.level_label(task, level)}: " + ("A^T y" if name.endswith("backprojection") else "y")
+    lvl = "mouth box" if task == "inpainting_box" else level_text(task, quality.level_label(task, level))
+    obs_caption = f"{lvl}: " + ("A^T y" if name.endswith("backprojection") else "y")
     items: List[Tuple[np.ndarray, str]] = [(to_uint8(pics[0]), obs_caption)]
     for method in ("csgm", "ilo", "ilo_plus", "classical"):
         img = outputs[method].float().cpu()

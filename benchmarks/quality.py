@@ -73,6 +73,7 @@ from benchmarks.baselines import baseline_name, classical_baseline
 from benchmarks.common import RESULTS, ROOT, quiet_run_setup, read_rows
 from benchmarks.report import write_report
 from ilo_pl.config import build_from_config
+from ilo_pl.lightning_cli import ADDED_OPTION_DEFAULTS
 from ilo_pl.metrics import image_metrics
 from ilo_pl.modules.generators import LatentSphere
 from ilo_pl.modules.generators.base import SplitGenerator
@@ -218,10 +219,9 @@ class TaskConfig:
 #: (``sna`` and ``tune`` use them too).
 FINGERPRINT_EXCLUDE = ("data.data", "data.limit", "data.batch_size", "model.log_every")
 #: Options added after results were first recorded, and the value that solves exactly as before
-#: they existed: left out of a fingerprint at that value, so earlier rows stay this config's.
-NEUTRAL_DEFAULTS: Dict[str, Any] = {
-    "model.restarts": 1, "model.restart_keep": None, "model.consistency": "none", "data.class_labels": None,
-}
+#: they existed: left out of a fingerprint at that value, so earlier rows stay this config's
+#: (the CLI's resume check treats them the same way).
+NEUTRAL_DEFAULTS: Dict[str, Any] = dict(ADDED_OPTION_DEFAULTS)
 
 
 def neutral_excludes(config: Mapping[str, Any]) -> Tuple[str, ...]:
@@ -257,10 +257,17 @@ def load_task_config(task: str, config_dir: Path, plus: bool = False) -> TaskCon
     if plus:
         overlay = Path(config_dir) / PLUS_DIR / name
         if not overlay.is_file():
-            raise FileNotFoundError(f"ILO+ overlay {overlay} of task {task!r} does not exist; leave "
-                                    f"{', '.join(PLUS_METHODS)} out of --methods or pass --configs DIR")
+            raise FileNotFoundError(f"ILO+ overlay {overlay} of task {task!r} does not exist: add it, pass "
+                                    f"--configs DIR with a {PLUS_DIR}/ folder, or leave ILO+ out (--methods)")
         overlays = (overlay,)
     built = build_from_config([path, *overlays])
+    if overlays:
+        base_data = build_from_config([path]).config.get("data")
+        if json.dumps(built.config.get("data"), sort_keys=True, default=str) != json.dumps(
+                base_data, sort_keys=True, default=str):
+            raise ValueError(f"{overlays[0]} changes the data section of {path}: an ILO+ overlay may change the "
+                             "solver (model), not the problems; remove its data entries")
+    where = " + ".join(str(p) for p in (path, *overlays))
     kwargs = {k: v for k, v in built.module_kwargs.items() if k not in ("generator", "stages")}
     stages = list(built.module.stages)
     if not stages:
@@ -270,7 +277,7 @@ def load_task_config(task: str, config_dir: Path, plus: bool = False) -> TaskCon
     other = sorted(k for k, w in weights.items() if k not in allowed and w)
     if other or any(set(k for k, w in (s.loss_weights or {}).items() if w) - allowed for s in stages):
         raise ValueError(
-            f"{path} weighs loss terms {other or 'per stage'} besides {' and '.join(sorted(allowed))}; the "
+            f"{where} weighs loss terms {other or 'per stage'} besides {' and '.join(sorted(allowed))}; the "
             "quality benchmark compares measurement-loss solvers (ILO+ may add ST-LPIPS): remove them from "
             "the config or extend the benchmark"
         )
@@ -491,6 +498,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def base_label(config: str) -> str:
+    """The task config's part of a ``config`` column (ILO+ rows: before ``+plus/``)."""
+    return config.split("+" + PLUS_DIR + "/", 1)[0]
+
+
+def plus_label(base: str, plus: TaskConfig) -> str:
+    """The ``config`` column of ILO+ rows: the task's own label, then ``+plus/<file>@<fingerprint>``
+    (of the config with its overlay)."""
+    return f"{base}+{PLUS_DIR}/{plus.path.name}@{plus.fingerprint}"
+
+
 class CsvLog:
     """Append-only CSV of result rows; knows which (run, task, level, method, image, config) are done.
 
@@ -529,19 +547,26 @@ class CsvLog:
         log.info("%s: added the (empty) stlpips column to its %d earlier rows", self.path, len(rows))
 
     def check_config(self, run: str, task: str, method: str, config: str) -> None:
-        """Refuse to add ``method``'s rows of ``task`` made with ``config`` beside its rows of another config.
+        """Refuse to add ``method``'s rows of ``task`` made with ``config`` beside rows of another config.
 
-        Per method: ILO+ (the config with its overlay) has a config of its own.
+        Two checks: the method's own rows (ILO+ has a config of its own: the
+        task's config with its overlay) and, across every method of the task,
+        the task's config itself (the part of the label before ``+plus/``), so
+        ILO+ rows of a changed task config never sit beside the other methods'
+        earlier rows.
 
         Raises:
             ValueError: naming the configs and how to keep the earlier rows.
         """
         other = sorted(self.configs.get((run, task, method), set()) - {config})
-        if other:
+        bases = sorted({base_label(c) for (r, t, _), cs in self.configs.items() if (r, t) == (run, task)
+                        for c in cs} - {base_label(config)})
+        if other or bases:
             raise ValueError(
-                f"{self.path} holds {task} {method} rows made with another config ({', '.join(other)}; now {config}): "
-                f"the config (or the steps scale) changed since. Its earlier rows are kept: move {self.path.name} "
-                "away (e.g. to benchmarks/results/archive/) or pass --csv NAME for a new table"
+                f"{self.path} holds {task} {'' if bases else method + ' '}rows made with another config "
+                f"({', '.join(other or bases)}; now {config if other else base_label(config)}): the config (or "
+                f"the steps scale) changed since. Its earlier rows are kept: move {self.path.name} away (e.g. to "
+                "benchmarks/results/archive/) or pass --csv NAME for a new table"
             )
 
     def has(self, run: str, task: str, level: str, method: str, images: Sequence[str], config: str) -> bool:
@@ -651,7 +676,7 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
         if any(m in PLUS_METHODS for m in wanted):
             plus = load_task_config(task, settings.config_dir, plus=True)
             plans.update(plus_plans(plus, settings.steps_scale, sum(s.steps for s in plans["csgm"][0])))
-            labels.update({m: plus.label + suffix for m in PLUS_METHODS})
+            labels.update({m: plus_label(cfg.label + suffix, plus) for m in PLUS_METHODS})
         for method in wanted:
             store.check_config(settings.run, task, baseline_name(task) if method == "classical" else method,
                                labels[method])
@@ -666,7 +691,8 @@ def run_benchmark(settings: BenchmarkSettings, generator: SplitGenerator, gen_na
             batch = make_problems(cfg, level, images, generator, settings.seed, settings.limit)
             for method in wanted:
                 if method == "ilo_plus_eq" and method not in plans:
-                    log.info("%s %s: ILO+ runs no restarts, so at CSGM's compute it is ilo_plus itself", task, label)
+                    log.info("%s %s: ILO+ spends no more latent-steps than CSGM (no restarts), so at CSGM's "
+                             "compute it is ilo_plus itself", task, label)
                     continue
                 config_label = labels[method]
                 common = dict(run=settings.run, task=task, level=label, generator=gen_name, config=config_label)

@@ -46,7 +46,9 @@ restarts (4 starts, the best 1 kept after CSGM), and the final consistency step
 (``project`` on noiseless, ``prox`` on noisy observations). Phase 2 combines
 every option that beat ``ilo`` by 1% (the best ST-LPIPS weight and radius of those).
 Phase 3: when the best candidate's radius scale is at the grid's edge (x2 or
-x0.5), it is pushed one factor 2 further, up to twice, while that helps. Each
+x0.5), it is pushed one factor 2 further, up to twice, while that helps. The
+pick (:func:`plus_pick`) is the best candidate when it beats ``ilo`` by 1%, else
+``ilo`` itself. Each
 candidate spends the config's steps per problem (restarts run CSGM on all
 starts: more compute at equal steps).
 """
@@ -443,6 +445,14 @@ def plus_phase2(means: Dict[PlusCandidate, float]) -> List[PlusCandidate]:
     return [combo]
 
 
+def plus_pick(means: Dict[PlusCandidate, float]) -> PlusCandidate:
+    """The ILO+ pick: the best candidate when it beats the config alone (``ilo``) by
+    :data:`PLUS_MIN_GAIN`, else ``ilo`` (a smaller gain is within the noise of 12 faces)."""
+    base = means[PlusCandidate()]
+    best = min(means, key=means.__getitem__)
+    return best if means[best] < base * (1 - PLUS_MIN_GAIN) else PlusCandidate()
+
+
 def radius_extension(best: PlusCandidate) -> Optional[PlusCandidate]:
     """``best`` with its radius scale one factor 2 further out, when it is at (or past) an edge of
     :data:`PLUS_RADIUS_SCALES`; else ``None``."""
@@ -533,8 +543,8 @@ def tune_plus(images: Path, out_csv: Path, tasks: Sequence[str], config_dir: Pat
             if cand is None or cand in means:
                 break
             means[cand] = run(cand, 3)
-        best = min(means, key=means.__getitem__)
-        log.info("%s: ILO+ best %s (mean true MSE %.5f; the config alone %.5f)", task, best.name, means[best],
+        best = plus_pick(means)
+        log.info("%s: ILO+ pick %s (mean true MSE %.5f; the config alone %.5f)", task, best.name, means[best],
                  means[PlusCandidate()])
     return Path(out_csv)
 
@@ -548,7 +558,9 @@ def plus_report(rows: Sequence[Dict[str, str]]) -> str:
              "CSGM), `project`/`prox` adds the final consistency step; `+` combines (phase 2); phase 3 pushes a "
              "best radius at the grid's edge further. `steps` are the schedule's steps per problem: restarts "
              "run the CSGM stage on every start (R4K1 with 100 CSGM steps: 700 latent-steps instead of 400). "
-             "The config's fingerprint is the quality benchmark's (`benchmarks/quality.py`).", ""]
+             "The config's fingerprint is the quality benchmark's (`benchmarks/quality.py`). **Bold**: the "
+             f"pick (`configs/plus/<task>.yaml`): the best candidate if it beats `ilo` by {PLUS_MIN_GAIN:.0%}, "
+             "else `ilo` itself.", ""]
     groups: Dict[Tuple[str, str, str, str], Dict[str, List[Dict[str, str]]]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["level"], r["config"], r["images"]), {}).setdefault(r["candidate"], []).append(r)
@@ -566,8 +578,9 @@ def plus_report(rows: Sequence[Dict[str, str]]) -> str:
                           sum(float(r["stlpips_metric"]) for r in rs) / n, rs[0]["steps"], n))
         stats.sort()
         base = next((s[0] for s in stats if s[1] == "ilo"), float("nan"))
-        for i, (mean, name, phase, sem, psnr, st, steps, n) in enumerate(stats):
-            shown = f"**{name}**" if i == 0 else name
+        pick = stats[0][1] if stats[0][0] < base * (1 - PLUS_MIN_GAIN) else "ilo"  # as plus_pick
+        for mean, name, phase, sem, psnr, st, steps, n in stats:
+            shown = f"**{name}**" if name == pick else name
             lines.append(f"| {shown} | {phase} | {mean:.5f} ± {sem:.5f} | {mean / base:.2f}x | {psnr:.2f} | "
                          f"{st:.4f} | {steps} | {n} |")
         lines.append("")

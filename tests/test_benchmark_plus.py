@@ -60,7 +60,15 @@ def test_every_task_has_an_ilo_plus_overlay_that_the_cli_parser_takes(task):
     assert cfg.label.startswith(f"{TASK_FILES[task]}+plus/{TASK_FILES[task]}@")
     # The overlay changes the solver, not the problems: same operator and grid argument.
     assert (cfg.operator_class, cfg.config_level) == (base.operator_class, base.config_level)
-    assert cfg.fingerprint != base.fingerprint or cfg.module_kwargs == base.module_kwargs
+    # Its schedule is the task config's with at most the ILO stages' radii scaled by one factor
+    # (tune.plus_plan's candidates), so a re-tuned task config cannot leave a stale copy behind.
+    assert len(cfg.stages) == len(base.stages) and cfg.stages[0] == base.stages[0]
+    factors = set()
+    for a, b in zip(cfg.stages[1:], base.stages[1:]):
+        assert (a.split, a.steps, a.lr, a.free, a.sna) == (b.split, b.steps, b.lr, b.free, b.sna)
+        assert set(a.radius) == set(b.radius)
+        factors |= {round(a.radius[k] / b.radius[k], 9) for k in a.radius}
+    assert len(factors) <= 1
 
 
 # ------------------------------------------------------------------------------ fingerprints
@@ -141,7 +149,7 @@ def test_ilo_plus_rows_carry_their_config_and_do_not_block_the_others(tmp_path, 
     by = {r["method"]: r for r in rows}
     assert set(by) == {"csgm", "ilo", "ilo_plus", "ilo_plus_eq"}
     base = quality.load_task_config("inpainting_random", cfgs).label + "x0.02"
-    plus = quality.load_task_config("inpainting_random", cfgs, plus=True).label + "x0.02"
+    plus = quality.plus_label(base, quality.load_task_config("inpainting_random", cfgs, plus=True))
     assert by["csgm"]["config"] == by["ilo"]["config"] == base and by["ilo_plus"]["config"] == plus
     # Restarts cost steps: ILO+ counts 2 restarts in CSGM, equal compute brings it back to CSGM's.
     assert int(by["ilo_plus"]["steps"]) > int(by["csgm"]["steps"])
@@ -159,6 +167,34 @@ def test_ilo_plus_rows_carry_their_config_and_do_not_block_the_others(tmp_path, 
                                    methods=("csgm", "ilo"), config_dir=cfgs, quick=True, limit=1, steps_scale=0.02)
     quality.run_benchmark(s2, generator)
     assert len(_rows(tmp_path / "out" / "quality_quick.csv")) == len(rows)
+
+
+def test_ilo_plus_rows_of_a_changed_task_config_are_refused(tmp_path, generator):
+    """ILO+ rows carry the task config's label too: after the task config changes, running ILO+ alone
+    is refused beside the other methods' earlier rows."""
+    cfgs = _configs(tmp_path, "superres", {"model": {"consistency": "project"}})
+    images = _face(tmp_path / "images")
+
+    def settings(*methods):
+        return quality.BenchmarkSettings(images=images, out=tmp_path / "out", tasks=["superres"], methods=methods,
+                                         config_dir=cfgs, quick=True, limit=1, steps_scale=0.01)
+
+    rows = _rows(quality.run_benchmark(settings("csgm", "ilo_plus"), generator))
+    base = quality.load_task_config("superres", cfgs).label + "x0.01"
+    by = {r["method"]: r["config"] for r in rows}
+    assert by["csgm"] == base and by["ilo_plus"].startswith(base + "+plus/superres.yaml@")
+    assert quality.base_label(by["ilo_plus"]) == base
+    cfg = yaml.safe_load((cfgs / "superres.yaml").read_text())
+    cfg["model"]["stages"][1]["lr"] = 0.5
+    (cfgs / "superres.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="superres rows made with another config"):
+        quality.run_benchmark(settings("ilo_plus"), generator)
+
+
+def test_an_overlay_may_not_change_the_problems(tmp_path):
+    cfgs = _configs(tmp_path, "denoising", {"data": {"seed": 5}})
+    with pytest.raises(ValueError, match="changes the data section.*not the problems"):
+        quality.load_task_config("denoising", cfgs, plus=True)
 
 
 # ------------------------------------------------------------------------------ tuning grid
@@ -210,9 +246,9 @@ def test_plus_smoke_run_writes_rows_resumes_and_ranks(tmp_path, monkeypatch):
     assert len(tune.read_rows(out)) == n
     text = tune.plus_report(tune.read_rows(out))
     assert "### compressed_sensing (0.05;" in text and "| 1.00x |" in text
+    ev = _face(tmp_path / "faces" / "64")  # refused by its name wherever it is
     with pytest.raises(ValueError, match="evaluation folder"):
-        tune.main(["--plus", "--images", str(ROOT.parent / "shared" / "benchmark" / "faces" / "64"),
-                   "--out", str(tmp_path)])
+        tune.main(["--plus", "--images", str(ev), "--out", str(tmp_path)])
 
 
 # ------------------------------------------------------------------------------ report
@@ -241,7 +277,29 @@ def test_report_has_ilo_plus_columns_and_counts_wins():
                          "baseline at 1 of 2 grid points (inpainting: with the observed pixels pasted back).")
     table = report.results_table(rows)
     assert "| ILO+ | ILO+/CSGM |" in table and "classical vs ILO+" in table
-    assert "ILO+ at CSGM's compute" in table  # said in the note, even without the column
+    assert "| ILO+ at CSGM's compute |" not in table  # no restarts anywhere: no column, the note says why
+    assert "no ILO+ config here runs restarts" in table
+    # With restarts at one task, the others' cells say why they are empty.
+    eq = rows + [_row("denoising", "100", "ilo_plus_eq", 0.045)]
+    table = report.results_table(eq)
+    assert "| ILO+ at CSGM's compute |" in table and "= ILO+ (no restarts)" in table
+
+
+def test_summary_keeps_tasks_that_have_no_ilo_plus_rows_yet():
+    """A grid run in parts: ILO+ rows for one task only; every task stays in the table, judged by ILO where
+    ILO+ did not run, and the counts cover every point."""
+    rows = [
+        _row("inpainting_random", "0.1", "csgm", 0.06), _row("inpainting_random", "0.1", "ilo", 0.04, 0.035),
+        _row("inpainting_random", "0.1", "ilo_plus", 0.025, 0.025),
+        _row("inpainting_random", "0.1", "biharmonic", 0.028, 0.028, "baseline"),
+        _row("denoising", "100", "csgm", 0.05), _row("denoising", "100", "ilo", 0.02),
+        _row("denoising", "100", "bm3d", 0.03, "", "baseline"),
+    ]
+    lines = report.summary_table(rows).strip().splitlines()
+    assert lines[3] == ("| denoising, sigma 100 | 0.0500 | 0.0200 | not run | 0.40 | not run | BM3D 0.0300 "
+                        "| ILO wins (BM3D 1.50x) |")
+    assert lines[-1].startswith("ILO beats the classical baseline at 1 of 2 grid points; ILO+ beats the "
+                                "classical baseline at 1 of 1 grid points")
 
 
 # ------------------------------------------------------------------------------ picture grid
