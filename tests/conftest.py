@@ -67,3 +67,15 @@ def one_thread():  # noqa: ANN201
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def synthetic_face(folder: Path) -> Path:
+    """``folder`` with one smooth synthetic 64x64 'face' PNG, ``synthetic.png`` (no data files needed)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    img = np.stack([0.3 + 0.5 * xx, 0.2 + 0.6 * yy, 0.5 + 0.3 * np.sin(6 * xx * yy)], -1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(folder / "synthetic.png")
+    return folder

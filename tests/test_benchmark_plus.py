@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import synthetic_face
 from benchmarks import quality, report, tune
 from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.stages import Stage
@@ -21,14 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TASK_FILES = {task: name for task, (name, _) in quality.TASKS.items()}
 
 
-def _face(folder: Path) -> Path:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:64, 0:64] / 63.0
-    img = np.stack([0.3 + 0.5 * xx, 0.2 + 0.6 * yy, 0.5 + 0.3 * np.sin(6 * xx * yy)], -1)
-    Image.fromarray((img * 255).astype(np.uint8)).save(folder / "synthetic.png")
-    return folder
+_face = synthetic_face
 
 
 def _rows(path: Path):

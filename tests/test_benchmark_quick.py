@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import synthetic_face
 from benchmarks import baselines, quality, report, sna, tune
 from ilo_pl.modules.generators import DCGANGenerator, LatentSphere
 from ilo_pl.operators import CompressedSensing, Inpainting, PartialCirculant
@@ -24,15 +25,7 @@ from ilo_pl.operators import CompressedSensing, Inpainting, PartialCirculant
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _face(folder: Path) -> Path:
-    """A smooth synthetic 64x64 'face' PNG (no data files needed)."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:64, 0:64] / 63.0
-    img = np.stack([0.3 + 0.5 * xx, 0.2 + 0.6 * yy, 0.5 + 0.3 * np.sin(6 * xx * yy)], -1)
-    Image.fromarray((img * 255).astype(np.uint8)).save(folder / "synthetic.png")
-    return folder
+_face = synthetic_face
 
 
 @pytest.fixture(scope="module")
