@@ -47,6 +47,7 @@ RESUME_IGNORED = {"model.log_every"}
 ADDED_OPTION_DEFAULTS = {
     "model.restarts": 1,
     "model.restart_keep": None,
+    "model.restart_average": 1,
     "model.consistency": "none",
     "data.class_labels": None,
 }

@@ -79,6 +79,7 @@ MODULE_SETTINGS = {
     "rampdown": "rampdown",
     "restarts": "restarts",
     "restart_keep": "restart_keep",
+    "restart_average": "restart_average",
     "consistency": "consistency",
 }
 
@@ -87,7 +88,7 @@ MODULE_SETTINGS = {
 #: matches. The CLI's check of the folder's config.yaml treats these options, missing from
 #: an older config, the same way (:data:`ilo_pl.lightning_cli.ADDED_OPTION_DEFAULTS`);
 #: ``restart_keep`` equal to ``restarts`` is unset (the module takes it so).
-UNRECORDED_DEFAULTS = {"restarts": 1, "restart_keep": None, "consistency": "none"}
+UNRECORDED_DEFAULTS = {"restarts": 1, "restart_keep": None, "restart_average": 1, "consistency": "none"}
 
 
 #: Class paths recorded under an earlier name (in manifests and config files): the same class,

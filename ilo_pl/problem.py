@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -169,9 +169,14 @@ class Solution:
             own seed; see :mod:`ilo_pl.modules.restarts`).
         consistency: the final consistency step applied (``"none"``,
             ``"project"``, ``"prox"``; see :mod:`ilo_pl.operators.consistency`).
-        correction: that step's change of the image, ``[1, C, H, W]``
-            float32 (``None`` without one): the reconstruction is
-            ``render(state, split) + correction``, not in the generator's range.
+        correction: the change of the image on top of the rendering,
+            ``[1, C, H, W]`` float32 (``None`` without one): the mean over
+            restarts (``averaged``) and the consistency step. The reconstruction
+            is then ``clamp(render(state, split) + correction, -1, 1)``, not in
+            the generator's range.
+        averaged: the restarts whose images were averaged into the
+            reconstruction (``restart_average``, best first; ``state`` is the
+            first's); empty when the image is one restart's own.
     """
 
     split: int
@@ -180,6 +185,7 @@ class Solution:
     restart: int = 0
     consistency: str = "none"
     correction: Optional[Tensor] = None
+    averaged: Tuple[int, ...] = ()
 
 
 @dataclass
@@ -188,7 +194,8 @@ class ProblemResult:
 
     Attributes:
         batch: the problem batch.
-        images: the best iterate per sample ``[B, C, H, W]`` in ``[-1, 1]``.
+        images: the best iterate per sample ``[B, C, H, W]`` in ``[-1, 1]`` (after the
+            module's finish: with its consistency step, or the mean over restarts).
         measurement_loss: its measurement error per sample ``[B]``.
         solutions: per sample, the variables that regenerate ``images[b]``.
         stage_losses: per stage, the best measurement error per sample.

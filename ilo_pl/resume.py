@@ -53,10 +53,11 @@ START_FIELDS = ["target_prob_start", "target_prob", "start_mse"]
 #: ``psnr``, ``ssim`` and ``stlpips`` are empty for problems without ground truth; the start
 #: columns, then ``stlpips`` (ST-LPIPS, AlexNet: :func:`ilo_pl.metrics.stlpips`; not the
 #: paper's LPIPS) and ``restart`` (the winning restart, :mod:`ilo_pl.modules.restarts`; ``0``
-#: in rows written before it, which used one start: a resume fills it in) come last, so the
-#: earlier columns keep their places.
+#: in rows written before it, which used one start: a resume fills it in) and ``averaged`` (the
+#: restarts averaged into the image, space-separated, ``restart_average``; empty when it is one
+#: restart's own) come last, so the earlier columns keep their places.
 CSV_FIELDS = (["index", "id", "measurement_loss", "true_mse", "psnr", "ssim", "best_stage", "split", "failed"]
-              + START_FIELDS + ["stlpips", "restart"])
+              + START_FIELDS + ["stlpips", "restart", "averaged"])
 
 
 @dataclass

@@ -7,19 +7,23 @@ strings only, so it loads with ``torch.load(..., weights_only=True)``:
 ``{"format": "ilo-pl-solution/1", "split": int, "stage": int,
 "state": {name: tensor [1, ...]}, "generator": {...identity...},
 "image": tensor [1, C, H, W], "index": int or None, "row": {...} or None,
-"restart": int}``
+"restart": int, "averaged": [int, ...]}``
 
 ``index`` is the problem's index in its data set and ``row`` its
 ``results.csv`` row, so a resumed run can rebuild a CSV that fell behind
 (see :mod:`ilo_pl.resume`). ``restart`` is the problem's restart the state
-belongs to (:mod:`ilo_pl.modules.restarts`; absent from files written before it).
+belongs to (:mod:`ilo_pl.modules.restarts`; absent from files written before it),
+``averaged`` the restarts whose mean the image is (``restart_average``; empty
+when it is one restart's own image, absent from files written before it).
 
 A solve with a consistency step (``consistency: project | prox``,
-:mod:`ilo_pl.operators.consistency`) saves an image that is *not* in the
+:mod:`ilo_pl.operators.consistency`) or a mean over restarts
+(``restart_average``) saves an image that is *not* in the
 generator's range: ``image = clamp(render(state, split) + correction, -1, 1)``. Its file
 has the format ``"ilo-pl-solution/2"`` (an older ilo-pl refuses it rather
 than regenerate the image without the step) and a ``"consistency"`` entry
-``{"mode": str, "correction": tensor [1, C, H, W], "note": str}``; the note
+``{"mode": str, "correction": tensor [1, C, H, W], "note": str}`` (``mode``:
+the consistency step, ``"none"`` for a mean alone); the note
 says so in the file itself.
 
 :func:`regenerate` renders ``state`` at ``split`` with the given generator
@@ -45,16 +49,26 @@ from ilo_pl.io import atomic_write_bytes
 from ilo_pl.problem import Solution
 
 FORMAT = "ilo-pl-solution/1"
-#: The format of a solution whose image includes a consistency step (a correction on top of the rendering).
+#: The format of a solution whose image includes a correction on top of the rendering (a consistency
+#: step, a mean over restarts).
 FORMAT_CORRECTED = "ilo-pl-solution/2"
 FORMATS = (FORMAT, FORMAT_CORRECTED)
 
 #: What a corrected solution file says about its image.
 CORRECTION_NOTE = (
-    "image = clamp(render(state, split) + correction, -1, 1): the saved reconstruction includes the final "
-    "consistency step ({mode}), so it is not in the generator's range; ilo_pl.solutions.regenerate adds the "
-    "correction and clamps"
+    "image = clamp(render(state, split) + correction, -1, 1): the saved reconstruction includes {what}, so it "
+    "is not in the generator's range; ilo_pl.solutions.regenerate adds the correction and clamps"
 )
+
+
+def correction_note(solution: Solution) -> str:
+    """What a corrected solution's image includes, in words (its file's ``consistency["note"]``)."""
+    what = []
+    if solution.averaged:
+        what.append(f"the mean of restarts {', '.join(str(r) for r in solution.averaged)} (restart_average)")
+    if solution.consistency != "none":
+        what.append(f"the final consistency step ({solution.consistency})")
+    return CORRECTION_NOTE.format(what=" and then ".join(what) or "a correction")
 
 PathLike = Union[str, Path]
 
@@ -87,12 +101,13 @@ def save_solution(
         "index": None if index is None else int(index),
         "row": None if row is None else {str(k): _plain(v) for k, v in row.items()},
         "restart": int(solution.restart),
+        "averaged": [int(r) for r in solution.averaged],
     }
     if solution.correction is not None:
         payload["consistency"] = {
             "mode": str(solution.consistency),
             "correction": solution.correction.detach().cpu().float().contiguous(),
-            "note": CORRECTION_NOTE.format(mode=solution.consistency),
+            "note": correction_note(solution),
         }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -159,10 +174,11 @@ def regenerate(path_or_solution: Union[PathLike, Dict[str, Any]], generator, che
 
     That is the generator's rendering as it is (its own range, nominally
     ``[-1, 1]``; not clamped, as the run's result was not: the PNG and the
-    image metrics clamp it). A solution with a consistency step's correction
-    (format ``ilo-pl-solution/2``) renders ``state``, adds the correction and
-    clamps the sum to ``[-1, 1]`` (in float32 on the CPU, as the run did), so
-    the image includes the step and is in ``[-1, 1]``.
+    image metrics clamp it). A solution with a correction (format
+    ``ilo-pl-solution/2``: a consistency step, a mean over restarts) renders
+    ``state``, adds the correction and clamps the sum to ``[-1, 1]`` (in
+    float32 on the CPU, as the run did), so the image includes them and is in
+    ``[-1, 1]``.
 
     Renders in the generator's dtype (float32) without autocast, on the
     generator's device. How close that is to the saved image depends on how

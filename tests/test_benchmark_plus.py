@@ -194,9 +194,9 @@ def test_an_overlay_may_not_change_the_problems(tmp_path):
 # ------------------------------------------------------------------------------ tuning grid
 def test_plus_grid_candidates():
     names = [c.name for c in tune.plus_phase1("superres", noisy=False)]
-    assert names == ["ilo", "st0.03", "r0.5", "r2", "R4K1", "project"]
+    assert names == ["ilo", "st0.03", "r0.5", "r2", "R4K1", "R6K6+A6", "project"]
     den = [c.name for c in tune.plus_phase1("denoising", noisy=True, weights=(0.03, 0.1))]
-    assert den == ["ilo", "st0.03", "st0.1", "r0.5", "r2", "R4K1", "prox"]
+    assert den == ["ilo", "st0.03", "st0.1", "r0.5", "r2", "R4K1", "R6K6+A6", "prox"]
     cs = [c.name for c in tune.plus_phase1("compressed_sensing", noisy=False)]
     assert "st0.03" not in cs  # ST-LPIPS cannot compare CS measurements
     ilo = tune.PlusCandidate()
@@ -208,6 +208,14 @@ def test_plus_grid_candidates():
     assert combo == tune.PlusCandidate(stlpips=0.1, radius_scale=2.0, consistency="project")
     assert combo.name == "st0.1+r2+project"
     assert tune.plus_phase2({ilo: 1.0, st1: 0.9, r: 1.2}) == []  # one option: nothing to combine
+    # A mean over restarts that gained is crossed with each radius scale; it drops a smaller keep.
+    A = tune.PlusCandidate(restarts=6, restart_average=6)
+    crossed = tune.plus_phase2({ilo: 1.0, A: 0.8, r: 1.2})
+    assert [c.name for c in crossed] == ["r0.5+R6K6+A6", "r2+R6K6+A6"]
+    both = tune.plus_phase2({ilo: 1.0, A: 0.8, R: 0.9, r2: 0.95})
+    assert both[0] == tune.PlusCandidate(radius_scale=2.0, restarts=6, restart_average=6)  # R4K1's keep dropped
+    assert [c.name for c in both[1:]] == ["r0.5+R6K6+A6"]  # r2+A6 is the combination already
+    assert tune.plus_phase2({ilo: 1.0, A: 0.995, r: 0.9}) == []  # the mean did not gain: no crossing
     # Phase 3 pushes a best radius at the grid's edge one factor 2 further (and only then).
     assert tune.radius_extension(r2) == tune.PlusCandidate(radius_scale=4.0)
     assert tune.radius_extension(tune.PlusCandidate(radius_scale=4.0, consistency="project")).radius_scale == 8.0
@@ -225,6 +233,9 @@ def test_plus_plan_applies_the_options_to_the_config():
     assert kw["loss_weights"] == {"mse": 1.0, "stlpips": 0.03} and set(kw["losses"]) == {"mse", "stlpips"}
     assert (kw["restarts"], kw["restart_keep"], kw["consistency"]) == (4, 1, "project")
     assert cfg.module_kwargs.get("restarts") == 1  # the config's own kwargs are not changed
+    assert kw["restart_average"] == 1
+    _, kw = tune.plus_plan(cfg, tune.PlusCandidate(restarts=6, restart_average=6))
+    assert (kw["restarts"], kw["restart_keep"], kw["restart_average"]) == (6, None, 6)
 
 
 def test_plus_smoke_run_writes_rows_resumes_and_ranks(tmp_path, monkeypatch):
@@ -233,7 +244,7 @@ def test_plus_smoke_run_writes_rows_resumes_and_ranks(tmp_path, monkeypatch):
     out = tmp_path / "out" / "tuning_plus.csv"
     tune.tune_plus(images, out, ["compressed_sensing"], weights=(), steps_scale=0.01)
     rows = tune.read_rows(out)
-    assert [r["candidate"] for r in rows][:5] == ["ilo", "r0.5", "r2", "R4K1", "project"]
+    assert [r["candidate"] for r in rows][:6] == ["ilo", "r0.5", "r2", "R4K1", "R6K6+A6", "project"]
     assert all(r["level"] == "0.05" and r["config"].endswith("x0.01") for r in rows)
     n = len(rows)
     tune.tune_plus(images, out, ["compressed_sensing"], weights=(), steps_scale=0.01)  # resumes

@@ -251,7 +251,7 @@ def test_csv_column_and_manifest_entries(gen):
     from ilo_pl.manifest import module_settings
     from ilo_pl.resume import CSV_FIELDS
 
-    assert CSV_FIELDS[12:] == ["stlpips", "restart"]
+    assert CSV_FIELDS[12:] == ["stlpips", "restart", "averaged"]
     plain = module_settings(ILOModule(gen, _stages()))
     assert not {"restarts", "restart_keep", "consistency"} & set(plain)  # folders from before them still resume
     more = module_settings(ILOModule(gen, _stages(), restarts=3, restart_keep=2, consistency="project"))

@@ -83,7 +83,8 @@ class ResultWriter(_ResultHook):
     ``psnr`` and ``ssim`` against the ground truth (empty without one), and
     for tasks judged against their start ``target_prob_start``,
     ``target_prob`` and ``start_mse`` (empty for the others), and ``restart``
-    (the problem's winning restart, :mod:`ilo_pl.modules.restarts`). Every file is
+    (the problem's winning restart, :mod:`ilo_pl.modules.restarts`) and ``averaged``
+    (with ``restart_average``: the restarts whose mean the image is). Every file is
     written atomically, so the solution's presence means the problem's
     outputs are complete.
 
@@ -273,6 +274,7 @@ class ResultWriter(_ResultHook):
                 "split": sol.split,
                 "failed": result.failed[b] or "",
                 "restart": sol.restart,
+                "averaged": " ".join(str(r) for r in sol.averaged),
             }
             for key in START_FIELDS:  # (an operator's other keys would not reach the CSV)
                 row[key] = float(report[key][b]) if key in report else ""

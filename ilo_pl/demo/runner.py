@@ -80,8 +80,11 @@ class DemoProgress(pl.Callback):
             if len(self.stage_images) <= index:
                 self._stage_end(pl_module, index)
             splits = [s.split for s in stages]
-            # The best iterate so far, as the module would return it at the end (ResultWriter writes it next).
-            pl_module.last_result = tracker.compute(pl_module._batch, splits, pl_module.generator.render)
+            # The best iterate so far, as the module would return it at the end (ResultWriter writes it next):
+            # finished as the module finishes (each problem's best restart or their mean, the consistency step).
+            from ilo_pl.modules.finish import finish
+
+            pl_module.last_result = finish(pl_module, tracker.compute(pl_module._batch, splits, pl_module.generator.render))
             trainer.should_stop = True
             self.events.put({"kind": "stopped", "stage": index, "step": self.step})
 

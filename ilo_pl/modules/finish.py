@@ -6,13 +6,15 @@
 * :func:`check_setup`: the same refusal when the fit starts (the module's
   ``setup``), from the data module's operator, before any problem is loaded.
 * :func:`finish`: the result of a solved batch: each problem's best restart
-  (:func:`~ilo_pl.modules.restarts.collapse`), then the consistency step
-  (:mod:`ilo_pl.operators.consistency`) on the chosen images.
+  (:func:`~ilo_pl.modules.restarts.collapse`), or the mean of its best
+  ``restart_average`` (:func:`~ilo_pl.modules.restarts.average_restarts`),
+  then the consistency step (:mod:`ilo_pl.operators.consistency`) on those images.
 
 The consistency step changes the returned image: ``images`` is ``clamp(G +
 correction, -1, 1)`` (the image the PNG shows and the metrics score),
 ``measurement_loss`` is that image's error, and each solution carries
-``consistency`` and ``correction`` so that the saved image is regenerated with
+``consistency`` and ``correction`` (with the mean over restarts, if any, in the
+same correction) so that the saved image is regenerated with
 the step included (:func:`ilo_pl.solutions.regenerate`, which clamps alike).
 Each stage's errors (``stage_losses``) stay the generator's. ``project`` on a
 noisy operator is warned about once, at the fit's start (or with the first
@@ -27,7 +29,7 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from ilo_pl.modules.restarts import check_restarts, collapse, expand, keep_best_
+from ilo_pl.modules.restarts import average_restarts, check_average, check_restarts, collapse, expand, keep_best_
 from ilo_pl.operators.base import Operator
 from ilo_pl.operators.consistency import (
     RESIDUAL_WARNING,
@@ -55,15 +57,16 @@ __all__ = [
 
 
 def check_options(
-    restarts: Any, restart_keep: Any, consistency: Any, num_stages: Optional[int] = None
-) -> Tuple[int, Optional[int], str]:
-    """The module's ``restarts``, ``restart_keep`` and ``consistency``, checked (errors name the fix).
+    restarts: Any, restart_keep: Any, consistency: Any, num_stages: Optional[int] = None, restart_average: Any = 1
+) -> Tuple[int, Optional[int], int, str]:
+    """The module's ``restarts``, ``restart_keep``, ``restart_average`` and ``consistency``, checked
+    (errors name the fix).
 
     ``restart_keep`` comes back ``None`` where it prunes nothing (see
     :func:`~ilo_pl.modules.restarts.check_restarts`; ``num_stages``: the schedule's length).
     """
     restarts, restart_keep = check_restarts(restarts, restart_keep, num_stages)
-    return restarts, restart_keep, check_mode(consistency)
+    return restarts, restart_keep, check_average(restart_average, restarts, restart_keep), check_mode(consistency)
 
 
 def prepare(module: Any, batch: ProblemBatch) -> ProblemBatch:
@@ -115,18 +118,35 @@ def check_setup(module: Any) -> None:
 
 
 @torch.no_grad()
-def apply_consistency(result: ProblemResult, mode: str) -> ProblemResult:
-    """``result`` with the consistency step ``mode`` applied to its images (see the module doc)."""
+def apply_consistency(result: ProblemResult, mode: str, renders: Optional[torch.Tensor] = None) -> ProblemResult:
+    """``result`` with the consistency step ``mode`` applied to its images (see the module doc).
+
+    ``renders``: the generator's renderings of the solutions when some of
+    ``result``'s images already carry a correction (a mean over restarts):
+    the step acts on rendering + correction (unclamped: a generator whose
+    images leave [-1, 1] would otherwise get a step for another image), its
+    change is added to that correction, and the image is computed from the
+    rendering and the whole correction, as regenerate does.
+    """
     if mode == "none":
         return result
     batch = result.batch
     op, y = batch.operator, batch.observation
+    base = result.images
+    earlier = None
+    if renders is not None:
+        base = renders.float().cpu()
+        earlier = torch.cat([s.correction.float().cpu() if s.correction is not None else torch.zeros_like(base[:1])
+                             for s in result.solutions])
+    start = base if earlier is None else base + earlier
     # (consistency_step warns, once per kind, naming the problems: approximate solves, prox leaving G.)
-    step = consistency_step(op, result.images.to(y.device), y, mode, ids=list(batch.ids))
+    step = consistency_step(op, start.to(y.device), y, mode, ids=list(batch.ids))
     correction = step.correction.float().cpu()
+    if earlier is not None:
+        correction = earlier + correction
     # Added on the CPU in float32 and clamped to the image range, as regenerate does to a float32 CPU
     # rendering (the same bits): the image returned, saved, scored and regenerated is one and the same.
-    images = (result.images + correction).clamp(-1.0, 1.0)
+    images = (base + correction).clamp(-1.0, 1.0)
     err = op.measurement_error(op.A(images.to(y.device)), y).float().cpu()
     solutions = [
         dataclasses.replace(s, consistency=mode, correction=correction[b : b + 1].clone())
@@ -136,5 +156,9 @@ def apply_consistency(result: ProblemResult, mode: str) -> ProblemResult:
 
 
 def finish(module: Any, result: ProblemResult) -> ProblemResult:
-    """The module's result for a solved batch: the best restart per problem, then the consistency step."""
-    return apply_consistency(collapse(result), module.consistency)
+    """The module's result for a solved batch: the best restart per problem (or the mean of its
+    ``restart_average`` best), then the consistency step."""
+    chosen = collapse(result)
+    averaged = average_restarts(result, chosen, getattr(module, "restart_average", 1))
+    renders = chosen.images if averaged is not chosen else None
+    return apply_consistency(averaged, module.consistency, renders)

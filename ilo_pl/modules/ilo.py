@@ -72,6 +72,8 @@ class ILOModule(pl.LightningModule):
             the lowest measurement loss (:mod:`~ilo_pl.modules.restarts`; 1: a single start).
         restart_keep: run the stages after the first on each problem's best ``K`` restarts only
             (by measurement loss after the first stage); default: all.
+        restart_average: return the pixel mean of each problem's best ``K`` restarts (often lower
+            MSE, less sharp, not in the generator's range); 1: the best restart.
         consistency: a final step towards the observation, for operators with an adjoint
             (:mod:`~ilo_pl.operators.consistency`): ``"project"`` (``A x = y`` exactly),
             ``"prox"`` (a proximal step with the known noise level) or ``"none"``.
@@ -95,6 +97,7 @@ class ILOModule(pl.LightningModule):
         selection: str = "best",
         restarts: int = 1,
         restart_keep: Optional[int] = None,
+        restart_average: int = 1,
         consistency: Literal["none", "project", "prox"] = "none",
     ) -> None:
         super().__init__()
@@ -122,7 +125,8 @@ class ILOModule(pl.LightningModule):
         if selection not in ("best", "last"):
             raise ValueError(f"selection must be 'best' or 'last'; got {selection!r}")
         self.selection = selection
-        self.restarts, self.restart_keep, self.consistency = check_options(restarts, restart_keep, consistency, len(stages))
+        self.restarts, self.restart_keep, self.restart_average, self.consistency = check_options(
+            restarts, restart_keep, consistency, len(stages), restart_average)
 
         self.variables = nn.ParameterDict()
         self._vars = StageVariables(self.variables)

@@ -28,6 +28,17 @@ so a problem is reported failed only when all its (kept) restarts failed.
 The solution records its restart index (``results.csv``'s ``restart``
 column, the solution file's ``restart``); its state is that restart's, so
 regenerating it renders the chosen image.
+
+``restart_average: K`` returns instead, per problem, the pixel mean of its
+``K`` best restarts' images (same ranking; restarts that failed are left out
+unless all did): :func:`average_restarts`. The mean's squared error is at
+most the average of its members' (convexity), and below the best one's
+where their errors are partly independent (measured in the quality
+benchmark, not guaranteed); the price is sharpness, and the image is not in
+the generator's range. The solution keeps the
+best restart's state and the mean as a correction on top of its rendering
+(``averaged`` lists the restarts, ``results.csv``'s ``averaged`` column too),
+so regenerating it renders the mean.
 """
 
 from __future__ import annotations
@@ -106,6 +117,31 @@ def check_restarts(restarts: Any, keep: Any, num_stages: Optional[int] = None) -
         )
         return int(restarts), None
     return int(restarts), int(keep)
+
+
+def check_average(average: Any, restarts: int, keep: Optional[int]) -> int:
+    """Validate ``restart_average`` against (validated) ``restarts`` and ``restart_keep``.
+
+    Raises:
+        ValueError: naming the value and the fix, for a non-integer or ``< 1``, more than
+            ``restarts``, or more than a ``restart_keep`` (only kept restarts reach the end).
+    """
+    if isinstance(average, bool) or not isinstance(average, numbers.Integral) or average < 1:
+        raise ValueError(
+            f"restart_average must be an integer >= 1 (the number of each problem's best restarts whose mean "
+            f"is returned; 1, the default, returns the best one); got {average!r}"
+        )
+    if average > restarts:
+        raise ValueError(
+            f"restart_average={average} is more than restarts={restarts}: a problem cannot average more restarts "
+            f"than it starts. Set restarts >= {average}, or restart_average <= {restarts}"
+        )
+    if keep is not None and average > keep:
+        raise ValueError(
+            f"restart_average={average} is more than restart_keep={keep}: only the kept restarts run to the end. "
+            f"Set restart_keep >= {average} (or leave it unset), or restart_average <= {keep}"
+        )
+    return int(average)
 
 
 @dataclass
@@ -249,6 +285,51 @@ def keep_best_(module: Any, batch: ProblemBatch, keep: Optional[int]) -> None:
     if module.overflow is not None:
         module.overflow.streak = module.overflow.streak.index_select(0, index.to(module.overflow.streak.device))
     module.noise_draws.generators = [module.noise_draws.generators[i] for i in rows]
+
+
+def _members(result: ProblemResult, average: int) -> Dict[int, List[int]]:
+    """Each problem's rows to average, best first: its ``average`` best (failed rows only if all failed)."""
+    batch = result.batch
+    failed = [f is not None for f in result.failed]
+    ranked = _ranked(batch, result.measurement_loss.float().tolist(), failed)
+    out = {}
+    for p, rows in ranked.items():
+        healthy = [i for i in rows[:average] if not failed[i]]
+        out[p] = healthy or rows[:1]
+    return out
+
+
+@torch.no_grad()
+def average_restarts(result: ProblemResult, chosen: ProblemResult, average: int) -> ProblemResult:
+    """``chosen`` (:func:`collapse` of ``result``) with each image the mean of its problem's ``average`` best restarts.
+
+    The mean is kept as each solution's ``correction`` on top of the best
+    restart's rendering (``images = clamp(rendering + correction, -1, 1)``,
+    computed as :func:`ilo_pl.solutions.regenerate` does, so the returned,
+    saved and regenerated images are the same bits), its ``averaged`` lists
+    the restarts, and ``measurement_loss`` is the mean's error. ``chosen`` as
+    it is for ``average == 1`` or a result without restarts; a problem left
+    with one member (the others failed) keeps its best restart's own image.
+    """
+    batch = result.batch
+    if average <= 1 or not isinstance(batch, RestartBatch):
+        return chosen
+    members = _members(result, average)
+    images = result.images.float().cpu()
+    base = chosen.images.float().cpu()
+    out = base.clone()
+    solutions = list(chosen.solutions)
+    for p, rows in members.items():
+        if len(rows) < 2:
+            continue
+        correction = images[rows].mean(0, keepdim=True) - base[p : p + 1]
+        out[p] = (base[p : p + 1] + correction).clamp(-1.0, 1.0)[0]  # as regenerate computes it
+        solutions[p] = dataclasses.replace(solutions[p], correction=correction,
+                                           averaged=tuple(batch.restart[i] for i in rows))
+    parent = batch.parent
+    op, y = parent.operator, parent.observation
+    err = op.measurement_error(op.A(out.to(y.device)), y).float().cpu()
+    return dataclasses.replace(chosen, images=out, measurement_loss=err, solutions=solutions)
 
 
 def collapse(result: ProblemResult) -> ProblemResult:
