@@ -350,4 +350,7 @@ def test_ilo_plus_overlay_runs_through_ilo_pl_fit(task, tmp_path):
     assert row["failed"] == "" and np.isfinite(float(row["true_mse"]))
     resolved = yaml.safe_load((run / "config.yaml").read_text())["model"]
     assert resolved["restarts"] == merged.get("restarts", 1)
+    assert resolved["restart_average"] == merged.get("restart_average", 1)
+    if merged.get("restart_average", 1) > 1:  # the image is the mean of the restarts, listed in the CSV
+        assert len(row["averaged"].split()) == merged["restart_average"]
     assert [s["radius"] for s in resolved["stages"]] == [s.get("radius", {}) for s in merged["stages"]]
