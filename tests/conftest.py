@@ -7,14 +7,20 @@
   the fixture or from a ``parametrize("device", ...)``, and every ``impl="cuda"`` case. ``scripts/gpu_checks.sh``
   runs ``pytest -m gpu``; ``-m "not gpu"`` leaves them out.
 * ``SHARED``, ``FIXTURES``, ``TINY``: ``../shared`` beside the clone (read-only).
+* Helpers shared by test modules (imported with ``from conftest import ...``): ``synthetic_face``,
+  and the restart tests' generator, problems and schedule (``random_dcgan``, ``masked_faces``,
+  ``two_stages``).
 """
 
 import re
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, List
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from ilo_pl.modules.generators import DCGANGenerator
 
 #: ``../shared`` beside the clone: conformance vectors and benchmark faces (read-only).
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -79,3 +85,32 @@ def synthetic_face(folder: Path) -> Path:
     img = np.stack([0.3 + 0.5 * xx, 0.2 + 0.6 * yy, 0.5 + 0.3 * np.sin(6 * xx * yy)], -1)
     Image.fromarray((img * 255).astype(np.uint8)).save(folder / "synthetic.png")
     return folder
+
+
+def random_dcgan() -> "DCGANGenerator":
+    """The embedded DCGAN's architecture with seeded random weights (no weight file needed)."""
+    from ilo_pl.modules.generators import DCGANGenerator
+
+    torch.manual_seed(0)
+    return DCGANGenerator()
+
+
+def masked_faces(gen: "DCGANGenerator") -> tuple:
+    """``(ops, op, y)``: two random-mask inpainting problems (30% observed, per-problem masks) of faces
+    in ``gen``'s range: the masks alone, their stack and its observation."""
+    from ilo_pl.data import draw_from_generator
+    from ilo_pl.operators import Inpainting, RandomMask
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([draw_from_generator(gen, g, split=2) for _ in range(2)])
+    ops = [RandomMask(0.3).build(gen.image_shape, s) for s in (11, 12)]
+    op = Inpainting.stack(ops)
+    return ops, op, op(x)
+
+
+def two_stages(steps: tuple = (4, 3)) -> list:
+    """A short CSGM stage then one ILO stage at split 1 (radius 200): the restart tests' schedule."""
+    from ilo_pl.stages import Stage
+
+    return [Stage(split=0, steps=steps[0], lr=0.1, free=["latent"]),
+            Stage(split=1, steps=steps[1], lr=0.1, free=["state"], radius={"state": 200.0})]

@@ -223,6 +223,90 @@ def test_plus_grid_candidates():
     assert tune.radius_extension(ilo) is None and tune.radius_extension(st1) is None
 
 
+def _per_image(values):
+    return {f"face{i}": v for i, v in enumerate(values)}
+
+
+def test_nested_candidates_are_the_simpler_ones():
+    ilo, A6 = tune.PlusCandidate(), tune.PlusCandidate(restarts=6, restart_average=6)
+    rA6 = tune.PlusCandidate(radius_scale=0.5, restarts=6, restart_average=6)
+    assert tune.nested(ilo, A6) and tune.nested(ilo, rA6) and tune.nested(A6, rA6)
+    assert tune.nested(tune.PlusCandidate(radius_scale=0.5), rA6)
+    assert not tune.nested(rA6, A6) and not tune.nested(A6, A6)
+    assert not tune.nested(tune.PlusCandidate(radius_scale=2.0), rA6)  # another radius
+    A12 = tune.more_restarts(A6)
+    assert A12 == tune.PlusCandidate(restarts=12, restart_average=12) and A12.name == "R12K12+A12"
+    assert tune.nested(A6, A12) and not tune.nested(A12, A6)
+    assert tune.more_restarts(rA6).name == "r0.5+R12K12+A12"
+    assert tune.more_restarts(ilo) is None and tune.more_restarts(tune.PlusCandidate(restarts=4, restart_keep=1)) is None
+    # Every option counts: consistency, ST-LPIPS weight, kept and averaged restarts.
+    prox, st = tune.PlusCandidate(consistency="prox"), tune.PlusCandidate(stlpips=0.03)
+    assert tune.nested(prox, tune.PlusCandidate(radius_scale=0.5, consistency="prox"))
+    assert not tune.nested(prox, tune.PlusCandidate(radius_scale=0.5))
+    assert tune.nested(st, tune.PlusCandidate(stlpips=0.03, radius_scale=2.0))
+    assert not tune.nested(tune.PlusCandidate(stlpips=0.1), tune.PlusCandidate(stlpips=0.03, radius_scale=2.0))
+    assert not tune.nested(A6, tune.PlusCandidate(restarts=6))  # averaging is an option of its own
+    assert not tune.nested(tune.PlusCandidate(restarts=4), tune.PlusCandidate(restarts=4, restart_keep=1))
+    assert tune.nested(tune.PlusCandidate(restarts=4, restart_keep=1), A6)  # cheaper: A6 must beat it
+
+
+def test_beats_needs_a_gain_beyond_one_and_one_paired_standard_error():
+    base = _per_image([0.02, 0.03, 0.025, 0.04, 0.035, 0.022])
+    steady = {k: v * 0.95 for k, v in base.items()}  # 5% better on every face
+    assert tune.beats(steady, base) and not tune.beats(base, steady)
+    tiny = {k: v * 0.995 for k, v in base.items()}  # consistent but under 1%
+    assert not tune.beats(tiny, base)
+    # 7% better in the mean, but from faces that swing both ways: inside one standard error.
+    noisy = {k: v + d for (k, v), d in zip(base.items(), [-0.012, 0.008, -0.012, 0.008, -0.012, 0.008])}
+    assert sum(noisy.values()) < 0.95 * sum(base.values())
+    assert not tune.beats(noisy, base)
+    # The threshold is one standard error of the mean difference, not its standard deviation: a
+    # gain of about 1.5 standard errors (0.6 standard deviations) beats.
+    dev = [0.001, -0.001, 0.001, -0.001, 0.001, -0.001]
+    mid = {k: v - 0.0008 + e for (k, v), e in zip(base.items(), dev)}
+    diffs = [mid[k] - base[k] for k in base]
+    sd = (sum((x - sum(diffs) / 6) ** 2 for x in diffs) / 5) ** 0.5
+    assert sd / 6 ** 0.5 < 0.0008 < sd  # between one standard error and one standard deviation
+    assert tune.beats(mid, base)
+    # Only common images are compared; one image has no standard error (the 1% rule alone), none
+    # is an error.
+    assert tune.beats({**steady, "extra": 9.0}, base)
+    assert tune.beats({"a": 0.1}, {"a": 0.2, "b": 0.3}) and not tune.beats({"a": 0.199}, {"a": 0.2})
+    with pytest.raises(ValueError, match="share no image"):
+        tune.beats({"a": 0.1}, {"b": 0.2})
+
+
+def test_plus_pick_takes_an_option_only_for_a_gain_beyond_the_noise():
+    ilo, A6 = tune.PlusCandidate(), tune.PlusCandidate(restarts=6, restart_average=6)
+    rA6, r = tune.PlusCandidate(radius_scale=0.5, restarts=6, restart_average=6), tune.PlusCandidate(radius_scale=0.5)
+    base = _per_image([0.02, 0.03, 0.025, 0.04, 0.035, 0.022])
+    mean6 = {k: v * 0.8 for k, v in base.items()}
+    swing = [1.3, 0.7, 1.25, 0.72, 1.2, 0.72]  # 2% lower in the mean, from faces swinging both ways
+    values = {ilo: base, A6: mean6, rA6: {k: v * f for (k, v), f in zip(mean6.items(), swing)}}
+    assert sum(values[rA6].values()) < sum(mean6.values())  # the lowest mean ...
+    assert tune.plus_pick(values) == A6  # ... but not beyond the noise against its simpler A6
+    values[rA6] = {k: v * 0.9 for k, v in mean6.items()}
+    assert tune.plus_pick(values) == rA6  # a steady 10%: taken
+    # r0.5 alone within 0.5% of r0.5+A6: the lowest, r0.5+A6, does not beat its simpler r0.5, so the
+    # pick is r0.5 (justified against ilo).
+    values[r] = {k: v * 1.005 for k, v in values[rA6].items()}
+    assert tune.plus_pick(values) == r
+    assert tune.plus_pick({ilo: base, A6: {k: v * 0.995 for k, v in base.items()}}) == ilo
+    with pytest.raises(ValueError, match="'ilo'"):
+        tune.plus_pick({A6: mean6})
+
+
+def test_pending_phase4_names_the_doubled_mean_until_it_ran():
+    ilo, A6 = tune.PlusCandidate(), tune.PlusCandidate(restarts=6, restart_average=6)
+    base = _per_image([0.02, 0.03, 0.025, 0.04])
+    values, phases = {ilo: base, A6: {k: v * 0.8 for k, v in base.items()}}, {ilo: 1, A6: 1}
+    assert tune.pending_phase4(values, phases) == tune.PlusCandidate(restarts=12, restart_average=12)
+    A12 = tune.more_restarts(A6)
+    values[A12], phases[A12] = {k: v * 0.7 for k, v in base.items()}, 4
+    assert tune.pending_phase4(values, phases) is None  # run, and it does not ask for 24 in turn
+    assert tune.pending_phase4({ilo: base}, {ilo: 1}) is None  # the pick averages nothing
+
+
 def test_plus_plan_applies_the_options_to_the_config():
     cfg = quality.load_task_config("superres", ROOT / "configs")
     cand = tune.PlusCandidate(stlpips=0.03, radius_scale=0.5, restarts=4, restart_keep=1, consistency="project")

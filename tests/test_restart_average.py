@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
-from typing import List
-
 import pytest
 import torch
+
+from conftest import masked_faces, random_dcgan, two_stages
 
 from ilo_pl.api import solve
 from ilo_pl.callbacks.writer import ResultWriter
@@ -15,32 +15,22 @@ from ilo_pl.modules import ILOModule
 from ilo_pl.modules import finish as finish_mod
 from ilo_pl.modules.generators import DCGANGenerator
 from ilo_pl.modules.restarts import average_restarts, collapse, expand
-from ilo_pl.operators import GaussianNoise, Inpainting, RandomMask
+from ilo_pl.operators import GaussianNoise, Inpainting
 from ilo_pl.problem import ProblemBatch, ProblemResult, Solution
 from ilo_pl.solutions import load_solution, regenerate
-from ilo_pl.stages import Stage
 
 _QUIET = {"enable_progress_bar": False}
 
 
 @pytest.fixture(scope="module")
 def gen() -> DCGANGenerator:
-    torch.manual_seed(0)
-    return DCGANGenerator()
+    return random_dcgan()
 
 
 @pytest.fixture(scope="module")
 def problem(gen):
     """Two random-mask inpainting problems (per-problem masks) of faces in the generator's range."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.cat([draw_from_generator(gen, g, split=2) for _ in range(2)])
-    op = Inpainting.stack([RandomMask(0.3).build(gen.image_shape, s) for s in (11, 12)])
-    return x, op, op(x)
-
-
-def _stages(steps=(4, 3)) -> List[Stage]:
-    return [Stage(split=0, steps=steps[0], lr=0.1, free=["latent"]),
-            Stage(split=1, steps=steps[1], lr=0.1, free=["state"], radius={"state": 200.0})]
+    return masked_faces(gen)
 
 
 def _spy_rows(mp: pytest.MonkeyPatch) -> dict:
@@ -59,7 +49,7 @@ def _spy_rows(mp: pytest.MonkeyPatch) -> dict:
 def test_mean_of_the_best_k_by_measurement_loss(gen, problem, monkeypatch):
     _, op, y = problem
     captured = _spy_rows(monkeypatch)
-    res = solve(gen, op, y, _stages(), seeds=[5, 6], restarts=4, restart_average=2, trainer_kwargs=_QUIET)
+    res = solve(gen, op, y, two_stages(), seeds=[5, 6], restarts=4, restart_average=2, trainer_kwargs=_QUIET)
     rows = captured["rows"]
     for b in range(2):
         loss = rows.measurement_loss[4 * b : 4 * b + 4]
@@ -76,8 +66,8 @@ def test_mean_of_the_best_k_by_measurement_loss(gen, problem, monkeypatch):
 def test_average_one_is_the_best_restart(gen, problem):
     _, op, y = problem
     kw = dict(seeds=[5, 6], restarts=3, trainer_kwargs=_QUIET)
-    a = solve(gen, op, y, _stages(), **kw)
-    b = solve(gen, op, y, _stages(), restart_average=1, **kw)
+    a = solve(gen, op, y, two_stages(), **kw)
+    b = solve(gen, op, y, two_stages(), restart_average=1, **kw)
     assert torch.equal(a.images, b.images)
     assert all(s.averaged == () and s.correction is None for s in b.solutions)
 
@@ -86,7 +76,7 @@ def test_average_of_all_restarts_is_the_mean_of_the_rows(gen, problem, monkeypat
     """With K = R every restart is in the mean: the image does not depend on the ranking."""
     _, op, y = problem
     captured = _spy_rows(monkeypatch)
-    res = solve(gen, op, y, _stages(), seeds=[5, 6], restarts=3, restart_average=3, trainer_kwargs=_QUIET)
+    res = solve(gen, op, y, two_stages(), seeds=[5, 6], restarts=3, restart_average=3, trainer_kwargs=_QUIET)
     rows = captured["rows"]
     for b in range(2):
         assert sorted(res.solutions[b].averaged) == [0, 1, 2]
@@ -96,7 +86,7 @@ def test_average_of_all_restarts_is_the_mean_of_the_rows(gen, problem, monkeypat
 def test_averaged_solution_regenerates_the_mean_and_csv_lists_it(gen, problem, tmp_path):
     _, op, y = problem
     writer = ResultWriter(output_dir=tmp_path)
-    res = solve(gen, op, y, _stages(), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_average=2,
+    res = solve(gen, op, y, two_stages(), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_average=2,
                 callbacks=[writer], trainer_kwargs=_QUIET)
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     rows = {r["id"]: r for r in csv.DictReader(open(run / "results.csv"))}
@@ -113,7 +103,7 @@ def test_average_then_project_is_consistent_and_regenerates(gen, problem, tmp_pa
     """The consistency step acts on the mean; the correction holds both, and regenerates the same bits."""
     _, op, y = problem
     writer = ResultWriter(output_dir=tmp_path)
-    res = solve(gen, op, y, _stages(), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_average=3,
+    res = solve(gen, op, y, two_stages(), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_average=3,
                 consistency="project", callbacks=[writer], trainer_kwargs=_QUIET)
     assert torch.allclose(op.A(res.images), y, atol=1e-5)  # inpainting's projection pastes the observed pixels
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -147,7 +137,7 @@ def test_failed_restarts_are_left_out_of_the_mean():
 ])
 def test_bad_average_values_are_refused(gen, kw, match):
     with pytest.raises(ValueError, match=match):
-        ILOModule(gen, _stages(), **kw)
+        ILOModule(gen, two_stages(), **kw)
 
 
 def test_average_from_the_command_line_and_manifest():
@@ -168,7 +158,7 @@ def test_average_with_pruned_restarts(gen, problem, monkeypatch):
     """``restart_keep`` prunes after CSGM: the mean is over the kept rows, named by their own restarts."""
     _, op, y = problem
     captured = _spy_rows(monkeypatch)
-    res = solve(gen, op, y, _stages(), seeds=[5, 6], restarts=4, restart_keep=2, restart_average=2,
+    res = solve(gen, op, y, two_stages(), seeds=[5, 6], restarts=4, restart_keep=2, restart_average=2,
                 trainer_kwargs=_QUIET)
     rows = captured["rows"]
     assert len(rows.batch) == 4  # two kept per problem
@@ -184,8 +174,8 @@ def test_average_then_prox_on_noise(gen):
     op = GaussianNoise(50.0)
     y = op(x, torch.Generator().manual_seed(1))
     kw = dict(seeds=[1, 2], restarts=3, restart_average=3, trainer_kwargs=_QUIET)
-    mean = solve(gen, op, y, _stages(), **kw)
-    both = solve(gen, op, y, _stages(), consistency="prox", **kw)
+    mean = solve(gen, op, y, two_stages(), **kw)
+    both = solve(gen, op, y, two_stages(), consistency="prox", **kw)
     for b in range(2):
         assert both.solutions[b].consistency == "prox" and len(both.solutions[b].averaged) == 3
         # prox moves the mean towards y (never away): its measurement error does not grow.

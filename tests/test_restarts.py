@@ -10,6 +10,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import masked_faces, random_dcgan, two_stages
+
 from ilo_pl.api import solve
 from ilo_pl.callbacks.writer import ResultWriter
 from ilo_pl.data import draw_from_generator
@@ -24,32 +26,20 @@ from ilo_pl.operators import (
     GaussianNoise,
     Inpainting,
     Operator,
-    RandomMask,
 )
 from ilo_pl.problem import ProblemBatch, ProblemResult, Solution
 from ilo_pl.solutions import load_solution, regenerate
-from ilo_pl.stages import Stage
 
 
 @pytest.fixture(scope="module")
 def gen() -> DCGANGenerator:
-    torch.manual_seed(0)
-    return DCGANGenerator()
+    return random_dcgan()
 
 
 @pytest.fixture(scope="module")
 def problem(gen):
     """Two random-mask inpainting problems (per-problem masks) of faces in the generator's range."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.cat([draw_from_generator(gen, g, split=2) for _ in range(2)])
-    ops = [RandomMask(0.3).build(gen.image_shape, s) for s in (11, 12)]
-    op = Inpainting.stack(ops)
-    return ops, op, op(x)
-
-
-def _stages(steps=(4, 3)) -> List[Stage]:
-    return [Stage(split=0, steps=steps[0], lr=0.1, free=["latent"]),
-            Stage(split=1, steps=steps[1], lr=0.1, free=["state"], radius={"state": 200.0})]
+    return masked_faces(gen)
 
 
 _QUIET = {"enable_progress_bar": False}
@@ -83,11 +73,11 @@ def test_one_restart_solves_the_batch_itself(gen, problem):
     """R = 1: no expansion at all (the batch object is the one given), so results are today's, bit for bit."""
     _, op, y = problem
     batch = ProblemBatch(ids=["a", "b"], observation=y, operator=op, seeds=[5, 6])
-    module = ILOModule(gen, _stages(), restarts=1)
+    module = ILOModule(gen, two_stages(), restarts=1)
     assert finish_mod.prepare(module, batch) is batch
     seen = _Rows()
-    plain = solve(gen, op, y, _stages(), seeds=[5, 6], trainer_kwargs=_QUIET)
-    one = solve(gen, op, y, _stages(), seeds=[5, 6], restarts=1, restart_keep=1, callbacks=[seen], trainer_kwargs=_QUIET)
+    plain = solve(gen, op, y, two_stages(), seeds=[5, 6], trainer_kwargs=_QUIET)
+    one = solve(gen, op, y, two_stages(), seeds=[5, 6], restarts=1, restart_keep=1, callbacks=[seen], trainer_kwargs=_QUIET)
     assert all(rows is None for _, rows in seen.steps)
     assert torch.equal(plain.images, one.images)
     assert torch.equal(plain.measurement_loss, one.measurement_loss)
@@ -118,9 +108,9 @@ def test_expanded_rows_carry_their_problem(gen):
 
 def test_restarted_problem_does_not_depend_on_its_batch_mates(gen, problem):
     ops, op, y = problem
-    both = solve(gen, op, y, _stages(), seeds=[5, 6], restarts=3, trainer_kwargs=_QUIET)
+    both = solve(gen, op, y, two_stages(), seeds=[5, 6], restarts=3, trainer_kwargs=_QUIET)
     for b in range(2):
-        alone = solve(gen, ops[b], y[b : b + 1], _stages(), seeds=[5 + b], restarts=3, trainer_kwargs=_QUIET)
+        alone = solve(gen, ops[b], y[b : b + 1], two_stages(), seeds=[5 + b], restarts=3, trainer_kwargs=_QUIET)
         assert both.solutions[b].restart == alone.solutions[0].restart
         assert torch.allclose(both.images[b], alone.images[0], atol=1e-4), b
         assert torch.allclose(both.measurement_loss[b], alone.measurement_loss[0], rtol=1e-3)
@@ -136,11 +126,11 @@ def test_restart_zero_is_the_single_start(gen, problem):
         captured["rows"] = result
         return real(result)
 
-    single = solve(gen, op, y, _stages(), seeds=[5, 6], trainer_kwargs=_QUIET)
+    single = solve(gen, op, y, two_stages(), seeds=[5, 6], trainer_kwargs=_QUIET)
     mp = pytest.MonkeyPatch()
     mp.setattr(finish_mod, "collapse", spy)
     try:
-        many = solve(gen, op, y, _stages(), seeds=[5, 6], restarts=3, trainer_kwargs=_QUIET)
+        many = solve(gen, op, y, two_stages(), seeds=[5, 6], restarts=3, trainer_kwargs=_QUIET)
     finally:
         mp.undo()
     rows = captured["rows"]
@@ -158,7 +148,7 @@ def test_restart_zero_is_the_single_start(gen, problem):
 def test_keep_prunes_to_the_best_after_the_first_stage(gen, problem):
     _, op, y = problem
     seen = _Rows()
-    res = solve(gen, op, y, _stages(steps=(4, 3)), seeds=[5, 6], restarts=4, restart_keep=2, callbacks=[seen],
+    res = solve(gen, op, y, two_stages(steps=(4, 3)), seeds=[5, 6], restarts=4, restart_keep=2, callbacks=[seen],
                 trainer_kwargs=_QUIET)
     stage0 = [rows for s, rows in seen.steps if s == 0]
     stage1 = [rows for s, rows in seen.steps if s == 1]
@@ -199,7 +189,7 @@ def test_collapse_picks_the_lowest_measurement_loss_never_the_truth():
 def test_restart_index_in_csv_and_solution_regenerates(gen, problem, tmp_path):
     _, op, y = problem
     writer = ResultWriter(output_dir=tmp_path)
-    res = solve(gen, op, y, _stages(), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_keep=2, callbacks=[writer],
+    res = solve(gen, op, y, two_stages(), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_keep=2, callbacks=[writer],
                 trainer_kwargs=_QUIET)
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     rows = {r["id"]: r for r in csv.DictReader(open(run / "results.csv"))}
@@ -216,11 +206,11 @@ def test_restarts_with_sna_are_reproducible(gen):
     op = GaussianNoise(50.0)
     y = op(x, torch.Generator().manual_seed(2))
     kw = dict(seeds=[5, 6], sna=True, sna_samples=2, restarts=2, restart_keep=1, trainer_kwargs=_QUIET)
-    a = solve(gen, op, y, _stages(steps=(3, 2)), **kw)
+    a = solve(gen, op, y, two_stages(steps=(3, 2)), **kw)
     torch.manual_seed(99)  # the global RNG plays no part
-    b = solve(gen, op, y, _stages(steps=(3, 2)), **kw)
+    b = solve(gen, op, y, two_stages(steps=(3, 2)), **kw)
     assert torch.equal(a.images, b.images)
-    alone = solve(gen, op, y[1:], _stages(steps=(3, 2)), **{**kw, "seeds": [6]})
+    alone = solve(gen, op, y[1:], two_stages(steps=(3, 2)), **{**kw, "seeds": [6]})
     assert torch.allclose(a.images[1], alone.images[0], atol=1e-4)
 
 
@@ -234,7 +224,7 @@ def test_restarts_with_sna_are_reproducible(gen):
 ])
 def test_bad_restart_values_are_refused(gen, kw, match):
     with pytest.raises(ValueError, match=match):
-        ILOModule(gen, _stages(), **kw)
+        ILOModule(gen, two_stages(), **kw)
 
 
 def test_restarts_from_the_command_line():
@@ -252,9 +242,9 @@ def test_csv_column_and_manifest_entries(gen):
     from ilo_pl.resume import CSV_FIELDS
 
     assert CSV_FIELDS[12:] == ["stlpips", "restart", "averaged"]
-    plain = module_settings(ILOModule(gen, _stages()))
+    plain = module_settings(ILOModule(gen, two_stages()))
     assert not {"restarts", "restart_keep", "consistency"} & set(plain)  # folders from before them still resume
-    more = module_settings(ILOModule(gen, _stages(), restarts=3, restart_keep=2, consistency="project"))
+    more = module_settings(ILOModule(gen, two_stages(), restarts=3, restart_keep=2, consistency="project"))
     assert (more["restarts"], more["restart_keep"], more["consistency"]) == (3, 2, "project")
 
 
@@ -270,7 +260,7 @@ def test_progress_gif_shows_the_winning_restart(gen, problem, tmp_path):
 
     _, op, y = problem
     gif = Spy(every_n_steps=1, output_dir=tmp_path)
-    res = solve(gen, op, y, _stages(steps=(4, 3)), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_keep=2,
+    res = solve(gen, op, y, two_stages(steps=(4, 3)), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_keep=2,
                 callbacks=[gif], trainer_kwargs=_QUIET)
     # Every restart's frames are kept apart: 4 steps of stage 0, 3 more for the 2 kept per problem.
     assert set(gif.counts) == {(p, r) for p in range(2) for r in range(3)}
@@ -298,7 +288,7 @@ def test_progress_bar_names_the_problems_not_the_restart_rows(gen, problem):
 
     _, op, y = problem
     bar = Bar()
-    solve(gen, op, y, _stages(), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_keep=2, callbacks=[bar],
+    solve(gen, op, y, two_stages(), ids=["a", "b"], seeds=[5, 6], restarts=3, restart_keep=2, callbacks=[bar],
           log_every=2, trainer_kwargs={"enable_progress_bar": True})
     shown = [p for p in bar.seen if p]
     assert shown and set(shown) == {"a,b (1/1)"}
@@ -352,7 +342,7 @@ def test_a_failed_restart_takes_no_kept_slot(gen, problem):
     best-fitting row (an injected NaN); K = 1 keeps a healthy one."""
     _, op, y = problem
     poison, seen = _Poison(at=3, problems=2), _Rows()
-    res = solve(gen, op, y, _stages(steps=(4, 3)), losses={"mse": poison}, seeds=[5, 6], restarts=3, restart_keep=1,
+    res = solve(gen, op, y, two_stages(steps=(4, 3)), losses={"mse": poison}, seeds=[5, 6], restarts=3, restart_keep=1,
                 callbacks=[seen], trainer_kwargs=_QUIET)
     loss = seen.stage0_loss.tolist()
     for p, row in enumerate(poison.hit):
@@ -378,7 +368,7 @@ def test_a_failed_restart_does_not_win(gen, problem):
     mp = pytest.MonkeyPatch()
     mp.setattr(finish_mod, "collapse", spy)
     try:
-        res = solve(gen, op, y, _stages(steps=(4, 3)), losses={"mse": poison}, seeds=[5, 6], restarts=2,
+        res = solve(gen, op, y, two_stages(steps=(4, 3)), losses={"mse": poison}, seeds=[5, 6], restarts=2,
                     trainer_kwargs=_QUIET)
     finally:
         mp.undo()
@@ -429,16 +419,16 @@ def test_restart_keep_that_prunes_nothing_is_unset(gen):
 
     from ilo_pl.manifest import module_settings
 
-    one_stage = _stages()[:1]
+    one_stage = two_stages()[:1]
     with pytest.warns(UserWarning, match=r"restart_keep=2 has no effect.*only one"):
         module = ILOModule(gen, one_stage, restarts=4, restart_keep=2)
     assert module.restart_keep is None
     assert module_settings(module) == module_settings(ILOModule(gen, one_stage, restarts=4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        module = ILOModule(gen, _stages(), restarts=3, restart_keep=3)
+        module = ILOModule(gen, two_stages(), restarts=3, restart_keep=3)
     assert module.restart_keep is None and "restart_keep" not in module_settings(module)
-    assert module_settings(module) == module_settings(ILOModule(gen, _stages(), restarts=3))
+    assert module_settings(module) == module_settings(ILOModule(gen, two_stages(), restarts=3))
 
 
 def test_rows_from_before_restarts_get_restart_0_on_resume(tmp_path):
