@@ -577,19 +577,21 @@ def tune_plus(images: Path, out_csv: Path, tasks: Sequence[str], config_dir: Pat
         gen = build_from_config([cfg.path]).module.generator
         batch = quality.make_problems(cfg, level, images, gen, seed, limit)
         noisy = float(getattr(getattr(batch.operator, "noise_model", None), "sigma", 0.0) or 0.0) > 0
-        means: Dict[PlusCandidate, float] = {}
         values: Dict[PlusCandidate, Dict[str, float]] = {}
         lvl = quality.level_label(task, level)
 
-        def run(cand: PlusCandidate, phase: int) -> float:
-            """The candidate's mean true MSE (its per-image values go to ``values``): from the CSV's
-            rows, or solved and appended."""
+        def means() -> Dict[PlusCandidate, float]:
+            return {c: sum(v.values()) / len(v) for c, v in values.items()}
+
+        def run(cand: PlusCandidate, phase: int) -> None:
+            """The candidate's per-image true MSE into ``values``: from the CSV's rows, or solved and
+            appended."""
             rows = [r for r in read_rows(out_csv)
                     if (r["task"], r["candidate"], r["config"], r["images"], r["level"])
                     == (task, cand.name, label, where, lvl)]
             if {r["image"] for r in rows} >= set(batch.ids):
                 values[cand] = {r["image"]: float(r["true_mse"]) for r in rows if r["image"] in set(batch.ids)}
-                return sum(values[cand].values()) / len(values[cand])
+                return
             stages, kwargs = plus_plan(cfg, cand, steps_scale)
             out, secs = quality.solve_batch(gen, batch, stages, kwargs, cfg.trainer_kwargs)
             m = image_metrics(out.float(), batch.target.float())
@@ -607,28 +609,27 @@ def tune_plus(images: Path, out_csv: Path, tasks: Sequence[str], config_dir: Pat
             ) for b, pid in enumerate(batch.ids)]
             append_rows(out_csv, rows, PLUS_COLUMNS)
             values[cand] = {r["image"]: r["true_mse"] for r in rows}
-            mean = float(m["true_mse"].mean())
             log.info("%s plus phase %d %-22s %6.1fs  mean true MSE %.5f over %d images", task, phase,
-                     cand.name, secs, mean, len(batch.ids))
-            return mean
+                     cand.name, secs, float(m["true_mse"].mean()), len(batch.ids))
 
         for cand in plus_phase1(task, noisy, weights):
-            means[cand] = run(cand, 1)
-        for cand in plus_phase2(means):
-            means[cand] = run(cand, 2)
+            run(cand, 1)
+        for cand in plus_phase2(means()):
+            run(cand, 2)
         # Phase 3: a best radius at the grid's edge is pushed one factor 2 further while that helps.
         for _ in range(PLUS_EXTEND):
-            cand = radius_extension(min(means, key=means.__getitem__))
-            if cand is None or cand in means:
+            current = means()
+            cand = radius_extension(min(current, key=current.__getitem__))
+            if cand is None or cand in values:
                 break
-            means[cand] = run(cand, 3)
+            run(cand, 3)
         # Phase 4: a pick that averages restarts, with more of them.
         cand = more_restarts(plus_pick(values))
-        if cand is not None and cand not in means:
-            means[cand] = run(cand, 4)
-        best = plus_pick(values)
-        log.info("%s: ILO+ pick %s (mean true MSE %.5f; the config alone %.5f)", task, best.name, means[best],
-                 means[PlusCandidate()])
+        if cand is not None and cand not in values:
+            run(cand, 4)
+        best, current = plus_pick(values), means()
+        log.info("%s: ILO+ pick %s (mean true MSE %.5f; the config alone %.5f)", task, best.name, current[best],
+                 current[PlusCandidate()])
     return Path(out_csv)
 
 
